@@ -1,0 +1,1 @@
+"""ticketgate: gateway."""

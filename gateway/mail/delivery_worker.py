@@ -1,0 +1,121 @@
+"""The delivery worker: claims outbox rows, renders each for its recipient, sends, records the result."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime
+from typing import Any
+
+from gateway.mail.delivery import PermanentDeliveryError, TemporaryDeliveryError, Transport
+from gateway.mail.outbound import CommandResult, HistoryLine, Notice, Renderer
+from gateway.service.outbox import OutboxItem, OutboxService
+
+log = logging.getLogger("ticketgate.delivery")
+
+
+def notice_from_payload(p: dict[str, Any]) -> Notice:
+    """The outbox payload (JSON) back into the renderer's value."""
+    return Notice(
+        kind=p["kind"],
+        ticket_ref=p["ticket_ref"],
+        subject=p["subject"],
+        status=p["status"],
+        target=p["target"],
+        requester=p["requester"],
+        recipient_email=p["recipient_email"],
+        recipient_name=p["recipient_name"],
+        role=p["role"],
+        from_address=p["from_address"],
+        from_name=p["from_name"],
+        reply_address=p["reply_address"],
+        message_id=p["message_id"],
+        in_reply_to=p.get("in_reply_to"),
+        references=tuple(p.get("references", ())),
+        thread_index=p["thread_index"],
+        auto_submitted=p.get("auto_submitted"),
+        actor=p.get("actor", ""),
+        body=p.get("body", ""),
+        remark=p.get("remark", ""),
+        history=tuple(
+            HistoryLine(h["status"], h["actor"], datetime.fromisoformat(h["at"]), h.get("remark", ""))
+            for h in p.get("history", ())
+        ),
+        applied_commands=tuple(
+            CommandResult(c["command"], bool(c["applied"]), c.get("reason", ""))
+            for c in p.get("applied_commands", ())
+        ),
+        commands_hint=tuple(p.get("commands_hint", ())),
+        extra=dict(p.get("extra", {})),
+        date=datetime.fromisoformat(p["date"]),
+        loop_token=p["loop_token"],
+    )
+
+
+class DeliveryWorker:
+    """One loop: claim due rows, send them, mark each sent / retry / dead."""
+
+    def __init__(
+        self,
+        outbox: OutboxService,
+        transport: Transport,
+        renderer: Renderer,
+        *,
+        envelope_from: str,
+        poll_seconds: float = 1.0,
+        batch: int = 20,
+    ) -> None:
+        self.outbox = outbox
+        self.transport = transport
+        self.renderer = renderer
+        self.envelope_from = envelope_from
+        self.poll_seconds = poll_seconds
+        self.batch = batch
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def deliver(self, item: OutboxItem) -> str:
+        try:
+            data = self.renderer.render(notice_from_payload(item.payload))
+            self.transport.send(envelope_from=self.envelope_from, recipient=item.recipient, data=data)
+        except PermanentDeliveryError as e:
+            log.warning("outbox %s to %s: permanent failure: %s", item.id, item.recipient, e)
+            return self.outbox.failed(item.id, str(e), permanent=True)
+        except TemporaryDeliveryError as e:
+            log.info("outbox %s to %s: will retry: %s", item.id, item.recipient, e)
+            return self.outbox.failed(item.id, str(e), permanent=False)
+        except Exception as e:  # noqa: BLE001 - a broken row must not stop the others
+            log.exception("outbox %s: cannot render or send", item.id)
+            return self.outbox.failed(item.id, f"{type(e).__name__}: {e}", permanent=False)
+        self.outbox.sent(item.id)
+        return "sent"
+
+    def run_once(self) -> int:
+        """Deliver everything due now; returns how many rows were handled."""
+        n = 0
+        while True:
+            items = self.outbox.claim(self.batch)
+            if not items:
+                return n
+            for item in items:
+                self.deliver(item)
+                n += 1
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handled = self.run_once()
+            except Exception:  # noqa: BLE001 - storage hiccups: log and try again next poll
+                log.exception("delivery loop")
+                handled = 0
+            if not handled:
+                self._stop.wait(self.poll_seconds)
+
+    def start(self, name: str = "delivery") -> None:
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -1,0 +1,128 @@
+"""The aiosmtpd front door: check recipients early, hand DATA to the service, answer after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.mail.parse import ParseLimits, parse_mail
+from gateway.mail.translate import TranslateContext, translate
+from gateway.service.commands import IntakeResult
+from gateway.service.intake import MailIntake
+from store.db import is_storage_error
+
+log = logging.getLogger("ticketgate.smtp")
+
+TEMPFAIL = "451 4.3.0 Temporary failure: storage unavailable, try again later"
+
+
+class IntakeHandler:
+    """aiosmtpd handler: translates only; the service decides.
+
+    Blocking work (parsing, the database transaction) runs in a thread pool so that one slow
+    commit never stalls the other SMTP sessions on the event loop."""
+
+    def __init__(
+        self,
+        intake: MailIntake,
+        *,
+        ctx: TranslateContext,
+        limits: ParseLimits,
+        workers: int = 8,
+    ) -> None:
+        self.intake = intake
+        self.ctx = ctx
+        self.limits = limits
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtp-intake")
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        loop = asyncio.get_running_loop()
+        try:
+            kind = await loop.run_in_executor(self.pool, self.intake.known_recipient, address)
+        except Exception as e:  # noqa: BLE001 - a lookup failure must not become a 5xx
+            if is_storage_error(e):
+                return TEMPFAIL
+            log.exception("RCPT check failed for %r", address)
+            return "451 4.3.0 Temporary failure, try again later"
+        if kind is None:
+            return "550 5.1.1 Bad destination mailbox address"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content
+        assert isinstance(raw, bytes)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self.pool, self.process, raw, envelope.mail_from or "", list(envelope.rcpt_tos)
+        )
+        return f"{result.code} {result.text}"
+
+    def process(self, raw: bytes, mail_from: str, rcpts: list[str]) -> IntakeResult:
+        """Parse, translate and hand over; storage trouble becomes 451 (the MTA retries)."""
+        sender = "" if mail_from in ("<>", "") else mail_from
+        try:
+            mail = parse_mail(raw, limits=self.limits)
+            cmd = translate(mail, envelope_from=sender, envelope_rcpts=rcpts, ctx=self.ctx)
+            result = self.intake.receive(cmd)
+        except Exception as e:  # noqa: BLE001 - two tiers: storage → 451, ours → logged + 451
+            if is_storage_error(e):
+                log.warning("storage unavailable: %s", e)
+                return IntakeResult("tempfail", "storage unavailable", code=451, text=TEMPFAIL[4:])
+            log.exception("intake failed for a message from %r", sender)
+            return IntakeResult(
+                "tempfail", f"processing error: {type(e).__name__}", code=451,
+                text="4.3.0 Temporary processing failure, try again later",
+            )
+        if result.code == 250:
+            ref = f" {result.ticket_ref}" if result.ticket_ref else ""
+            return IntakeResult(
+                result.outcome, result.rule, result.ticket_ref, 250,
+                f"2.0.0 OK: {result.outcome}{ref}", result.commands,
+            )
+        return result
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default is "500 Error", which makes the sending MTA bounce the mail.
+        log.exception("SMTP session error", exc_info=error)
+        return "451 4.3.0 Temporary failure, try again later"
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=False)
+
+
+class SmtpIntakeServer:
+    """Runs the handler on host:port with SIZE advertised (552 over the limit)."""
+
+    def __init__(
+        self, handler: IntakeHandler, *, host: str, port: int, max_message_bytes: int, hostname: str
+    ) -> None:
+        self.handler = handler
+        self.controller = Controller(
+            handler,
+            hostname=host,
+            port=port,
+            server_hostname=hostname,
+            data_size_limit=max_message_bytes,
+            decode_data=False,
+            enable_SMTPUTF8=True,
+            ready_timeout=10.0,
+        )
+
+    def start(self) -> None:
+        self.controller.start()
+
+    def stop(self) -> None:
+        self.controller.stop()
+        self.handler.close()
+
+    @property
+    def port(self) -> int:
+        return int(self.controller.port)

@@ -1,0 +1,113 @@
+"""A parsed mail and its envelope → the `ReceiveMail` command for the service (no ticket logic here)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.domain.lifecycle import Channel
+from gateway.mail.commands import split_commands
+from gateway.mail.parse import InboundMail
+from gateway.mail.rules import RuleContext, classify, suppresses_auto_reply
+from gateway.service.commands import AttachmentData, CommandSpec, Quarantine, ReceiveMail
+
+
+@dataclass(frozen=True)
+class TranslateContext:
+    own_domains: frozenset[str]
+    loop_token: str
+    trusted_authserv_ids: tuple[str, ...] = ()
+    channel: Channel = Channel.EMAIL
+
+
+def dedupe_key(sender: str, message_id: str | None, raw_sha256: str) -> str:
+    """Sender + Message-ID identifies a re-delivery; without a Message-ID the raw bytes do."""
+    if message_id:
+        return "mid:" + hashlib.sha256(f"{sender.lower()}\n{message_id}".encode()).hexdigest()
+    return "raw:" + raw_sha256
+
+
+_RESULT = re.compile(r"\bdmarc\s*=\s*([a-z]+)", re.IGNORECASE)
+
+
+def dmarc_verdict(mail: InboundMail, trusted: Sequence[str]) -> str | None:
+    """RFC 8601: only the topmost Authentication-Results of a trusted authserv-id counts."""
+    if not trusted:
+        return None
+    ids = {t.lower() for t in trusted}
+    for value in mail.auth_results:
+        authserv = value.split(";", 1)[0].strip().split()[0].lower() if value.strip() else ""
+        if authserv in ids:
+            found = _RESULT.search(value)
+            return found.group(1).lower() if found else "none"
+    return "none"
+
+
+def device_details(mail: InboundMail, trusted: Sequence[str]) -> dict[str, str]:
+    """User-Agent / X-Mailer, and the client IP of the first Received hop (SPEC §1.3)."""
+    out: dict[str, str] = {}
+    if mail.user_agent:
+        out["user_agent"] = mail.user_agent[:300]
+    # The bottom-most Received header is the one our organisation's MTA added when the
+    # client submitted; it names the client's address in brackets.
+    for rec in reversed(mail.received):
+        ip = re.search(r"\[(?:IPv6:)?([0-9a-fA-F:.]+)\]", rec)
+        if ip:
+            out["client_ip"] = ip.group(1)
+            break
+    return out
+
+
+def translate(
+    mail: InboundMail,
+    *,
+    envelope_from: str,
+    envelope_rcpts: Sequence[str],
+    ctx: TranslateContext,
+) -> ReceiveMail:
+    verdict = classify(
+        mail,
+        RuleContext(envelope_from=envelope_from, own_domains=ctx.own_domains, loop_token=ctx.loop_token),
+    )
+    quarantine = None
+    if verdict is not None:
+        quarantine = Quarantine(
+            rule=verdict.rule,
+            reason=verdict.reason.removeprefix("quarantined: "),
+            kind=verdict.kind,
+            bounced_recipients=tuple(verdict.bounced_recipients),
+            original_message_ids=tuple(verdict.original_message_ids),
+        )
+    commands, rest = split_commands(mail.new_text)
+    from_email = mail.from_addr.email if mail.from_addr is not None else None
+    sender = from_email or envelope_from or ""
+    return ReceiveMail(
+        channel=ctx.channel,
+        envelope_from=envelope_from.lower(),
+        envelope_rcpts=tuple(r.lower() for r in envelope_rcpts),
+        dedupe_key=dedupe_key(sender, mail.message_id, mail.raw_sha256),
+        message_id=mail.message_id,
+        raw=mail.raw,
+        raw_sha256=mail.raw_sha256,
+        from_email=from_email,
+        to=tuple(a.email for a in mail.to),
+        cc=tuple(a.email for a in mail.cc),
+        subject=mail.subject,
+        text=rest,
+        html=mail.html,
+        attachments=tuple(
+            AttachmentData(a.filename, a.content_type, a.data, a.sha256, a.inline)
+            for a in mail.attachments
+        ),
+        in_reply_to=mail.in_reply_to,
+        references=mail.references,
+        commands=tuple(CommandSpec(c.action, c.args, c.remark, c.raw) for c in commands),
+        quarantine=quarantine,
+        dmarc=dmarc_verdict(mail, ctx.trusted_authserv_ids),
+        suppress_auto_reply=suppresses_auto_reply(mail),
+        device=device_details(mail, ctx.trusted_authserv_ids),
+        defects=mail.defects,
+    )
+

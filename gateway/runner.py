@@ -1,0 +1,163 @@
+"""`ticketgate run`: SMTP intake, outbox delivery and the health endpoint in one process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from gateway.bootstrap import App, build
+from gateway.config import Settings
+from gateway.mail.delivery import MaildirTransport, SmtpRelayTransport, Transport
+from gateway.mail.delivery_worker import DeliveryWorker
+from gateway.mail.outbound import Renderer, templates_dir
+from gateway.mail.parse import ParseLimits
+from gateway.mail.smtp_server import IntakeHandler, SmtpIntakeServer
+from gateway.mail.translate import TranslateContext
+from gateway.service.intake import MailIntake
+from gateway.service.outbox import OutboxService
+from store import models as m
+
+log = logging.getLogger("ticketgate")
+
+
+def make_transport(settings: Settings) -> Transport:
+    o = settings.outbound
+    if o.transport == "maildir":
+        return MaildirTransport(Path(o.maildir))
+    if o.transport == "smtp":
+        return SmtpRelayTransport(
+            host=o.relay_host,
+            port=o.relay_port,
+            starttls=o.starttls,
+            username=o.username or None,
+            password=o.password or None,
+        )
+    raise ValueError(f"outbound.transport: unknown transport {o.transport!r} (smtp or maildir)")
+
+
+def make_intake(app: App) -> MailIntake:
+    return MailIntake(
+        app.service,
+        sender_rate_per_hour=app.settings.smtp.sender_rate_per_hour,
+        refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
+    )
+
+
+def make_handler(app: App, intake: MailIntake) -> IntakeHandler:
+    s = app.settings.smtp
+    return IntakeHandler(
+        intake,
+        ctx=TranslateContext(
+            own_domains=frozenset({app.identity.domain}),
+            loop_token=app.identity.loop_token,
+            trusted_authserv_ids=app.settings.mail.trusted_authserv_ids,
+        ),
+        limits=ParseLimits(
+            max_parts=s.max_parts,
+            max_depth=s.max_depth,
+            max_attachment_bytes=s.max_attachment_bytes,
+            max_total_attachment_bytes=s.max_total_attachment_bytes,
+        ),
+    )
+
+
+def make_worker(app: App) -> DeliveryWorker:
+    o = app.settings.outbound
+    outbox = OutboxService(
+        app.sessions,
+        clock=app.service.clock,
+        max_attempts=o.max_attempts,
+        backoff_seconds=o.backoff_seconds,
+        backoff_max_seconds=o.backoff_max_seconds,
+    )
+    return DeliveryWorker(
+        outbox,
+        make_transport(app.settings),
+        Renderer(templates_dir()),
+        envelope_from=app.identity.from_address,
+        poll_seconds=o.poll_seconds,
+    )
+
+
+class _Health(BaseHTTPRequestHandler):
+    app: App
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path == "/healthz":
+            try:
+                with self.app.engine.connect() as c:
+                    c.execute(text("select 1"))
+                body, code = {"status": "ok"}, 200
+            except Exception as e:  # noqa: BLE001 - health says what is wrong
+                body, code = {"status": "storage unavailable", "error": str(e)}, 503
+        elif self.path == "/metrics":
+            with self.app.sessions() as s:
+                rows = s.execute(select(m.Outbox.state, func.count()).group_by(m.Outbox.state)).all()
+                tickets = s.scalar(select(func.count()).select_from(m.Ticket))
+            lines = [f"ticketgate_tickets_total {tickets}"]
+            lines += [f'ticketgate_outbox{{state="{st}"}} {n}' for st, n in rows]
+            data = ("\n".join(lines) + "\n").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        else:
+            body, code = {"error": "not found"}, 404
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return
+
+
+def run(settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = build(settings, need_secret=True)
+    stop = threading.Event()
+    started: list[Any] = []
+    try:
+        if settings.smtp.enabled:
+            intake = make_intake(app)
+            server = SmtpIntakeServer(
+                make_handler(app, intake),
+                host=settings.smtp.host,
+                port=settings.smtp.port,
+                max_message_bytes=settings.smtp.max_message_bytes,
+                hostname=settings.smtp.hostname or app.identity.domain,
+            )
+            server.start()
+            started.append(server)
+            log.info("SMTP intake on %s:%s", settings.smtp.host, settings.smtp.port)
+        for i in range(max(1, settings.outbound.workers)):
+            worker = make_worker(app)
+            worker.start(name=f"delivery-{i}")
+            started.append(worker)
+        if settings.http.enabled:
+            handler = type("Health", (_Health,), {"app": app})
+            httpd = ThreadingHTTPServer((settings.http.host, settings.http.port), handler)
+            threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
+            started.append(httpd)
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        log.info("ticketgate running")
+        stop.wait()
+        log.info("stopping")
+    finally:
+        for svc in reversed(started):
+            if isinstance(svc, ThreadingHTTPServer):
+                svc.shutdown()
+            else:
+                svc.stop()
+        app.close()
+    return 0

@@ -1,0 +1,108 @@
+"""Commands the channels hand to the service, and the results they get back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.domain.lifecycle import Channel
+
+
+@dataclass(frozen=True)
+class AttachmentData:
+    filename: str
+    content_type: str
+    data: bytes
+    sha256: str
+    inline: bool = False
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """One requested action with its arguments (from a body command, the CLI or Slack)."""
+
+    action: str
+    args: tuple[str, ...] = ()
+    remark: str = ""
+    raw: str = ""
+
+
+@dataclass(frozen=True)
+class RaiseTicket:
+    requester: str  # email
+    to: str  # department address or employee email / gateway address
+    subject: str
+    body: str = ""
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+    category: str = ""  # "A" or "A/B"
+    priority: str = ""
+    channel: Channel = Channel.CLI
+    device: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Act:
+    ref: str  # TKT-n
+    actor: str  # email
+    action: str
+    args: tuple[str, ...] = ()
+    remark: str = ""
+    body: str = ""  # for reply / respond / message
+    channel: Channel = Channel.CLI
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    rule: str
+    reason: str
+    kind: str
+    bounced_recipients: tuple[str, ...] = ()
+    original_message_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReceiveMail:
+    """A parsed inbound mail with its envelope, ready for the intake rules of SPEC §2.2–2.5."""
+
+    channel: Channel
+    envelope_from: str
+    envelope_rcpts: tuple[str, ...]
+    dedupe_key: str
+    message_id: str | None
+    raw: bytes
+    raw_sha256: str
+    from_email: str | None  # None when From is missing or defective: never authorises
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    subject: str
+    text: str
+    html: str | None
+    attachments: tuple[AttachmentData, ...]
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    commands: tuple[CommandSpec, ...]
+    quarantine: Quarantine | None
+    dmarc: str | None  # "pass" | "fail" | other, from a trusted authserv-id; None when none
+    suppress_auto_reply: bool
+    device: dict[str, Any] = field(default_factory=dict)
+    defects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    applied: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    """What became of an inbound mail; the channel turns it into its own reply."""
+
+    outcome: str  # ticket | message | quarantined | refused | duplicate
+    rule: str
+    ticket_ref: str | None = None
+    code: int = 250
+    text: str = "2.0.0 OK"
+    commands: tuple[CommandResult, ...] = ()

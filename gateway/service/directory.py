@@ -1,0 +1,135 @@
+"""Look-ups of the organization: addresses to employees and departments, roles on a ticket."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from gateway.domain.lifecycle import AssignmentType, Role
+from gateway.domain.routing import Party, PartyKind
+from store import models as m
+
+
+def split_subaddress(addr: str) -> tuple[str, str]:
+    """`it+hardware@x` → (`it@x`, `hardware`); no `+` → (addr, "")."""
+    addr = addr.strip().lower()
+    local, _, domain = addr.rpartition("@")
+    if "+" in local:
+        base, _, sub = local.partition("+")
+        return f"{base}@{domain}", sub
+    return addr, ""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    party: Party
+    sub_address: str = ""
+
+
+class Directory:
+    """Answers 'who is this address' within one session."""
+
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def employee(self, addr: str) -> m.Employee | None:
+        a = addr.strip().lower()
+        return self.s.scalars(
+            select(m.Employee).where(or_(m.Employee.email == a, m.Employee.gateway_address == a))
+        ).first()
+
+    def employee_by_id(self, emp_id: int) -> m.Employee:
+        e = self.s.get(m.Employee, emp_id)
+        assert e is not None
+        return e
+
+    def department(self, addr: str) -> tuple[m.Department, str] | None:
+        a = addr.strip().lower()
+        d = self.s.scalars(select(m.Department).where(m.Department.address == a)).first()
+        if d is not None:
+            return d, ""
+        base, sub = split_subaddress(a)
+        if sub:
+            d = self.s.scalars(select(m.Department).where(m.Department.address == base)).first()
+            if d is not None:
+                return d, sub
+        return None
+
+    def department_by_name(self, org_id: int, name: str) -> m.Department | None:
+        return self.s.scalars(
+            select(m.Department).where(
+                m.Department.org_id == org_id, func.lower(m.Department.name) == name.lower()
+            )
+        ).first()
+
+    def resolve(self, addr: str) -> Resolved | None:
+        dep = self.department(addr)
+        if dep is not None:
+            d, sub = dep
+            return Resolved(Party(PartyKind.DEPARTMENT, d.id, d.org_id), sub)
+        e = self.employee(addr)
+        if e is not None:
+            return Resolved(Party(PartyKind.EMPLOYEE, e.id, e.org_id))
+        return None
+
+    def members(self, department_id: int, *, active_only: bool = True) -> list[m.Employee]:
+        q = select(m.Employee).where(m.Employee.department_id == department_id)
+        if active_only:
+            q = q.where(m.Employee.active.is_(True))
+        return list(self.s.scalars(q.order_by(m.Employee.id)))
+
+    def top_level(self, department_id: int) -> int | None:
+        return self.s.scalar(
+            select(func.max(m.Role.level)).where(m.Role.department_id == department_id)
+        )
+
+    def category(self, org_id: int, spec: str) -> tuple[m.Category | None, m.Category | None]:
+        """`A/B`, `A` or a sub-category name alone → (category, sub-category)."""
+        spec = spec.strip()
+        if not spec:
+            return None, None
+        parts = [p.strip().lower() for p in spec.replace("\\", "/").split("/", 1)]
+        cats = list(self.s.scalars(select(m.Category).where(m.Category.org_id == org_id)))
+        tops = {c.name.lower(): c for c in cats if c.parent_id is None}
+        if parts[0] in tops:
+            top = tops[parts[0]]
+            if len(parts) == 1:
+                return top, None
+            sub = next(
+                (c for c in cats if c.parent_id == top.id and c.name.lower() == parts[1]), None
+            )
+            return (top, sub) if sub is not None else (None, None)
+        if len(parts) == 1:
+            sub = next((c for c in cats if c.parent_id is not None and c.name.lower() == parts[0]), None)
+            if sub is not None:
+                return self.s.get(m.Category, sub.parent_id), sub
+        return None, None
+
+    def roles_of(self, ticket: m.Ticket, emp: m.Employee) -> frozenset[Role]:
+        """Every role ``emp`` holds on ``ticket`` (SPEC §1.4); none across organizations."""
+        if emp.org_id != ticket.org_id or not emp.active:
+            return frozenset()
+        roles: set[Role] = set()
+        if ticket.from_employee_id == emp.id:
+            roles.add(Role.REQUESTER)
+        if ticket.assignment_type == AssignmentType.INDIVIDUAL.value:
+            if ticket.to_employee_id == emp.id:
+                roles.add(Role.ASSIGNEE)
+        elif emp.department_id == ticket.to_department_id:
+            roles.add(Role.ASSIGNEE)
+        if ticket.owner_id == emp.id:
+            roles.add(Role.OWNER)
+        if (
+            emp.department_id == ticket.to_department_id
+            and emp.id not in (ticket.owner_id, ticket.to_employee_id)
+            and emp.role.level == self.top_level(ticket.to_department_id)
+        ):
+            roles.add(Role.HIGHER_AUTHORITY)
+        for c in self.s.scalars(select(m.TicketCopy).where(m.TicketCopy.ticket_id == ticket.id)):
+            if c.employee_id == emp.id or (
+                c.department_id is not None and c.department_id == emp.department_id
+            ):
+                roles.add(Role.RC if c.kind == "RC" else Role.RHC)
+        return frozenset(roles)

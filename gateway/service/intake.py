@@ -1,0 +1,375 @@
+"""Inbound mail: dedupe, quarantine, sender check, threading (SPEC §2.3), raise or post — one transaction."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway.domain.lifecycle import TERMINAL, Channel, Role, Status
+from gateway.domain.routing import Party, PartyKind, route
+from gateway.domain.subjects import find_ticket_refs
+from gateway.domain.tokens import token_from_address
+from gateway.service.commands import CommandResult, CommandSpec, IntakeResult, ReceiveMail
+from gateway.service.errors import UserFacingError
+from gateway.service.tickets import TicketService, Unit
+from store import models as m
+
+# Commands that are raise-time parameters when they arrive with a new ticket.
+_RAISE_PARAMS = {"category", "priority", "cc", "bcc"}
+
+
+class MailIntake:
+    """Decides the fate of one inbound mail; the SMTP and IMAP adapters call `receive`."""
+
+    def __init__(
+        self,
+        service: TicketService,
+        *,
+        sender_rate_per_hour: int = 120,
+        refuse_dmarc_fail: bool = True,
+    ) -> None:
+        self.svc = service
+        self.sender_rate_per_hour = sender_rate_per_hour
+        self.refuse_dmarc_fail = refuse_dmarc_fail
+
+    def known_recipient(self, addr: str) -> str | None:
+        """RCPT TO check: 'department' | 'employee' | 'reply' | 'postmaster' | None."""
+        a = addr.strip().lower()
+        domain = self.svc.identity.domain
+        if a.split("@")[0] == "postmaster":
+            return "postmaster"
+        tok = token_from_address(a, local=self.svc.identity.reply_local, domain=domain)
+        if tok is not None:
+            if self.svc.tokens is None:
+                return None
+            return "reply" if self.svc.tokens.verify(tok, now=self.svc.now()) else None
+        if a == self.svc.identity.from_address:
+            return "reply"
+        with self.svc.sessions() as s:
+            from gateway.service.directory import Directory
+
+            d = Directory(s)
+            if d.department(a) is not None:
+                return "department"
+            e = d.employee(a)
+            if e is not None and e.gateway_address == a:
+                return "employee"
+            if e is not None:
+                return "employee"
+        return None
+
+    def receive(self, cmd: ReceiveMail) -> IntakeResult:
+        try:
+            with self.svc.unit() as u:
+                return self._receive(u, cmd)
+        except IntegrityError:
+            # Two deliveries of one message raced; the other one committed it first.
+            with self.svc.sessions() as s:
+                rec = s.scalars(
+                    select(m.InboundMail).where(m.InboundMail.dedupe_key == cmd.dedupe_key)
+                ).first()
+            if rec is None:
+                raise
+            return IntakeResult("duplicate", f"duplicate of an accepted mail: {rec.rule}")
+
+    # ------------------------------------------------------------------------------------------
+    def _record(
+        self, u: Unit, cmd: ReceiveMail, outcome: str, rule: str, ticket_id: int | None, **detail: object
+    ) -> None:
+        u.store_blob(cmd.raw_sha256, cmd.raw)
+        u.s.add(
+            m.InboundMail(
+                dedupe_key=cmd.dedupe_key,
+                message_id=cmd.message_id,
+                sender=cmd.from_email or cmd.envelope_from or "",
+                channel=cmd.channel.value,
+                outcome=outcome,
+                rule=rule,
+                ticket_id=ticket_id,
+                raw_sha256=cmd.raw_sha256,
+                at=u.now,
+                detail={k: v for k, v in detail.items()},
+            )
+        )
+        u.s.flush()
+
+    def _receive(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
+        prior = u.s.scalars(
+            select(m.InboundMail).where(m.InboundMail.dedupe_key == cmd.dedupe_key)
+        ).first()
+        if prior is not None:
+            ref = f"TKT-{prior.ticket_id}" if prior.ticket_id else None
+            return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior.rule}", ref)
+        # SPEC §2.5: automatic mail is recognised before the sender check and kept, never answered.
+        q = cmd.quarantine
+        if q is not None:
+            self._record(
+                u, cmd, "quarantined", f"quarantined: {q.reason}", None,
+                kind=q.kind, bounced=list(q.bounced_recipients),
+            )
+            if q.kind == "bounce":
+                self._bounce(u, cmd)
+            return IntakeResult("quarantined", f"quarantined: {q.reason}")
+        if cmd.from_email is None:
+            return IntakeResult(
+                "refused", "refused: From header missing or malformed", code=550,
+                text="5.7.1 From header missing or malformed",
+            )
+        sender = u.d.employee(cmd.from_email)
+        if sender is None or not sender.active:
+            why = "not an employee" if sender is None else "deactivated"
+            return IntakeResult(
+                "refused", f"refused: sender {why}", code=550,
+                text=f"5.7.1 {cmd.from_email} is {why} of an organization served here",
+            )
+        org = u.s.get(m.Organization, sender.org_id)
+        assert org is not None
+        sender_domain = cmd.from_email.rsplit("@", 1)[-1]
+        if (
+            cmd.dmarc == "fail"
+            and sender_domain in [d.lower() for d in org.domains]
+            and self.refuse_dmarc_fail
+        ):
+            return IntakeResult(
+                "refused", "refused: DMARC failed for the organization's own domain", code=550,
+                text="5.7.1 DMARC check failed for your domain; message not accepted",
+            )
+        trusted = cmd.dmarc in (None, "pass")
+        since = u.now - timedelta(hours=1)
+        recent = u.s.scalar(
+            select(func.count()).select_from(m.InboundMail).where(
+                m.InboundMail.sender == cmd.from_email, m.InboundMail.at >= since
+            )
+        ) or 0
+        if recent >= self.sender_rate_per_hour:
+            rule = f"quarantined: rate limit ({self.sender_rate_per_hour} mails an hour from one sender)"
+            self._record(u, cmd, "quarantined", rule, None, kind="rate_limit")
+            return IntakeResult("quarantined", rule)
+        me = Party(PartyKind.EMPLOYEE, sender.id, sender.org_id)
+
+        ticket, rule = self._thread(u, cmd, sender)
+        if ticket is not None:
+            return self._post(u, cmd, sender, ticket, rule, trusted)
+        return self._raise(u, cmd, sender, me, rule, trusted)
+
+    # ---- threading (SPEC §2.3): first rule that matches wins ------------------------------------
+    def _thread(self, u: Unit, cmd: ReceiveMail, sender: m.Employee) -> tuple[m.Ticket | None, str]:
+        ident = self.svc.identity
+        tokens = self.svc.tokens
+        if tokens is not None:
+            for rcpt in cmd.envelope_rcpts + cmd.to + cmd.cc:
+                tok = token_from_address(rcpt, local=ident.reply_local, domain=ident.domain)
+                if tok is None:
+                    continue
+                claims = tokens.verify(tok, now=u.now)
+                if claims is None or claims.purpose != "reply":
+                    continue
+                t = u.s.get(m.Ticket, claims.ticket_id, with_for_update=True)
+                if t is not None and u.d.roles_of(t, sender):
+                    return t, "threaded by reply token"
+        for mid in (*cmd.in_reply_to, *reversed(cmd.references)):
+            tid = self._ticket_for_message_id(u, mid)
+            if tid is None:
+                continue
+            t = u.s.get(m.Ticket, tid, with_for_update=True)
+            if t is not None and u.d.roles_of(t, sender):
+                how = "In-Reply-To" if mid in cmd.in_reply_to else "References"
+                return t, f"threaded by {how} <{mid}>"
+        for n in find_ticket_refs(cmd.subject):
+            t = u.s.get(m.Ticket, n, with_for_update=True)
+            # The hijack rule: a tag alone threads only a participant's mail.
+            if t is not None and u.d.roles_of(t, sender):
+                return t, f"threaded by subject tag [TKT-{n}]"
+        return None, "new ticket: no rule matched"
+
+    def _ticket_for_message_id(self, u: Unit, mid: str) -> int | None:
+        for col, model in (
+            (m.Outbox.message_id, m.Outbox),
+            (m.Message.message_id, m.Message),
+            (m.Ticket.root_message_id, m.Ticket),
+        ):
+            row = u.s.scalars(select(model).where(col == mid).limit(1)).first()
+            if row is not None:
+                return row.id if isinstance(row, m.Ticket) else row.ticket_id
+        return None
+
+    # ---- a message on an existing ticket -------------------------------------------------------
+    def _post(
+        self, u: Unit, cmd: ReceiveMail, sender: m.Employee, t: m.Ticket, rule: str, trusted: bool
+    ) -> IntakeResult:
+        roles = u.d.roles_of(t, sender)
+        status = Status(t.status)
+        if status in TERMINAL:
+            window = self.svc.options.reopen_window
+            if (
+                Role.REQUESTER in roles
+                and status is Status.CLOSED
+                and t.closed_at is not None
+                and u.now - t.closed_at <= window
+            ):
+                res = u.apply(t, sender, CommandSpec("reopen", raw="reopen by reply"), cmd.channel)
+                rule += "; reopened within the reopen window"
+                assert res.applied
+            else:
+                me = Party(PartyKind.EMPLOYEE, sender.id, sender.org_id)
+                return self._raise(
+                    u, cmd, sender, me, f"new ticket: TKT-{t.id} is {t.status}; follow-up opened", trusted,
+                    linked=t.id,
+                )
+        results: list[CommandResult] = []
+        status_changed = False
+        for c in cmd.commands:
+            if not trusted:
+                results.append(CommandResult(c.raw or c.action, False, "sender not authenticated (DMARC)"))
+                continue
+            before = t.status
+            r = u.apply(t, sender, c, cmd.channel)
+            results.append(r)
+            status_changed |= r.applied and t.status != before
+        text = cmd.text.strip()
+        if text or cmd.attachments:
+            try:
+                u.post(
+                    t, sender, text, cmd.channel,
+                    html=cmd.html, message_id=cmd.message_id, raw_sha256=cmd.raw_sha256,
+                    attachments=cmd.attachments, status_effect=not status_changed,
+                    in_reply_to=cmd.message_id, applied=tuple(results),
+                )
+            except UserFacingError as e:
+                results.append(CommandResult("message", False, e.reason))
+        elif results:
+            u.notify.enqueue(
+                t, "status_change", actor=sender, only=frozenset({sender.id}),
+                applied=tuple(results),
+            )
+        if any(not r.applied for r in results) and not cmd.suppress_auto_reply:
+            reasons = "; ".join(f"{r.command}: {r.reason}" for r in results if not r.applied)
+            u.notify.enqueue(
+                t, "refusal", actor=sender, only=frozenset({sender.id}),
+                applied=tuple(results), extra={"reason": reasons},
+            )
+        self._record(
+            u, cmd, "message", rule, t.id,
+            commands=[{"command": r.command, "applied": r.applied, "reason": r.reason} for r in results],
+        )
+        return IntakeResult("message", rule, f"TKT-{t.id}", commands=tuple(results))
+
+    # ---- a new ticket ----------------------------------------------------------------------------
+    def _raise(
+        self, u: Unit, cmd: ReceiveMail, sender: m.Employee, me: Party, rule: str, trusted: bool,
+        linked: int | None = None,
+    ) -> IntakeResult:
+        visible = {a.lower() for a in cmd.to + cmd.cc}
+        external: list[str] = []
+        sub_address = ""
+
+        def resolve(addrs: tuple[str, ...]) -> list[Party]:
+            nonlocal sub_address
+            out: list[Party] = []
+            for a in addrs:
+                r = u.d.resolve(a)
+                if r is None or r.party.org_id != sender.org_id:
+                    if a.lower() != sender.email and a.lower() not in external:
+                        if not a.lower().endswith("@" + self.svc.identity.domain):
+                            external.append(a.lower())
+                    continue
+                if r.sub_address and not sub_address:
+                    sub_address = r.sub_address
+                out.append(r.party)
+            return out
+
+        to = resolve(cmd.to)
+        cc = resolve(cmd.cc)
+        env_only = resolve(tuple(a for a in cmd.envelope_rcpts if a.lower() not in visible))
+        default = None
+        if self.svc.options.default_department:
+            dd = u.d.department(self.svc.options.default_department)
+            if dd is not None and dd[0].org_id == sender.org_id:
+                default = Party(PartyKind.DEPARTMENT, dd[0].id, dd[0].org_id)
+        routing = route(to=to, cc=cc, envelope_only=env_only, default=default, sender=me)
+        if routing.target is None:
+            return IntakeResult(
+                "refused", "refused: no department or colleague of the sender's organization addressed",
+                code=550, text="5.1.1 no department or colleague of your organization was addressed",
+            )
+        params = {c.action: c for c in cmd.commands if c.action in _RAISE_PARAMS}
+        rest = [c for c in cmd.commands if c.action not in _RAISE_PARAMS]
+        results: list[CommandResult] = []
+        category = ""
+        priority = ""
+        if "category" in params:
+            category = " ".join(params["category"].args) or params["category"].remark
+        if "priority" in params and trusted:
+            priority = " ".join(params["priority"].args) or params["priority"].remark
+        rc, rhc = list(routing.rc), list(routing.rhc)
+        for kind, lst in (("cc", rc), ("bcc", rhc)):
+            if kind in params:
+                for a in params[kind].args:
+                    r = u.d.resolve(a)
+                    if r is None or r.party.org_id != sender.org_id:
+                        results.append(CommandResult(params[kind].raw, False, f"{a} is not known here"))
+                    else:
+                        lst.append(r.party)
+        try:
+            t = u.raise_ticket(
+                requester=sender, target=routing.target, rc=tuple(rc), rhc=tuple(rhc),
+                subject=cmd.subject, body=cmd.text.strip(), channel=cmd.channel,
+                category=category, sub_address=sub_address, priority=priority, device=cmd.device,
+                html=cmd.html, message_id=cmd.message_id, raw_sha256=cmd.raw_sha256,
+                attachments=cmd.attachments, external=tuple(external), linked_ticket_id=linked,
+            )
+        except UserFacingError as e:
+            if category:
+                # An unknown category is not worth losing the ticket: raise without it.
+                results.append(CommandResult(params["category"].raw, False, e.reason))
+                t = u.raise_ticket(
+                    requester=sender, target=routing.target, rc=tuple(rc), rhc=tuple(rhc),
+                    subject=cmd.subject, body=cmd.text.strip(), channel=cmd.channel,
+                    sub_address=sub_address, device=cmd.device, html=cmd.html,
+                    message_id=cmd.message_id, raw_sha256=cmd.raw_sha256,
+                    attachments=cmd.attachments, external=tuple(external), linked_ticket_id=linked,
+                )
+            else:
+                raise
+        for k, c in params.items():
+            if k not in ("cc", "bcc") or all(r.command != c.raw for r in results):
+                results.append(CommandResult(c.raw or c.action, True))
+        for c in rest:
+            if not trusted:
+                results.append(CommandResult(c.raw or c.action, False, "sender not authenticated (DMARC)"))
+                continue
+            results.append(u.apply(t, sender, c, cmd.channel))
+        u.notify_raised(t, sender, ack=not cmd.suppress_auto_reply, applied=tuple(results))
+        self._record(
+            u, cmd, "ticket", rule, t.id,
+            commands=[{"command": r.command, "applied": r.applied, "reason": r.reason} for r in results],
+            external=external,
+        )
+        return IntakeResult("ticket", rule, f"TKT-{t.id}", commands=tuple(results))
+
+    # ---- bounces ---------------------------------------------------------------------------------
+    def _bounce(self, u: Unit, cmd: ReceiveMail) -> None:
+        """A bounce naming one of our Message-IDs marks that delivery failed (SPEC §2.5)."""
+        q = cmd.quarantine
+        assert q is not None
+        ids = set(q.original_message_ids) | set(cmd.references) | set(cmd.in_reply_to)
+        for mid in ids:
+            row = u.s.scalars(select(m.Outbox).where(m.Outbox.message_id == mid)).first()
+            if row is None:
+                continue
+            row.state = "bounced"
+            row.last_error = f"bounced: {', '.join(q.bounced_recipients) or 'recipient unknown'}"
+            if row.ticket_id:
+                t = u.s.get(m.Ticket, row.ticket_id)
+                if t is not None:
+                    u.history(t, "delivery_failed", None, Channel.SYSTEM, f"mail to {row.recipient} bounced")
+            sup = u.s.get(m.SuppressedAddress, row.recipient)
+            if sup is None:
+                sup = m.SuppressedAddress(address=row.recipient, hard_bounces=0, updated_at=u.now)
+                u.s.add(sup)
+            sup.hard_bounces += 1
+            sup.suppressed = sup.hard_bounces >= 3
+            sup.updated_at = u.now
+

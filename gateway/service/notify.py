@@ -1,0 +1,257 @@
+"""Events → outbox rows: one row per recipient, rendered later, written in the change's transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from gateway.domain.lifecycle import Action, AssignmentType, Role
+from gateway.domain.subjects import clean_header_text
+from gateway.domain.thread_index import thread_guid, thread_index
+from gateway.domain.tokens import ReplyTokens, reply_address
+from gateway.domain.visibility import sees_hidden
+from gateway.service.commands import CommandResult
+from gateway.service.directory import Directory
+from store import models as m
+
+# Kinds that are automatic mail in the sense of RFC 3834 (counted by the loop breaker).
+AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_request", "refusal"})
+
+_HINTS: dict[Role, tuple[str, ...]] = {
+    Role.ASSIGNEE: (
+        "#take",
+        "#deliver",
+        "#return <remark>",
+        "#hold <remark>",
+        "#pending <remark>",
+        "#reject <remark>",
+        "#to_higher_authority",
+        "#assign <email>",
+        "#cc <email>",
+        "#category A/B",
+        "#priority high",
+    ),
+    Role.OWNER: ("#release",),
+    Role.HIGHER_AUTHORITY: ("#approve", "#escalate", "#reject <remark>"),
+    Role.REQUESTER: ("#close", "#cancel", "#reopen", "#cc <email>"),
+}
+
+
+@dataclass(frozen=True)
+class MailIdentity:
+    """How the gateway signs its mail: domain, From, reply-address local part, X-Loop value."""
+
+    domain: str
+    from_address: str
+    from_name: str
+    reply_local: str
+    loop_token: str
+
+
+def role_label(roles: frozenset[Role]) -> str:
+    for r in (Role.OWNER, Role.ASSIGNEE, Role.HIGHER_AUTHORITY, Role.REQUESTER, Role.RC, Role.RHC):
+        if r in roles:
+            return r.value
+    return "participant"
+
+
+def commands_hint(roles: frozenset[Role]) -> tuple[str, ...]:
+    out: list[str] = []
+    for r in (Role.REQUESTER, Role.ASSIGNEE, Role.OWNER, Role.HIGHER_AUTHORITY):
+        if r in roles:
+            out.extend(h for h in _HINTS[r] if h not in out)
+    return tuple(out)
+
+
+def new_message_id(ref: str, domain: str) -> str:
+    return f"{uuid.uuid4().hex}.{ref.lower()}@{domain}"
+
+
+class Notifier:
+    """Writes outbox rows for what happened to a ticket, each filtered for its audience."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        identity: MailIdentity,
+        tokens: ReplyTokens | None,
+        now: datetime,
+        auto_mail_per_day: int = 40,
+    ) -> None:
+        self.s = session
+        self.d = Directory(session)
+        self.identity = identity
+        self.tokens = tokens
+        self.now = now
+        self.auto_mail_per_day = auto_mail_per_day
+
+    def participants(self, ticket: m.Ticket) -> list[tuple[m.Employee, frozenset[Role]]]:
+        """Every active person on the ticket with their roles, requester first."""
+        ids: list[int] = [ticket.from_employee_id]
+        if ticket.assignment_type == AssignmentType.INDIVIDUAL.value and ticket.to_employee_id:
+            ids.append(ticket.to_employee_id)
+        else:
+            ids.extend(e.id for e in self.d.members(ticket.to_department_id))
+        if ticket.owner_id:
+            ids.insert(1, ticket.owner_id)
+        for c in self.s.scalars(
+            select(m.TicketCopy).where(m.TicketCopy.ticket_id == ticket.id).order_by(m.TicketCopy.id)
+        ):
+            if c.employee_id is not None:
+                ids.append(c.employee_id)
+            elif c.department_id is not None:
+                ids.extend(e.id for e in self.d.members(c.department_id))
+        seen: set[int] = set()
+        out: list[tuple[m.Employee, frozenset[Role]]] = []
+        for i in ids:
+            if i in seen:
+                continue
+            seen.add(i)
+            e = self.d.employee_by_id(i)
+            roles = self.d.roles_of(ticket, e)
+            if roles:
+                out.append((e, roles))
+        return out
+
+    def history_lines(self, ticket: m.Ticket) -> list[dict[str, str]]:
+        rows = self.s.scalars(
+            select(m.StatusHistory)
+            .where(m.StatusHistory.ticket_id == ticket.id)
+            .order_by(m.StatusHistory.id.desc())
+            .limit(5)
+        )
+        return [
+            {"status": h.status, "actor": h.actor_label, "at": h.at.isoformat(), "remark": h.remark}
+            for h in reversed(list(rows))
+        ]
+
+    def target_label(self, ticket: m.Ticket) -> str:
+        if ticket.assignment_type == AssignmentType.INDIVIDUAL.value and ticket.to_employee_id:
+            return self.d.employee_by_id(ticket.to_employee_id).name
+        dep = self.s.get(m.Department, ticket.to_department_id)
+        return dep.name if dep else ""
+
+    def _allow_automatic(self, address: str) -> bool:
+        """RFC 3834 loop breaker: a cap on automatic mail per address and day."""
+        sup = self.s.get(m.SuppressedAddress, address)
+        if sup is not None and sup.suppressed:
+            return False
+        day = self.now.date().isoformat()
+        row = self.s.get(m.AutoMailCounter, (address, day))
+        if row is None:
+            row = m.AutoMailCounter(address=address, day=day, count=0)
+            self.s.add(row)
+        if row.count >= self.auto_mail_per_day:
+            return False
+        row.count += 1
+        return True
+
+    def enqueue(
+        self,
+        ticket: m.Ticket,
+        kind: str,
+        *,
+        actor: m.Employee | None,
+        exclude: frozenset[int] = frozenset(),
+        only: frozenset[int] | None = None,
+        hidden: bool = False,
+        body: str = "",
+        remark: str = "",
+        in_reply_to: str | None = None,
+        applied: tuple[CommandResult, ...] = (),
+        extra: dict[str, str] | None = None,
+    ) -> list[m.Outbox]:
+        ref = f"TKT-{ticket.id}"
+        history = self.history_lines(ticket)
+        target = self.target_label(ticket)
+        requester = self.d.employee_by_id(ticket.from_employee_id).name
+        root = ticket.root_message_id
+        references = tuple(x for x in (root, in_reply_to) if x)
+        references = tuple(dict.fromkeys(references))
+        auto = {
+            "refusal": "auto-replied",
+            "new_message": None,
+        }.get(kind, "auto-generated")
+        rows: list[m.Outbox] = []
+        for emp, roles in self.participants(ticket):
+            if emp.id in exclude or (only is not None and emp.id not in only):
+                continue
+            if hidden and not sees_hidden(roles):
+                continue  # SPEC §1.4: hidden messages reach only the assignee side and RHC
+            address = emp.email.lower()
+            if kind in AUTOMATIC_KINDS and not self._allow_automatic(address):
+                continue
+            reply_addr = self.identity.from_address
+            if self.tokens is not None:
+                token = self.tokens.issue(
+                    ticket_id=ticket.id, participant_id=emp.id, purpose="reply", now=self.now
+                )
+                reply_addr = reply_address(self.identity.reply_local, token, self.identity.domain)
+            msg_id = new_message_id(ref, self.identity.domain)
+            payload: dict[str, Any] = {
+                "kind": kind,
+                "ticket_ref": ref,
+                "subject": clean_header_text(ticket.subject),
+                "status": ticket.status,
+                "target": target,
+                "requester": requester,
+                "recipient_email": address,
+                "recipient_name": emp.name,
+                "role": role_label(roles),
+                "from_address": self.identity.from_address,
+                "from_name": self.identity.from_name,
+                "reply_address": reply_addr,
+                "message_id": msg_id,
+                "in_reply_to": in_reply_to or root,
+                "references": list(references),
+                "thread_index": thread_index(
+                    ticket.created_at,
+                    thread_guid(f"{ref}@{self.identity.domain}"),
+                    (self.now,) if self.now > ticket.created_at else (),
+                ),
+                "auto_submitted": auto,
+                "actor": actor.name if actor is not None else "system",
+                "body": body,
+                "remark": remark,
+                "history": history,
+                "applied_commands": [
+                    {"command": c.command, "applied": c.applied, "reason": c.reason}
+                    for c in (applied if actor is not None and emp.id == actor.id else ())
+                ],
+                "commands_hint": list(commands_hint(roles)),
+                "extra": dict(extra or {}),
+                "date": self.now.isoformat(),
+                "loop_token": self.identity.loop_token,
+            }
+            row = m.Outbox(
+                ticket_id=ticket.id,
+                channel="email",
+                kind=kind,
+                recipient=address,
+                recipient_id=emp.id,
+                message_id=msg_id,
+                hidden=hidden or Role.RHC in roles,
+                payload=payload,
+                state="pending",
+                attempts=0,
+                next_attempt_at=self.now,
+                created_at=self.now,
+            )
+            self.s.add(row)
+            rows.append(row)
+        return rows
+
+
+def status_kind(action: Action) -> str:
+    return "escalation" if action in (Action.ESCALATE, Action.TO_HIGHER_AUTHORITY) else "status_change"
+
+
+def retry_delay(attempts: int, base: float, cap: float) -> timedelta:
+    """Exponential backoff: base · 2^(attempts-1), capped."""
+    return timedelta(seconds=min(cap, base * (2 ** max(0, attempts - 1))))

@@ -1,0 +1,287 @@
+"""SQLAlchemy 2 declarative models for the whole domain of SPEC §1 (and the mail/outbox records)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from gateway.domain.lifecycle import AssignmentType, Priority, Status
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both SQLite (which stores naive text) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        from datetime import UTC
+
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        from datetime import UTC
+
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    domains: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class Branch(Base):
+    __tablename__ = "branches"
+    __table_args__ = (UniqueConstraint("org_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    working_hours: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    holidays: Mapped[list[Any]] = mapped_column(default=list)
+
+
+class Category(Base):
+    __tablename__ = "categories"
+    __table_args__ = (UniqueConstraint("org_id", "parent_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class Department(Base):
+    __tablename__ = "departments"
+    __table_args__ = (UniqueConstraint("branch_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    branch_id: Mapped[int] = mapped_column(ForeignKey("branches.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # lower-cased; the gateway owns it, so it is unique across the installation
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    slack_channel: Mapped[str | None] = mapped_column(String(64), index=True)
+    default_category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"))
+
+
+class Role(Base):
+    __tablename__ = "roles"
+    __table_args__ = (UniqueConstraint("department_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    level: Mapped[int] = mapped_column(Integer)
+
+
+class Employee(Base):
+    __tablename__ = "employees"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    role_id: Mapped[int] = mapped_column(ForeignKey("roles.id"), index=True)
+    department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    gateway_address: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    slack_user_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    role: Mapped[Role] = relationship(lazy="joined")
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    id: Mapped[int] = mapped_column(primary_key=True)  # the n of TKT-n
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id"), index=True)
+    subject: Mapped[str] = mapped_column(String(998))
+    description: Mapped[str] = mapped_column(Text, default="")
+    category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"))
+    sub_category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"))
+    priority: Mapped[str] = mapped_column(String(16), default=Priority.NORMAL.value)
+    assignment_type: Mapped[str] = mapped_column(String(16), default=AssignmentType.DEPARTMENT.value)
+    # From
+    from_employee_id: Mapped[int] = mapped_column(ForeignKey("employees.id"), index=True)
+    from_department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"))
+    from_branch_id: Mapped[int] = mapped_column(ForeignKey("branches.id"))
+    channel: Mapped[str] = mapped_column(String(16))
+    device: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # To
+    to_department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"), index=True)
+    to_employee_id: Mapped[int | None] = mapped_column(ForeignKey("employees.id"), index=True)
+    to_branch_id: Mapped[int] = mapped_column(ForeignKey("branches.id"))
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("employees.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32), default=Status.RAISED.value, index=True)
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0)
+    linked_ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    root_message_id: Mapped[str | None] = mapped_column(String(998))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+    # Deadlines for the scheduler (indexed: a tick selects WHERE due <= now, O(due)).
+    first_response_due: Mapped[datetime | None] = mapped_column(index=True)
+    resolution_due: Mapped[datetime | None] = mapped_column(index=True)
+    reminder_due: Mapped[datetime | None] = mapped_column(index=True)
+    auto_close_due: Mapped[datetime | None] = mapped_column(index=True)
+    feedback_due: Mapped[datetime | None] = mapped_column(index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class TicketCopy(Base):
+    __tablename__ = "ticket_copies"
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "kind", "employee_id", "department_id"),
+        Index("ix_copies_employee", "employee_id"),
+        Index("ix_copies_department", "department_id"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # RC | RHC
+    employee_id: Mapped[int | None] = mapped_column(ForeignKey("employees.id"))
+    department_id: Mapped[int | None] = mapped_column(ForeignKey("departments.id"))
+    added_at: Mapped[datetime]
+
+
+class StatusHistory(Base):
+    __tablename__ = "status_history"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(32))
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("employees.id"))
+    actor_label: Mapped[str] = mapped_column(String(320))
+    at: Mapped[datetime]
+    channel: Mapped[str] = mapped_column(String(16))
+    remark: Mapped[str] = mapped_column(Text, default="")
+
+
+class Blob(Base):
+    """Content-addressed bytes: attachments and raw inbound MIME."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    sender_id: Mapped[int | None] = mapped_column(ForeignKey("employees.id"))
+    sender_label: Mapped[str] = mapped_column(String(320))
+    body: Mapped[str] = mapped_column(Text, default="")
+    html: Mapped[str | None] = mapped_column(Text)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    channel: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime]
+    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    raw_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))
+    slack_ts: Mapped[str | None] = mapped_column(String(32))
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    inline: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), unique=True)
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime]
+
+
+class InboundMail(Base):
+    """The processing record of every inbound mail (SPEC §2.3), and its dedupe key."""
+
+    __tablename__ = "inbound_mail"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
+    message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    sender: Mapped[str] = mapped_column(String(320))
+    channel: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(32), index=True)  # ticket|message|quarantined|refused
+    rule: Mapped[str] = mapped_column(Text)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    raw_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))
+    at: Mapped[datetime] = mapped_column(index=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Outbox(Base):
+    """One row per recipient per event; written in the same transaction as the change."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16), default="email")
+    kind: Mapped[str] = mapped_column(String(32))
+    recipient: Mapped[str] = mapped_column(String(320), index=True)
+    recipient_id: Mapped[int | None] = mapped_column(ForeignKey("employees.id"))
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    hidden: Mapped[bool] = mapped_column(Boolean, default=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sent|dead|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+
+class AutoMailCounter(Base):
+    """Automatic mails sent per address and day (RFC 3834 loop breaker)."""
+
+    __tablename__ = "auto_mail_counters"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SuppressedAddress(Base):
+    """Addresses that hard-bounced repeatedly: no more automatic mail to them."""
+
+    __tablename__ = "suppressed_addresses"
+    address: Mapped[str] = mapped_column(String(320), primary_key=True)
+    hard_bounces: Mapped[int] = mapped_column(Integer, default=0)
+    suppressed: Mapped[bool] = mapped_column(Boolean, default=False)
+    updated_at: Mapped[datetime]
