@@ -14,7 +14,10 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 def alembic_config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    # configparser interpolates "%": escape it (URLs may carry %-encoded options)
+    cfg.set_main_option(
+        "sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%")
+    )
     return cfg
 
 

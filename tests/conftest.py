@@ -1,0 +1,272 @@
+"""Shared fixtures: a migrated database on SQLite and (when configured) PostgreSQL, the demo org,
+a service with a clock the test drives, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from gateway.bootstrap import App, build
+from gateway.config import load_settings
+from gateway.demo import DEMO_EMPLOYEES_CSV, DEMO_ORG_TOML
+from gateway.service.org_import import import_org
+from store.migrate import upgrade
+
+PG_URL = os.environ.get("TICKETGATE_TEST_POSTGRES_URL", "")
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+SECRET = "test-secret-0123456789abcdef"
+
+
+class TestClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, at: datetime | None = None) -> None:
+        self.at = at or datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, **kw: float) -> None:
+        self.at += timedelta(**kw)
+
+
+def _backends() -> list[object]:
+    return ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@dataclass
+class Database:
+    backend: str
+    url: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture(params=_backends())
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """An empty database: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
+    if request.param == "sqlite":
+        yield Database("sqlite", f"sqlite:///{tmp_path}/tg.db")
+        return
+    if not PG_URL:
+        pytest.skip("TICKETGATE_TEST_POSTGRES_URL is not set (.ci/run always sets it)")
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    try:
+        yield Database("postgres", url)
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_only(database: Database) -> None:
+    if database.backend != "sqlite":
+        pytest.skip("SQLite-specific")
+
+
+def write_demo_org(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "org.toml").write_text(DEMO_ORG_TOML, encoding="utf-8")
+    if DEMO_EMPLOYEES_CSV:
+        (folder / "employees.csv").write_text(DEMO_EMPLOYEES_CSV, encoding="utf-8")
+    return folder / "org.toml"
+
+
+@dataclass
+class Env:
+    """A configured installation: settings file, environment, app and clock."""
+
+    dir: Path
+    env: dict[str, str]
+    app: App
+    clock: TestClock
+
+    @property
+    def service(self):  # type: ignore[no-untyped-def]
+        return self.app.service
+
+    def import_org(self, path: Path) -> None:
+        with self.app.sessions() as s, s.begin():
+            import_org(s, path, mail_domain=self.app.settings.mail.domain)
+
+
+def make_env(db: Database, folder: Path, extra: dict[str, str] | None = None) -> Env:
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {
+        "TICKETGATE_CONFIG": str(folder / "ticketgate.toml"),
+        "TICKETGATE__DATABASE__URL": db.url,
+        "TICKETGATE__MAIL__DOMAIN": "tickets.acme.example",
+        "TICKETGATE__MAIL__SECRET": SECRET,
+        "TICKETGATE__OUTBOUND__TRANSPORT": "maildir",
+        "TICKETGATE__OUTBOUND__MAILDIR": str(folder / "outbox"),
+        "TICKETGATE__SLACK__ENABLED": "false",
+        "TICKETGATE__IMAP__ENABLED": "false",
+        **(extra or {}),
+    }
+    settings = load_settings(folder / "ticketgate.toml", env)
+    clock = TestClock()
+    app = build(settings, clock=clock)
+    upgrade(app.engine)
+    return Env(folder, env, app, clock)
+
+
+@pytest.fixture
+def env(database: Database, tmp_path: Path) -> Iterator[Env]:
+    """The demo organisation on a migrated database, with a test clock."""
+    e = make_env(database, tmp_path / "install")
+    e.import_org(write_demo_org(tmp_path / "install"))
+    try:
+        yield e
+    finally:
+        e.app.close()
+
+
+def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `ticketgate` as a separate process, as an operator would."""
+    full = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        env=full,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# ---- SMTP intake and outbound delivery over real sockets ------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def crlf(data: bytes) -> bytes:
+    import re
+
+    return re.sub(rb"\r?\n|\r", b"\r\n", data)
+
+
+@dataclass
+class Gateway:
+    """`env` plus the SMTP intake server on 127.0.0.1 and a delivery worker to the maildir."""
+
+    env: Env
+    port: int
+    server: object
+    worker: object
+
+    def send(
+        self, msg: object, sender: str, rcpts: list[str]
+    ) -> tuple[int, str]:
+        """Send over SMTP; return (code, text) of the final answer."""
+        import smtplib
+        from email import policy
+        from email.message import EmailMessage
+
+        data = msg.as_bytes(policy=policy.SMTP) if isinstance(msg, EmailMessage) else msg
+        assert isinstance(data, bytes)
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as s:
+            try:
+                s.sendmail(sender, rcpts, crlf(data))
+                return 250, ""
+            except smtplib.SMTPRecipientsRefused as e:
+                code, txt = next(iter(e.recipients.values()))
+                return code, txt.decode(errors="replace")
+            except (smtplib.SMTPResponseException, smtplib.SMTPSenderRefused) as e:
+                return e.smtp_code, e.smtp_error.decode(errors="replace")
+
+    def deliver(self) -> list[object]:
+        """Run the delivery worker once; return every mail in the maildir, parsed."""
+        from email import message_from_bytes, policy
+
+        self.worker.run_once()  # type: ignore[attr-defined]
+        new = self.env.dir / "outbox" / "new"
+        files = sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns) if new.exists() else []
+        return [message_from_bytes(p.read_bytes(), policy=policy.default) for p in files]
+
+    def ticket(self, ref: str) -> dict:  # type: ignore[type-arg]
+        from gateway.service.tickets import parse_ref
+        from gateway.service.views import Views
+        from store import models as m
+
+        with self.env.app.sessions() as s:
+            t = s.get(m.Ticket, parse_ref(ref))
+            assert t is not None, ref
+            return Views(s).ticket(t)
+
+    def tickets(self) -> list[dict]:  # type: ignore[type-arg]
+        from gateway.service.views import Views
+
+        with self.env.app.sessions() as s:
+            v = Views(s)
+            return [v.ticket(t) for t in v.tickets()]
+
+
+@pytest.fixture
+def gateway(env: Env) -> Iterator[Gateway]:
+    from gateway.mail.smtp_server import SmtpIntakeServer
+    from gateway.runner import make_handler, make_intake, make_worker
+
+    app = env.app
+    intake = make_intake(app)
+    port = free_port()
+    server = SmtpIntakeServer(
+        make_handler(app, intake),
+        host="127.0.0.1",
+        port=port,
+        max_message_bytes=app.settings.smtp.max_message_bytes,
+        hostname=app.identity.domain,
+    )
+    server.start()
+    try:
+        yield Gateway(env, port, server, make_worker(app))
+    finally:
+        server.stop()
+
+
+def mail(
+    sender: str,
+    to: list[str],
+    subject: str,
+    body: str,
+    *,
+    cc: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+    msgid: str | None = None,
+) -> object:
+    """A plain mail as a client writes it."""
+    from email.message import EmailMessage
+    from email.utils import formatdate, make_msgid
+
+    m = EmailMessage()
+    m["From"] = sender
+    m["To"] = ", ".join(to)
+    if cc:
+        m["Cc"] = ", ".join(cc)
+    m["Subject"] = subject
+    m["Date"] = formatdate(localtime=True)
+    m["Message-ID"] = msgid or make_msgid(domain="client.example")
+    for k, v in (headers or {}).items():
+        m[k] = v
+    m.set_content(body)
+    return m
