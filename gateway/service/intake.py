@@ -199,6 +199,7 @@ class MailIntake:
     def _post(
         self, u: Unit, cmd: ReceiveMail, sender: m.Employee, t: m.Ticket, rule: str, trusted: bool
     ) -> IntakeResult:
+        u.store_blob(cmd.raw_sha256, cmd.raw)
         roles = u.d.roles_of(t, sender)
         status = Status(t.status)
         if status in TERMINAL:
@@ -294,6 +295,7 @@ class MailIntake:
                 "refused", "refused: no department or colleague of the sender's organization addressed",
                 code=550, text="5.1.1 no department or colleague of your organization was addressed",
             )
+        u.store_blob(cmd.raw_sha256, cmd.raw)
         params = {c.action: c for c in cmd.commands if c.action in _RAISE_PARAMS}
         rest = [c for c in cmd.commands if c.action not in _RAISE_PARAMS]
         results: list[CommandResult] = []

@@ -1,0 +1,189 @@
+"""Intake rules tell automatic mail (bounces, auto-replies, lists, loops) from people's mail."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.mail.parse import parse_mail
+from gateway.mail.rules import RULES, RuleContext, classify, suppresses_auto_reply
+
+OWN = "tickets.acme.example"
+CTX = RuleContext(envelope_from="jane@example.com", own_domains=frozenset({OWN}), loop_token=OWN)
+
+
+def _mail(headers: str, body: str = "Hello\n") -> bytes:
+    base = (
+        "From: Jane <jane@example.com>\nTo: it@tickets.acme.example\nMessage-ID: <m1@example.com>\n"
+    )
+    return (base + headers.strip("\n") + "\n\n" + body).encode()
+
+
+def _kind(headers: str, body: str = "Hello\n", ctx: RuleContext = CTX) -> str | None:
+    verdict = classify(parse_mail(_mail(headers, body)), ctx)
+    return verdict.kind if verdict else None
+
+
+def test_rules_have_names_and_descriptions() -> None:
+    """Every rule names itself and says what it checks, for the processing record."""
+    names = [r.name for r in RULES]
+    assert len(names) == len(set(names))
+    assert all(r.description for r in RULES)
+
+
+def test_person_mail_is_not_classified() -> None:
+    """An ordinary mail from a person passes every rule."""
+    assert _kind("Subject: Printer broken") is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "kind", "rule"),
+    [
+        ("Auto-Submitted: auto-replied\nSubject: hi", "auto_reply", "auto-submitted"),
+        ("Auto-Submitted: auto-generated (failure)\nSubject: hi", "auto_reply", "auto-submitted"),
+        ("X-Autoreply: yes\nSubject: hi", "auto_reply", "x-autoreply"),
+        ("X-Autorespond: Thanks\nSubject: hi", "auto_reply", "x-autorespond"),
+        ("Precedence: bulk\nSubject: hi", "list", "precedence"),
+        ("Precedence: junk\nSubject: hi", "list", "precedence"),
+        ("Precedence: list\nSubject: hi", "list", "precedence"),
+        ("List-Id: <users.lists.example>\nSubject: hi", "list", "list-headers"),
+        ("List-Unsubscribe: <mailto:u@lists.example>\nSubject: hi", "list", "list-headers"),
+        ("X-Loop: tickets.acme.example\nSubject: hi", "loop", "own-loop"),
+        ("Subject: Automatic reply: your ticket", "out_of_office", "out-of-office"),
+        ("Subject: Abwesenheitsnotiz: Drucker", "out_of_office", "out-of-office"),
+        (
+            "Auto-Submitted: auto-replied\nSubject: Out of Office until Monday",
+            "out_of_office",
+            "out-of-office",
+        ),
+        ("X-Apple-Action: VACATION\nSubject: Re: x", "out_of_office", "out-of-office"),
+        ("X-Boxtrapper: yes\nSubject: verify", "auto_reply", "challenge-response"),
+        (
+            "X-Failed-Recipients: bob@example.org\nSubject: Mail delivery failed",
+            "bounce",
+            "non-standard-bounce",
+        ),
+    ],
+)
+def test_header_rules(headers: str, kind: str, rule: str) -> None:
+    """Each automatic-mail header hits its own named rule with the expected kind."""
+    verdict = classify(parse_mail(_mail(headers)), CTX)
+    assert verdict is not None
+    assert (verdict.kind, verdict.rule) == (kind, rule)
+    assert verdict.reason.startswith("quarantined: ")
+
+
+def test_auto_submitted_no_is_a_person() -> None:
+    """Auto-Submitted: no is explicitly not automatic (RFC 3834 §5)."""
+    assert _kind("Auto-Submitted: no\nSubject: hi") is None
+
+
+def test_vacation_word_alone_is_a_ticket() -> None:
+    """A "Vacation request" from a person is a ticket, not an out-of-office."""
+    assert _kind("Subject: Vacation request for June") is None
+
+
+def test_auto_response_suppress_alone_is_not_automatic() -> None:
+    """X-Auto-Response-Suppress only asks us not to answer; the mail can still be a ticket."""
+    mail = parse_mail(_mail("X-Auto-Response-Suppress: All\nSubject: Please help"))
+    assert classify(mail, CTX) is None
+    assert suppresses_auto_reply(mail)
+
+
+def test_own_message_id_is_a_loop() -> None:
+    """A Message-ID minted on our domain means our own mail came back."""
+    raw = _mail("Subject: hi").replace(b"m1@example.com", b"tkt-7.abc@tickets.acme.example")
+    verdict = classify(parse_mail(raw), CTX)
+    assert verdict is not None and (verdict.kind, verdict.rule) == ("loop", "own-message-id")
+
+
+def test_foreign_x_loop_is_not_ours() -> None:
+    """Somebody else's X-Loop value does not make the mail ours."""
+    assert _kind("X-Loop: helpdesk@other.example\nSubject: hi") is None
+
+
+def test_null_reverse_path_is_a_bounce() -> None:
+    """A mail with MAIL FROM:<> and no other sign is still never a ticket."""
+    ctx = RuleContext(envelope_from="", own_domains=frozenset({OWN}), loop_token=OWN)
+    verdict = classify(parse_mail(_mail("Subject: hi")), ctx)
+    assert verdict is not None and verdict.rule == "null-reverse-path"
+
+
+def test_mailer_daemon_sender() -> None:
+    """A mail from MAILER-DAEMON is a bounce even without a DSN part."""
+    raw = _mail("Subject: failure notice").replace(
+        b"Jane <jane@example.com>", b"MAILER-DAEMON@mx.example.org"
+    )
+    verdict = classify(parse_mail(raw), CTX)
+    assert verdict is not None and verdict.kind == "bounce"
+
+
+def test_dsn_extracts_recipient_and_original() -> None:
+    """An RFC 3464 DSN yields the failed recipient and the original Message-ID."""
+    raw = b"""From: MAILER-DAEMON@mx.example.org
+To: it@tickets.acme.example
+Subject: Undelivered Mail Returned to Sender
+Content-Type: multipart/report; report-type=delivery-status; boundary=R
+
+--R
+Content-Type: text/plain
+
+Could not deliver.
+--R
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.org
+
+Original-Recipient: rfc822; bob@example.org
+Final-Recipient: rfc822; bob@example.org
+Action: failed
+Status: 5.1.1
+
+--R
+Content-Type: text/rfc822-headers
+
+Message-ID: <tkt-42.1@tickets.acme.example>
+Subject: [TKT-42] Printer
+
+--R--
+"""
+    ctx = RuleContext(envelope_from="", own_domains=frozenset({OWN}), loop_token=OWN)
+    verdict = classify(parse_mail(raw), ctx)
+    assert verdict is not None
+    assert (verdict.rule, verdict.kind) == ("multipart-report", "bounce")
+    assert verdict.bounced_recipients == ("bob@example.org",)
+    assert verdict.original_message_ids == ("tkt-42.1@tickets.acme.example",)
+    assert verdict.temporary is False
+
+
+def test_read_receipt_is_an_auto_reply() -> None:
+    """An MDN (multipart/report; report-type=disposition-notification) is an automatic answer."""
+    raw = _mail(
+        "Subject: Read: x\nContent-Type: multipart/report; report-type=disposition-notification; boundary=Z",
+        "--Z\nContent-Type: text/plain\n\nread\n--Z--\n",
+    )
+    verdict = classify(parse_mail(raw), CTX)
+    assert verdict is not None and verdict.kind == "auto_reply"
+
+
+@pytest.mark.parametrize(
+    ("headers", "envelope", "expected"),
+    [
+        ("X-Auto-Response-Suppress: OOF", "jane@example.com", True),
+        ("X-Auto-Response-Suppress: DR, AutoReply", "jane@example.com", True),
+        ("X-Auto-Response-Suppress: DR, RN", "jane@example.com", False),
+        ("Auto-Submitted: auto-generated", "jane@example.com", True),
+        ("Auto-Submitted: no", "jane@example.com", False),
+        ("Precedence: bulk", "jane@example.com", True),
+        ("Subject: hi", "", True),
+        ("Subject: hi", "jane@example.com", False),
+    ],
+)
+def test_suppresses_auto_reply(headers: str, envelope: str, expected: bool) -> None:
+    """We never send an ack or refusal where RFC 3834 or Exchange asks us not to."""
+    mail = parse_mail(_mail(headers))
+    assert suppresses_auto_reply(mail, envelope_from=envelope) is expected
+
+
+def test_suppresses_auto_reply_uses_return_path_without_envelope() -> None:
+    """Without an envelope (IMAP), Return-Path: <> counts as a null sender."""
+    assert suppresses_auto_reply(parse_mail(_mail("Return-Path: <>")))
