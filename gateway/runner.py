@@ -20,6 +20,7 @@ from gateway.mail.outbound import Renderer, templates_dir
 from gateway.mail.parse import ParseLimits
 from gateway.mail.smtp_server import IntakeHandler, SmtpIntakeServer
 from gateway.mail.translate import TranslateContext
+from gateway.service.group_commit import GroupCommitIntake
 from gateway.service.intake import MailIntake
 from gateway.service.outbox import OutboxService
 from store import models as m
@@ -53,7 +54,7 @@ def make_intake(app: App) -> MailIntake:
 def make_handler(app: App, intake: MailIntake) -> IntakeHandler:
     s = app.settings.smtp
     return IntakeHandler(
-        intake,
+        GroupCommitIntake(intake),
         ctx=TranslateContext(
             own_domains=frozenset({app.identity.domain}),
             loop_token=app.identity.loop_token,
@@ -123,6 +124,8 @@ class _Health(BaseHTTPRequestHandler):
 
 def run(settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # aiosmtpd logs every SMTP command line at INFO: a cost on the hot path and noise in the log.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     app = build(settings, need_secret=True)
     stop = threading.Event()
     started: list[Any] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -12,12 +13,17 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.mail.parse import ParseLimits, parse_mail
 from gateway.mail.translate import TranslateContext, translate
 from gateway.service.commands import IntakeResult
-from gateway.service.intake import MailIntake
+from gateway.service.commands import ReceiveMail
 from store.db import is_storage_error
 
 log = logging.getLogger("ticketgate.smtp")
 
 TEMPFAIL = "451 4.3.0 Temporary failure: storage unavailable, try again later"
+
+
+class Intake(Protocol):
+    def known_recipient(self, addr: str) -> str | None: ...
+    def receive(self, cmd: ReceiveMail) -> IntakeResult: ...
 
 
 class IntakeHandler:
@@ -28,7 +34,7 @@ class IntakeHandler:
 
     def __init__(
         self,
-        intake: MailIntake,
+        intake: Intake,
         *,
         ctx: TranslateContext,
         limits: ParseLimits,
@@ -96,6 +102,9 @@ class IntakeHandler:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=False)
+        closer = getattr(self.intake, "close", None)
+        if closer is not None:
+            closer()
 
 
 class SmtpIntakeServer:

@@ -33,6 +33,24 @@ class Directory:
 
     def __init__(self, session: Session) -> None:
         self.s = session
+        # Per-unit caches: the notifier asks for roles once per recipient, and the same
+        # department's top level and the same ticket's copies over and over.
+        self._top: dict[int, int | None] = {}
+        self._copies: dict[int, list[m.TicketCopy]] = {}
+
+    def copies(self, ticket_id: int) -> list[m.TicketCopy]:
+        if ticket_id not in self._copies:
+            self._copies[ticket_id] = list(
+                self.s.scalars(
+                    select(m.TicketCopy)
+                    .where(m.TicketCopy.ticket_id == ticket_id)
+                    .order_by(m.TicketCopy.id)
+                )
+            )
+        return self._copies[ticket_id]
+
+    def forget_copies(self, ticket_id: int) -> None:
+        self._copies.pop(ticket_id, None)
 
     def employee(self, addr: str) -> m.Employee | None:
         a = addr.strip().lower()
@@ -81,9 +99,11 @@ class Directory:
         return list(self.s.scalars(q.order_by(m.Employee.id)))
 
     def top_level(self, department_id: int) -> int | None:
-        return self.s.scalar(
-            select(func.max(m.Role.level)).where(m.Role.department_id == department_id)
-        )
+        if department_id not in self._top:
+            self._top[department_id] = self.s.scalar(
+                select(func.max(m.Role.level)).where(m.Role.department_id == department_id)
+            )
+        return self._top[department_id]
 
     def category(self, org_id: int, spec: str) -> tuple[m.Category | None, m.Category | None]:
         """`A/B`, `A` or a sub-category name alone → (category, sub-category)."""
@@ -127,7 +147,7 @@ class Directory:
             and emp.role.level == self.top_level(ticket.to_department_id)
         ):
             roles.add(Role.HIGHER_AUTHORITY)
-        for c in self.s.scalars(select(m.TicketCopy).where(m.TicketCopy.ticket_id == ticket.id)):
+        for c in self.copies(ticket.id):
             if c.employee_id == emp.id or (
                 c.department_id is not None and c.department_id == emp.department_id
             ):

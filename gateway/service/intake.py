@@ -63,7 +63,7 @@ class MailIntake:
     def receive(self, cmd: ReceiveMail) -> IntakeResult:
         try:
             with self.svc.unit() as u:
-                return self._receive(u, cmd)
+                return self.apply(u, cmd)
         except IntegrityError:
             # Two deliveries of one message raced; the other one committed it first.
             with self.svc.sessions() as s:
@@ -95,7 +95,8 @@ class MailIntake:
         )
         u.s.flush()
 
-    def _receive(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
+    def apply(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
+        """Decide and write one mail inside the caller's unit of work (no commit here)."""
         prior = u.s.scalars(
             select(m.InboundMail).where(m.InboundMail.dedupe_key == cmd.dedupe_key)
         ).first()
@@ -285,7 +286,14 @@ class MailIntake:
         cc = resolve(cmd.cc)
         env_only = resolve(tuple(a for a in cmd.envelope_rcpts if a.lower() not in visible))
         default = None
-        if self.svc.options.default_department:
+        old = u.s.get(m.Ticket, linked) if linked is not None else None
+        if old is not None:
+            # A follow-up to a closed ticket written to its reply address goes where the old one went.
+            if old.assignment_type == "INDIVIDUAL" and old.to_employee_id is not None:
+                default = Party(PartyKind.EMPLOYEE, old.to_employee_id, old.org_id)
+            else:
+                default = Party(PartyKind.DEPARTMENT, old.to_department_id, old.org_id)
+        elif self.svc.options.default_department:
             dd = u.d.department(self.svc.options.default_department)
             if dd is not None and dd[0].org_id == sender.org_id:
                 default = Party(PartyKind.DEPARTMENT, dd[0].id, dd[0].org_id)

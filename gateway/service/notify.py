@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.lifecycle import Action, AssignmentType, Role
@@ -21,6 +21,10 @@ from store import models as m
 
 # Kinds that are automatic mail in the sense of RFC 3834 (counted by the loop breaker).
 AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_request", "refusal"})
+
+# Loop breaker per (ticket, recipient), after Zammad's notification_email.rb (≤10 mails in
+# 10 min … 100 in 10 h): a ticket that ping-pongs with an autoresponder stops mailing it.
+TICKET_RECIPIENT_WINDOW = timedelta(hours=1)
 
 _HINTS: dict[Role, tuple[str, ...]] = {
     Role.ASSIGNEE: (
@@ -83,13 +87,16 @@ class Notifier:
         tokens: ReplyTokens | None,
         now: datetime,
         auto_mail_per_day: int = 40,
+        auto_mail_per_ticket_hour: int = 10,
+        directory: Directory | None = None,
     ) -> None:
         self.s = session
-        self.d = Directory(session)
+        self.d = directory or Directory(session)
         self.identity = identity
         self.tokens = tokens
         self.now = now
         self.auto_mail_per_day = auto_mail_per_day
+        self.auto_mail_per_ticket_hour = auto_mail_per_ticket_hour
 
     def participants(self, ticket: m.Ticket) -> list[tuple[m.Employee, frozenset[Role]]]:
         """Every active person on the ticket with their roles, requester first."""
@@ -100,9 +107,7 @@ class Notifier:
             ids.extend(e.id for e in self.d.members(ticket.to_department_id))
         if ticket.owner_id:
             ids.insert(1, ticket.owner_id)
-        for c in self.s.scalars(
-            select(m.TicketCopy).where(m.TicketCopy.ticket_id == ticket.id).order_by(m.TicketCopy.id)
-        ):
+        for c in self.d.copies(ticket.id):
             if c.employee_id is not None:
                 ids.append(c.employee_id)
             elif c.department_id is not None:
@@ -137,10 +142,23 @@ class Notifier:
         dep = self.s.get(m.Department, ticket.to_department_id)
         return dep.name if dep else ""
 
-    def _allow_automatic(self, address: str) -> bool:
-        """RFC 3834 loop breaker: a cap on automatic mail per address and day."""
+    def _allow_automatic(self, ticket: m.Ticket, address: str) -> bool:
+        """RFC 3834 loop breaker: caps on automatic mail per (ticket, recipient) and hour, and
+        per address and day; an address that hard-bounced repeatedly gets none."""
         sup = self.s.get(m.SuppressedAddress, address)
         if sup is not None and sup.suppressed:
+            return False
+        recent = self.s.scalar(
+            select(func.count())
+            .select_from(m.Outbox)
+            .where(
+                m.Outbox.ticket_id == ticket.id,
+                m.Outbox.recipient == address,
+                m.Outbox.kind.in_(sorted(AUTOMATIC_KINDS)),
+                m.Outbox.created_at > self.now - TICKET_RECIPIENT_WINDOW,
+            )
+        )
+        if (recent or 0) >= self.auto_mail_per_ticket_hour:
             return False
         day = self.now.date().isoformat()
         row = self.s.get(m.AutoMailCounter, (address, day))
@@ -185,7 +203,7 @@ class Notifier:
             if hidden and not sees_hidden(roles):
                 continue  # SPEC §1.4: hidden messages reach only the assignee side and RHC
             address = emp.email.lower()
-            if kind in AUTOMATIC_KINDS and not self._allow_automatic(address):
+            if kind in AUTOMATIC_KINDS and not self._allow_automatic(ticket, address):
                 continue
             reply_addr = self.identity.from_address
             if self.tokens is not None:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.domain.lifecycle import (
@@ -69,6 +69,7 @@ class Unit:
             tokens=svc.tokens,
             now=self.now,
             auto_mail_per_day=svc.options.auto_mail_per_day,
+            directory=self.d,
         )
 
     # ---- look-ups ---------------------------------------------------------------------------
@@ -174,6 +175,7 @@ class Unit:
             )
         )
         self.s.flush()
+        self.d.forget_copies(t.id)
         return True
 
     # ---- raising ----------------------------------------------------------------------------
@@ -327,7 +329,7 @@ class Unit:
         )
         if not isinstance(decision, Allowed):
             return CommandResult(label, False, decision.reason)
-        before = t.status
+        before = self._state(t)
         note = remark
         try:
             note = self._effects(t, actor, action, spec, remark)
@@ -336,9 +338,9 @@ class Unit:
         if decision.to is not None:
             t.status = decision.to.value
         t.updated_at = self.now
-        changed = t.status != before or action in (
-            Action.ASSIGN, Action.CC, Action.BCC, Action.CATEGORY, Action.PRIORITY, Action.ESCALATE,
-        )
+        # Only a real change is history: a cc of someone already copied, or a priority set to
+        # what it was, is applied but leaves no entry (and sends no mail).
+        changed = self._state(t) != before
         if changed:
             self.history(t, action.value, actor, channel, note)
         self.s.flush()
@@ -350,6 +352,16 @@ class Unit:
                 t, kind, actor=actor, exclude=exclude, remark=note, hidden=action is Action.BCC,
             )
         return CommandResult(label, True, "")
+
+    def _state(self, t: m.Ticket) -> tuple[object, ...]:
+        """What an action can change on a ticket (besides messages), to tell a change from a no-op."""
+        copies = self.s.scalar(
+            select(func.count()).select_from(m.TicketCopy).where(m.TicketCopy.ticket_id == t.id)
+        )
+        return (
+            t.status, t.owner_id, t.to_employee_id, t.to_department_id, t.category_id,
+            t.sub_category_id, t.priority, t.escalation_level, t.closed_at, copies,
+        )
 
     def _effects(
         self, t: m.Ticket, actor: m.Employee | None, action: Action, spec: CommandSpec, remark: str
@@ -379,6 +391,8 @@ class Unit:
             else:
                 t.to_employee_id = emp.id
                 t.to_department_id = emp.department_id
+                # The previous assignee's ownership must not outlive the reassignment.
+                t.owner_id = None
             return f"assigned to {emp.email}"
         elif action in (Action.CC, Action.BCC):
             if not spec.args:
@@ -420,8 +434,13 @@ class Unit:
         status_effect: bool = True,
         in_reply_to: str | None = None,
         applied: tuple[CommandResult, ...] = (),
+        action: Action | None = None,
     ) -> tuple[m.Message, CommandResult]:
-        """A message from a participant: reply (assignee), respond/message (requester), RC/RHC."""
+        """A message from a participant: reply (assignee), respond/message (requester), RC/RHC.
+
+        ``action`` is the one the sender named (CLI, Slack): then the table judges that action
+        rather than the one their roles suggest; a hidden copy may only name ``message``.
+        """
         roles = self.d.roles_of(t, sender)
         if not roles:
             raise ActionRefused("you are not a participant of this ticket")
@@ -429,7 +448,11 @@ class Unit:
             raise ActionRefused(f"the ticket is {t.status}; it takes no more messages")
         hidden = Role.RHC in roles and not (roles & {Role.ASSIGNEE, Role.REQUESTER, Role.RC, Role.OWNER})
         result = CommandResult("message", True)
-        if status_effect and not hidden:
+        if action is not None and not (hidden and action is Action.MESSAGE):
+            result = self.apply(t, sender, CommandSpec(action.value), channel, notify=False)
+            if not result.applied:
+                raise ActionRefused(result.reason)
+        elif status_effect and not hidden:
             if Role.ASSIGNEE in roles and Role.REQUESTER not in roles:
                 act = Action.REPLY
             elif Role.REQUESTER in roles and t.status in (Status.REPLIED.value, Status.RETURNED.value):
@@ -543,7 +566,7 @@ class TicketService:
             if name in ("reply", "respond", "message"):
                 if not cmd.body.strip():
                     raise UserFacingError(f"{name}: give the message text")
-                _, result = u.post(t, actor, cmd.body, cmd.channel)
+                _, result = u.post(t, actor, cmd.body, cmd.channel, action=Action(name))
                 return result
             result = u.apply(
                 t, actor, CommandSpec(name, cmd.args, cmd.remark, raw=cmd.action), cmd.channel

@@ -1,0 +1,260 @@
+"""SMTP intake throughput: `ticketgate run` against a bare fsync-per-message aiosmtpd ceiling.
+
+Sends N distinct realistic messages (plain, multipart/alternative, ~20 % with a 20 KB
+attachment, ~30 % replies to earlier tickets) over C concurrent SMTP connections, first to a bare
+aiosmtpd server that writes each message to a file and fsyncs before answering 250 (the cheapest
+durable acceptance on the machine), then to `ticketgate run` on SQLite and on PostgreSQL (when
+TICKETGATE_TEST_POSTGRES_URL is set). Prints JSON and a short table.
+
+    .venv/bin/python benchmarks/smtp_ingest.py [-n 2000] [-c 8] [--backends sqlite,postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EMPLOYEES = [
+    "frank@acme.example", "grace@acme.example", "henry@acme.example", "irene@acme.example",
+    "james@acme.example", "nora@acme.example", "paula@acme.example", "karl@acme.example",
+]
+DEPTS = ["it@acme.example", "facilities@acme.example", "hr@acme.example", "finance@acme.example"]
+ATTACHMENT = bytes(random.Random(7).getrandbits(8) for _ in range(20 * 1024))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def build_messages(n: int, seed: int = 1) -> list[tuple[str, list[str], bytes]]:
+    """N distinct messages; replies reference the Message-ID of an earlier message (its ticket)."""
+    rnd = random.Random(seed)
+    out: list[tuple[str, list[str], bytes]] = []
+    sent_ids: list[tuple[str, str, str]] = []  # (message-id, sender, dept)
+    for i in range(n):
+        m = EmailMessage()
+        is_reply = sent_ids and rnd.random() < 0.30
+        if is_reply:
+            parent, sender, dept = rnd.choice(sent_ids[-200:])
+            m["Subject"] = f"Re: Printer problem number {i}"
+            m["In-Reply-To"] = parent
+            m["References"] = parent
+        else:
+            sender, dept = rnd.choice(EMPLOYEES), rnd.choice(DEPTS)
+            m["Subject"] = f"Printer problem number {i}"
+        mid = f"<bench-{i}-{uuid.uuid4().hex[:8]}@client.example>"
+        m["From"] = sender
+        m["To"] = dept
+        m["Date"] = formatdate()
+        m["Message-ID"] = mid
+        m["User-Agent"] = "Mozilla Thunderbird 128.3"
+        text = (
+            f"Hello team,\n\nthe printer on floor {i % 7} shows error E{i % 13}. "
+            "It started this morning and the queue is stuck.\n\nThanks,\nsomeone\n"
+        )
+        if is_reply:
+            text = "Still broken, any news?\n\nOn Mon, Helpdesk wrote:\n> " + text.replace("\n", "\n> ")
+        m.set_content(text)
+        if rnd.random() < 0.5:
+            m.add_alternative(f"<p>{text.replace(chr(10), '<br>')}</p>", subtype="html")
+        if rnd.random() < 0.20:
+            m.add_attachment(ATTACHMENT, maintype="application", subtype="pdf", filename=f"scan{i}.pdf")
+        if not is_reply:
+            sent_ids.append((mid, sender, dept))
+        out.append((sender, [dept], m.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")))
+    return out
+
+
+def blast(port: int, msgs: list[tuple[str, list[str], bytes]], conns: int) -> dict[str, float]:
+    """Send over `conns` persistent connections; latency is DATA→250 per message."""
+    lat: list[float] = []
+    errors = [0]
+    first_error: list[str] = []
+    lock = threading.Lock()
+    # Messages are dealt in order so that a reply is sent after its parent in most cases.
+    queues = [msgs[i::conns] for i in range(conns)]
+
+    def worker(q: list[tuple[str, list[str], bytes]]) -> None:
+        s = smtplib.SMTP("127.0.0.1", port, timeout=120)
+        s.ehlo()
+        mine: list[float] = []
+        for sender, rcpts, data in q:
+            s.mail(sender)
+            for r in rcpts:
+                s.rcpt(r)
+            t0 = time.perf_counter()
+            code, _ = s.data(data)  # noqa: F841
+            mine.append(time.perf_counter() - t0)
+            if code != 250:
+                with lock:
+                    errors[0] += 1
+                    if not first_error:
+                        first_error.append(f"{code} {_!r}")
+        s.quit()
+        with lock:
+            lat.extend(mine)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(q,)) for q in queues]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {
+        "messages": len(msgs),
+        "errors": errors[0],
+        "seconds": round(wall, 3),
+        "msg_per_s": round(len(msgs) / wall, 1),
+        "p50_ms": round(statistics.median(lat) * 1000, 2),
+        "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, 2),
+        **({"first_error": first_error[0]} if first_error else {}),
+    }
+
+
+CEILING_SERVER = r'''
+import asyncio, os, sys, uuid
+from aiosmtpd.controller import Controller
+folder = sys.argv[2]
+class H:
+    async def handle_DATA(self, server, session, envelope):
+        p = os.path.join(folder, uuid.uuid4().hex)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, envelope.original_content)
+        os.fsync(fd)
+        os.close(fd)
+        return "250 OK"
+c = Controller(H(), hostname="127.0.0.1", port=int(sys.argv[1]), decode_data=False)
+c.start()
+print("ready", flush=True)
+sys.stdin.read()
+'''
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"server did not listen on {port}")
+
+
+def run_ceiling(msgs: list[tuple[str, list[str], bytes]], conns: int) -> dict[str, float]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CEILING_SERVER, str(port), d],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        try:
+            wait_port(port, proc)
+            return blast(port, msgs, conns)
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def pg_schema_url(base: str) -> tuple[str, str]:
+    from sqlalchemy import create_engine, text
+
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    eng = create_engine(base, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    eng.dispose()
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def drop_schema(base: str, schema: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(base, isolation_level="AUTOCOMMIT")
+    with eng.connect() as c:
+        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    eng.dispose()
+
+
+def run_gateway(backend: str, msgs: list[tuple[str, list[str], bytes]], conns: int) -> dict[str, float]:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as d:
+        schema = ""
+        pg = os.environ.get("TICKETGATE_TEST_POSTGRES_URL", "")
+        if backend == "sqlite":
+            url = f"sqlite:///{d}/bench.db"
+        else:
+            url, schema = pg_schema_url(pg)
+        env = {
+            **os.environ,
+            "TICKETGATE_CONFIG": f"{d}/ticketgate.toml",
+            "TICKETGATE__DATABASE__URL": url,
+            "TICKETGATE__SMTP__PORT": str(port),
+            "TICKETGATE__HTTP__PORT": str(free_port()),
+            "TICKETGATE__MAIL__SECRET": "bench-secret-0123456789",
+            "TICKETGATE__OUTBOUND__MAILDIR": f"{d}/outbox",
+            # delivery is its own benchmark; keep the worker from competing for the CPU here
+            "TICKETGATE__OUTBOUND__POLL_SECONDS": "3600",
+            "TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "1000000",
+            "TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "1000000",
+        }
+        cli = [sys.executable, "-m", "gateway"]
+        subprocess.run([*cli, "init", "--demo"], env=env, cwd=d, check=True, capture_output=True)
+        proc = subprocess.Popen([*cli, "run"], env=env, cwd=d, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_port(port, proc)
+            res = blast(port, msgs, conns)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            if schema:
+                drop_schema(pg, schema)
+        return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=2000)
+    ap.add_argument("-c", type=int, default=8)
+    ap.add_argument("--backends", default="sqlite,postgres")
+    a = ap.parse_args()
+    msgs = build_messages(a.n)
+    results: dict[str, dict[str, float]] = {"ceiling": run_ceiling(msgs, a.c)}
+    for b in a.backends.split(","):
+        if b == "postgres" and not os.environ.get("TICKETGATE_TEST_POSTGRES_URL"):
+            continue
+        results[b] = run_gateway(b, msgs, a.c)
+        results[b]["ratio_to_ceiling"] = round(results[b]["msg_per_s"] / results["ceiling"]["msg_per_s"], 3)
+    print(json.dumps({"benchmark": "smtp_ingest", "n": a.n, "connections": a.c, "results": results}, indent=2))
+    print(f"\n{'server':<10} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'errors':>6}")
+    for k, r in results.items():
+        print(f"{k:<10} {r['msg_per_s']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+              f"{r.get('ratio_to_ceiling', 1.0):>6} {r['errors']:>6}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

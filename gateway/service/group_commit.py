@@ -1,0 +1,100 @@
+"""Group commit for mail intake: concurrent mails share one transaction and one fsync.
+
+Each SMTP session hands its command to a single writer thread and waits. The writer takes
+everything queued (up to a batch size), applies each mail inside its own SAVEPOINT — so one
+failing mail never spoils the others — commits once, and only then answers every waiting
+session. A session is answered 250 only after its own data is durable; a failed commit answers
+every mail of the batch with the error (the SMTP layer turns storage errors into 451).
+
+Why: with one transaction per mail, SQLite writers queue on the database lock (its busy handler
+sleeps, which showed up as a p99 of 1.5 s) and every mail pays its own fsync.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from concurrent.futures import Future
+
+from gateway.service.commands import IntakeResult, ReceiveMail
+from gateway.service.intake import MailIntake
+
+log = logging.getLogger("ticketgate.intake")
+
+_STOP = object()
+
+
+class GroupCommitIntake:
+    """Same interface as `MailIntake.receive`, batched through one writer thread."""
+
+    def __init__(self, intake: MailIntake, *, max_batch: int = 64) -> None:
+        self.intake = intake
+        self.max_batch = max_batch
+        self._q: queue.Queue[object] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="intake-writer", daemon=True)
+        self._thread.start()
+
+    def known_recipient(self, addr: str) -> str | None:
+        return self.intake.known_recipient(addr)
+
+    def receive(self, cmd: ReceiveMail) -> IntakeResult:
+        fut: Future[IntakeResult] = Future()
+        self._q.put((cmd, fut))
+        return fut.result()
+
+    def close(self) -> None:
+        self._q.put(_STOP)
+        self._thread.join(timeout=30)
+
+    def _take_batch(self) -> tuple[list[tuple[ReceiveMail, Future[IntakeResult]]], bool]:
+        first = self._q.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        stop = False
+        while len(batch) < self.max_batch:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop  # type: ignore[return-value]
+
+    def _run(self) -> None:
+        while True:
+            batch, stop = self._take_batch()
+            if batch:
+                self._apply(batch)
+            if stop:
+                return
+
+    def _apply(self, batch: list[tuple[ReceiveMail, Future[IntakeResult]]]) -> None:
+        done: list[tuple[Future[IntakeResult], IntakeResult]] = []
+        retry_alone: list[tuple[ReceiveMail, Future[IntakeResult]]] = []
+        try:
+            with self.intake.svc.unit() as u:
+                for cmd, fut in batch:
+                    try:
+                        with u.s.begin_nested():
+                            done.append((fut, self.intake.apply(u, cmd)))
+                    except Exception:  # noqa: BLE001 - this mail alone is rolled back
+                        log.debug("mail %s retried outside the batch", cmd.message_id, exc_info=True)
+                        retry_alone.append((cmd, fut))
+        except Exception as e:  # noqa: BLE001 - the commit failed: nobody's data is durable
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        for fut, res in done:
+            fut.set_result(res)
+        # A mail that failed inside the batch gets its own transaction: a dedupe race or a
+        # real error then surfaces with the ordinary handling (duplicate, 451, …).
+        for cmd, fut in retry_alone:
+            try:
+                fut.set_result(self.intake.receive(cmd))
+            except Exception as e:  # noqa: BLE001 - handed to the waiting SMTP session
+                fut.set_exception(e)
