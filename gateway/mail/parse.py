@@ -234,7 +234,8 @@ def _prepare(raw: bytes, limits: ParseLimits, defects: list[str]) -> bytes:
 # --- addresses ------------------------------------------------------------------------
 
 # A plausible addr-spec after parsing: one "@", no spaces, brackets, quotes or controls.
-_ADDR_SPEC = re.compile(r"^[^\s@<>\"(),;:\\\[\]]+@[^\s@<>\"(),;:\\\[\]]+$")
+# RFC 5321 §4.5.3.1.3: a path is at most 256 octets, so a mailbox at most 254.
+_ADDR_SPEC = re.compile(r"^(?=.{3,254}$)[^\s@<>\"(),;:\\\[\]]+@[^\s@<>\"(),;:\\\[\]]+$")
 # Structured parsing of absurdly long address headers costs time for nothing.
 _MAX_ADDRESS_HEADER = 16 * 1024
 
@@ -465,7 +466,8 @@ class _Parser:
                 + values("x-gm-original-to")
                 + values("envelope-to")
             ),
-            subject=one_line(values("subject")[0]) if values("subject") else "",
+            # RFC 5322 §2.1.1: a line holds at most 998 characters; so does the stored subject.
+            subject=one_line(values("subject")[0])[:998] if values("subject") else "",
             in_reply_to=_message_ids(" ".join(values("in-reply-to"))),
             references=_message_ids(" ".join(values("references"))),
             date=self._date(values("date")),
@@ -514,7 +516,9 @@ class _Parser:
 
     def _safe_content_type(self, part: Message) -> str:
         try:
-            return str(part.get_content_type()).lower()
+            ctype = str(part.get_content_type()).lower()
+            # RFC 6838 §4.2: type and subtype names are at most 127 characters each.
+            return ctype if len(ctype) <= 255 else "application/octet-stream"
         except Exception:  # noqa: BLE001 - RFC 2045 §5.2: default to text/plain
             return "text/plain"
 

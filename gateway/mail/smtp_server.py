@@ -12,13 +12,21 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.mail.parse import ParseLimits, parse_mail
 from gateway.mail.translate import TranslateContext, translate
-from gateway.service.commands import IntakeResult
-from gateway.service.commands import ReceiveMail
+from gateway.service.commands import IntakeResult, ReceiveMail
 from store.db import is_storage_error
 
 log = logging.getLogger("ticketgate.smtp")
 
 TEMPFAIL = "451 4.3.0 Temporary failure: storage unavailable, try again later"
+
+
+def _is_utf8(address: str) -> bool:
+    """RFC 6531 allows UTF-8 addresses; raw bytes that are not UTF-8 are no address at all."""
+    try:
+        address.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Intake(Protocol):
@@ -45,13 +53,25 @@ class IntakeHandler:
         self.limits = limits
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtp-intake")
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        # aiosmtpd hands on bytes that are not UTF-8 as surrogates; no database can store them.
+        if not _is_utf8(address) or len(address) > 256:  # RFC 5321 §4.5.3.1.3: path ≤ 256
+            return "553 5.1.7 Bad sender mailbox address syntax"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
+        if not _is_utf8(address):
+            return "550 5.1.1 Bad destination mailbox address"
         loop = asyncio.get_running_loop()
         try:
             kind = await loop.run_in_executor(self.pool, self.intake.known_recipient, address)
-        except Exception as e:  # noqa: BLE001 - a lookup failure must not become a 5xx
+        except Exception as e:
             if is_storage_error(e):
                 return TEMPFAIL
             log.exception("RCPT check failed for %r", address)
@@ -78,7 +98,7 @@ class IntakeHandler:
             mail = parse_mail(raw, limits=self.limits)
             cmd = translate(mail, envelope_from=sender, envelope_rcpts=rcpts, ctx=self.ctx)
             result = self.intake.receive(cmd)
-        except Exception as e:  # noqa: BLE001 - two tiers: storage → 451, ours → logged + 451
+        except Exception as e:
             if is_storage_error(e):
                 log.warning("storage unavailable: %s", e)
                 return IntakeResult("tempfail", "storage unavailable", code=451, text=TEMPFAIL[4:])

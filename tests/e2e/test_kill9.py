@@ -1,0 +1,242 @@
+"""kill -9 in the middle of a mail stream (RFC 5321 §6.1): `ticketgate run` as a process loses no
+acknowledged mail and, with the client retrying what it never heard 250 for, stores none twice."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+
+from sqlalchemy import create_engine, select
+
+from store import models as m
+from tests.conftest import ROOT, Database, crlf, free_port
+
+TOTAL = 200
+KILL_AFTER = 70
+DEADLINE = 50.0  # seconds for the whole stream, restart included
+SENDERS = [
+    "frank@acme.example", "grace@acme.example", "alice@acme.example", "bob@acme.example",
+    "carol@acme.example", "dieter@acme.example", "eva@acme.example", "karl@acme.example",
+]  # fmt: skip
+DEPARTMENTS = [
+    "it@acme.example",
+    "facilities@acme.example",
+    "hr@acme.example",
+    "finance@acme.example",
+]
+
+
+@dataclass
+class Installation:
+    """A demo installation in a temp dir and its `ticketgate run` process."""
+
+    dir: Path
+    env: dict[str, str]
+    smtp_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.dir / "run.log"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", *args],
+            cwd=self.dir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run"],
+                cwd=self.dir,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, (
+                "`ticketgate run` exited: " + self.log.read_text()[-800:]
+            )
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.smtp_port), timeout=0.5).close()
+                return
+            assert time.monotonic() < deadline, "`ticketgate run` did not listen in 30 s"
+            time.sleep(0.05)
+
+    def kill9(self) -> None:
+        assert self.proc is not None and self.proc.poll() is None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+@contextlib.contextmanager
+def installation(database: Database, tmp_path: Path) -> Iterator[Installation]:
+    folder = tmp_path / "install"
+    folder.mkdir()
+    smtp_port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TICKETGATE_CONFIG": str(folder / "ticketgate.toml"),
+        "TICKETGATE__DATABASE__URL": database.url,
+        "TICKETGATE__SMTP__HOST": "127.0.0.1",
+        "TICKETGATE__SMTP__PORT": str(smtp_port),
+        "TICKETGATE__HTTP__PORT": str(free_port()),
+        "TICKETGATE__SLACK__PORT": str(free_port()),
+        "TICKETGATE__SLACK__ENABLED": "false",
+        "TICKETGATE__IMAP__ENABLED": "false",
+        "TICKETGATE__MAIL__SECRET": "kill9-secret-0123456789abcdef",
+        "TICKETGATE__OUTBOUND__TRANSPORT": "maildir",
+        "TICKETGATE__OUTBOUND__MAILDIR": str(folder / "outbox"),
+    }
+    inst = Installation(folder, env, smtp_port)
+    r = inst.cli("init", "--demo")
+    assert r.returncode == 0, r.stderr
+    try:
+        yield inst
+    finally:
+        inst.stop()
+
+
+def message(i: int) -> tuple[str, str, bytes]:
+    """(sender, department, bytes) of the i-th mail of the stream; its Message-ID is unique."""
+    sender, dept = SENDERS[i % len(SENDERS)], DEPARTMENTS[i % len(DEPARTMENTS)]
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, dept, f"stream mail {i}"
+    msg["Date"] = formatdate()
+    msg["Message-ID"] = f"<kill9-{i}@client.example>"
+    msg.set_content(f"Mail number {i} of the stream.")
+    return sender, dept, crlf(msg.as_bytes())
+
+
+class Client(threading.Thread):
+    """Sends the stream; a mail counts as delivered only on 250, anything else is retried."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(name="mail-client", daemon=True)
+        self.port = port
+        self.acked: set[int] = set()
+        self.refused: dict[int, str] = {}
+        self.retries = 0
+        self.deadline = time.monotonic() + DEADLINE
+        self.lock = threading.Lock()
+
+    def acked_count(self) -> int:
+        with self.lock:
+            return len(self.acked)
+
+    def run(self) -> None:
+        pending = list(range(TOTAL))
+        smtp: smtplib.SMTP | None = None
+        while pending and time.monotonic() < self.deadline:
+            i = pending[0]
+            sender, dept, data = message(i)
+            try:
+                if smtp is None:
+                    smtp = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
+                    smtp.ehlo()
+                smtp.mail(sender)
+                smtp.rcpt(dept)
+                code, text = smtp.data(data)
+            except (OSError, smtplib.SMTPException):
+                # Refused, reset or dropped mid-transaction: we never heard 250, so send again.
+                with contextlib.suppress(Exception):
+                    if smtp is not None:
+                        smtp.close()
+                smtp = None
+                self.retries += 1
+                time.sleep(0.05)  # poll interval while the server is down
+                continue
+            if code == 250:
+                with self.lock:
+                    self.acked.add(i)
+                pending.pop(0)
+            elif 400 <= code < 500:
+                self.retries += 1
+                smtp.rset()
+            else:
+                self.refused[i] = f"{code} {text.decode(errors='replace')}"
+                pending.pop(0)
+        if smtp is not None:
+            with contextlib.suppress(Exception):
+                smtp.quit()
+
+
+def test_kill9_mid_stream_loses_and_duplicates_nothing(database: Database, tmp_path: Path) -> None:
+    """200 mails, kill -9 of the process group after ~70 acknowledgements, restart, client
+    retries what was not acknowledged: every Message-ID is stored exactly once (200 tickets)."""
+    with installation(database, tmp_path) as inst:
+        inst.start()
+        client = Client(inst.smtp_port)
+        client.start()
+        deadline = time.monotonic() + DEADLINE
+        while client.acked_count() < KILL_AFTER:
+            assert client.is_alive() and time.monotonic() < deadline, (
+                "stream stalled before the kill"
+            )
+            time.sleep(0.005)
+        inst.kill9()
+        acked_at_kill = client.acked_count()
+        inst.start()
+        client.join(max(1.0, deadline - time.monotonic()))
+        assert not client.is_alive(), f"client did not finish: {client.acked_count()} acknowledged"
+        assert client.refused == {}
+        assert client.acked == set(range(TOTAL))
+        assert client.retries > 0, "the kill did not interrupt the stream"
+
+        engine = create_engine(database.url)
+        try:
+            with engine.connect() as c:
+                roots = Counter(
+                    c.scalars(
+                        select(m.Ticket.root_message_id).where(
+                            m.Ticket.root_message_id.like("kill9-%")
+                        )
+                    )
+                )
+                records = Counter(
+                    c.scalars(
+                        select(m.InboundMail.message_id).where(
+                            m.InboundMail.message_id.like("kill9-%")
+                        )
+                    )
+                )
+        finally:
+            engine.dispose()
+        expected = {f"kill9-{i}@client.example" for i in range(TOTAL)}
+        assert set(roots) == expected and set(records) == expected
+        assert [mid for mid, n in roots.items() if n != 1] == []
+        assert [mid for mid, n in records.items() if n != 1] == []
+        print(
+            f"\nkill -9 after {acked_at_kill} acknowledgements; {client.retries} retries; "
+            f"{sum(roots.values())} tickets"
+        )

@@ -1,0 +1,149 @@
+"""A 250 is a promise (RFC 5321 §6.1): durable commits on both backends, no duplicate when the
+client loses the 250 (RFC 1047), and the sender's device recorded with the ticket (SPEC §1.3)."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import time
+
+from sqlalchemy import func, select, text
+
+from store import models as m
+from tests.conftest import Env, Gateway, crlf, mail
+
+REQ = "frank@acme.example"
+IT = "it@acme.example"
+
+
+def count(gw: Gateway, model: type) -> int:
+    with gw.env.app.sessions() as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def wait_for(what: str, cond, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_commits_are_durable(env: Env) -> None:
+    """SQLite: WAL, synchronous=FULL, foreign keys on every pooled connection; PostgreSQL:
+    synchronous_commit=on for every session."""
+    engine = env.app.engine
+    # Three pooled DBAPI connections at once, each set up by the engine's connect hook (raw, so
+    # that SQLite's BEGIN IMMEDIATE does not make them queue for the write lock).
+    conns = [engine.raw_connection() for _ in range(3)]
+    try:
+        for c in conns:
+            cur = c.cursor()
+            if engine.dialect.name == "sqlite":
+                assert cur.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+                assert cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+                assert cur.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+            else:
+                assert engine.dialect.name == "postgresql"
+                cur.execute("SHOW synchronous_commit")
+                assert cur.fetchone()[0] == "on"
+            cur.close()
+    finally:
+        for c in conns:
+            c.close()
+    # The sessions the service uses come from the same engine.
+    with env.app.sessions() as s:
+        if engine.dialect.name == "sqlite":
+            assert s.execute(text("PRAGMA synchronous")).scalar() == 2
+        else:
+            assert s.execute(text("SHOW synchronous_commit")).scalar() == "on"
+
+
+def _drop_after_dot(port: int, raw: bytes, *, before_closing=lambda: None) -> None:  # type: ignore[no-untyped-def]
+    """Send a whole transaction, then close the socket without reading the answer to "."."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        f = sock.makefile("rb")
+        assert f.readline().startswith(b"220")
+        for cmd in (
+            b"HELO client.example",
+            f"MAIL FROM:<{REQ}>".encode(),
+            f"RCPT TO:<{IT}>".encode(),
+            b"DATA",
+        ):
+            sock.sendall(cmd + b"\r\n")
+            reply = f.readline()
+            assert reply[:1] in (b"2", b"3"), reply
+        body = crlf(raw).replace(b"\r\n.", b"\r\n..")
+        sock.sendall(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        before_closing()
+        # RFC 1047: the connection is lost between "." and the client reading the 250.
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _retry(gw: Gateway, raw: bytes) -> str:
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
+        client.ehlo()
+        client.mail(REQ)
+        client.rcpt(IT)
+        code, reply = client.data(crlf(raw))
+    assert code == 250, reply
+    return reply.decode()
+
+
+def test_lost_250_then_retry_is_one_ticket(gateway: Gateway) -> None:
+    """The server commits and answers 250, the client never reads it and retries the same
+    message: the retry is acknowledged 250 as a duplicate, and there is one ticket (RFC 1047)."""
+    msg = mail(REQ, [IT], "Laptop will not boot", "Black screen.", msgid="<rfc1047@client.example>")
+    raw = msg.as_bytes()  # type: ignore[attr-defined]
+    _drop_after_dot(
+        gateway.port,
+        raw,
+        before_closing=lambda: wait_for("the commit", lambda: count(gateway, m.InboundMail) == 1),
+    )
+    assert _retry(gateway, raw).startswith("2.0.0 OK: duplicate TKT-")
+    tickets = gateway.tickets()
+    assert [t["messages"][0]["message_id"] for t in tickets] == ["rfc1047@client.example"]
+    assert count(gateway, m.InboundMail) == 1 and count(gateway, m.Message) == 1
+
+
+def test_close_right_after_dot_then_retry_is_one_ticket(gateway: Gateway) -> None:
+    """The client closes the instant "." is sent and retries at once. aiosmtpd abandons a session
+    on EOF, so the first copy may or may not be processed; either way there is one ticket."""
+    msg = mail(REQ, [IT], "Badge", "My badge stopped working.", msgid="<race@client.example>")
+    raw = msg.as_bytes()  # type: ignore[attr-defined]
+    _drop_after_dot(gateway.port, raw)
+    assert _retry(gateway, raw).split(" ")[2] in ("ticket", "duplicate")
+    assert len(gateway.tickets()) == 1
+    assert count(gateway, m.InboundMail) == 1 and count(gateway, m.Message) == 1
+
+
+RECEIVED = [
+    # Top-most first, as they appear in the header section; the bottom one is the submission hop.
+    "from mx.acme.example (mx.acme.example [10.0.0.5]) by gw.tickets.acme.example; Mon, 2 Nov 2026 09:00:02 +0000",
+    "from [192.0.2.55] (laptop-frank.acme.example [192.0.2.55]) by mx.acme.example (Postfix) with ESMTPSA; Mon, 2 Nov 2026 09:00:01 +0000",
+]
+
+
+def test_device_details_in_ticket(gateway: Gateway) -> None:
+    """User-Agent (or X-Mailer) and the client IP of the bottom-most Received hop end up in the
+    ticket's `from.device`."""
+    ua = mail(REQ, [IT], "Mouse", "broken", headers={"User-Agent": "Mozilla Thunderbird 128.3.1"})
+    ua["Received"] = RECEIVED[0]
+    ua["Received"] = RECEIVED[1]
+    assert gateway.send(ua, REQ, [IT])[0] == 250
+    xm = mail(
+        REQ,
+        [IT],
+        "Keyboard",
+        "sticky",
+        headers={"X-Mailer": "Microsoft Outlook 16.0", "Received": RECEIVED[1]},
+    )
+    xm["Received"] = "from [2001:db8::7] by mx.acme.example; Mon, 2 Nov 2026 09:00:01 +0000"
+    assert gateway.send(xm, REQ, [IT])[0] == 250
+    bare = mail(REQ, [IT], "Monitor", "flickers")
+    assert gateway.send(bare, REQ, [IT])[0] == 250
+    devices = {t["subject"]: t["from"]["device"] for t in gateway.tickets()}
+    assert devices == {
+        "Mouse": {"user_agent": "Mozilla Thunderbird 128.3.1", "client_ip": "192.0.2.55"},
+        "Keyboard": {"user_agent": "Microsoft Outlook 16.0", "client_ip": "2001:db8::7"},
+        "Monitor": None,
+    }
