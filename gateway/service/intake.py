@@ -79,6 +79,12 @@ class MailIntake:
         self, u: Unit, cmd: ReceiveMail, outcome: str, rule: str, ticket_id: int | None, **detail: object
     ) -> None:
         u.store_blob(cmd.raw_sha256, cmd.raw)
+        if cmd.defects:
+            # What the parser could not read stays on the record (nothing dropped silently);
+            # no NUL or lone surrogate, which PostgreSQL's jsonb refuses.
+            detail["defects"] = [
+                d.encode("utf-8", "replace").decode("utf-8").replace("\x00", "") for d in cmd.defects[:50]
+            ]
         u.s.add(
             m.InboundMail(
                 dedupe_key=cmd.dedupe_key,
