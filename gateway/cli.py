@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from gateway.bootstrap import App, build
 from gateway.config import ConfigError, Settings, config_path, load_settings
 from gateway.domain.lifecycle import ARGUMENT_ACTIONS, Action, Channel
+from gateway.domain.visibility import sees_hidden
 from gateway.service.commands import Act, RaiseTicket
-from gateway.service.errors import UserFacingError
+from gateway.service.directory import Directory
+from gateway.service.errors import NotFound, UserFacingError
 from gateway.service.org_import import import_org
 from gateway.service.views import Views
 from store import models as m
 from store.db import is_storage_error
-from store.migrate import upgrade
 
 
 class UsageError(Exception):
@@ -70,9 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     tl = t.add_parser("list")
     tl.add_argument("--status")
     tl.add_argument("--department")
+    tl.add_argument("--as", dest="viewer", help="only tickets EMAIL takes part in, as EMAIL sees them")
     tl.add_argument("--json", action="store_true")
     ts = t.add_parser("show")
     ts.add_argument("ref")
+    ts.add_argument("--as", dest="viewer", help="the ticket as EMAIL sees it (refused if not theirs)")
     ts.add_argument("--json", action="store_true")
 
     ob = sub.add_parser("outbox", help="outbound mail").add_subparsers(dest="sub", required=True)
@@ -118,6 +122,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             csv_file.write_text(DEMO_EMPLOYEES_CSV, encoding="utf-8")
     settings = load_settings(path, os.environ)
     app = build(settings)
+    # Alembic is imported here, not at the top: every other command starts a tenth faster.
+    from store.migrate import upgrade
+
     try:
         upgrade(app.engine)
         org_file = Path(settings.org.file)
@@ -157,6 +164,30 @@ def cmd_org(args: argparse.Namespace, app: App) -> int:
     return 0
 
 
+def _viewer(s: Session, email: str | None) -> m.Employee | None:
+    if not email:
+        return None
+    emp = Directory(s).employee(email)
+    if emp is None:
+        raise NotFound(f"{email} is not an employee")
+    return emp
+
+
+def _seen_by(s: Session, v: Views, t: m.Ticket, viewer: m.Employee | None) -> dict[str, Any] | None:
+    """The ticket's view for ``viewer`` (None: the operator sees everything); None when the
+    viewer takes no part in it (SPEC §1.1: nothing crosses organizations)."""
+    view = v.ticket(t)
+    if viewer is None:
+        return view
+    roles = Directory(s).roles_of(t, viewer)
+    if not roles:
+        return None
+    if not sees_hidden(roles):  # SPEC §1.4: hidden copies and their messages stay hidden
+        view["copies"]["rhc"] = []
+        view["messages"] = [msg for msg in view["messages"] if not msg["hidden"]]
+    return view
+
+
 def _ticket_line(t: dict[str, Any]) -> str:
     target = t["to"]["employee"] or t["to"]["department"]
     return f"{t['ref']:>8}  {t['status']:<20} {t['priority']:<7} {target:<28} {t['subject']}"
@@ -192,8 +223,12 @@ def cmd_ticket(args: argparse.Namespace, app: App) -> int:
         remark = body = ""
         if name in ("reply", "respond", "message"):
             body = " ".join(args.args)
+            if not body.strip():
+                raise UsageError(f"{name}: give the message text")
         elif name == "status" or name in {a.value for a in ARGUMENT_ACTIONS}:
             arguments = tuple(args.args)
+            if not arguments:
+                raise UsageError(f"{name}: missing argument")
         else:
             try:
                 Action(name)
@@ -214,20 +249,25 @@ def cmd_ticket(args: argparse.Namespace, app: App) -> int:
         return 0
     with app.sessions() as s:
         v = Views(s)
+        viewer = _viewer(s, args.viewer)
         if args.sub == "list":
-            views = [v.ticket(t) for t in v.tickets(status=args.status, department=args.department)]
+            found = v.tickets(status=args.status, department=args.department)
+            seen = (_seen_by(s, v, t, viewer) for t in found)
+            views = [view for view in seen if view is not None]
             if args.json:
                 _print_json(views)
             else:
-                for t in views:
-                    print(_ticket_line(t))
+                for tv in views:
+                    print(_ticket_line(tv))
             return 0
         from gateway.service.tickets import parse_ref
 
         t = s.get(m.Ticket, parse_ref(args.ref))
-        if t is None:
-            raise UserFacingError(f"no ticket {args.ref}")
-        view = v.ticket(t)
+        shown = _seen_by(s, v, t, viewer) if t is not None else None
+        if shown is None:
+            suffix = f" for {viewer.email}" if viewer is not None else ""
+            raise NotFound(f"no ticket {args.ref.upper()}{suffix}")
+        view = shown
     if args.json:
         _print_json(view)
     else:
@@ -272,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserFacingError as e:
         print(f"ticketgate: {e.reason}", file=sys.stderr)
         return 1
-    except Exception as e:  # noqa: BLE001 - the last tier: say what failed, exit 1
+    except Exception as e:
         if is_storage_error(e):
             print(f"ticketgate: storage unavailable: {e}", file=sys.stderr)
             return 1

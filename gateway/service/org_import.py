@@ -55,8 +55,8 @@ def load_org_file(path: Path) -> dict[str, Any]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise OrgFileError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise OrgFileError(f"{path}: {e}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise OrgFileError(f"{path}: {err}") from None
     org = data.get("organization")
     if not isinstance(org, dict):
         raise OrgFileError(f"{path}: missing [organization] table")
@@ -113,11 +113,12 @@ def load_org_file(path: Path) -> dict[str, Any]:
         if missing:
             raise OrgFileError(f"{csv_path.name}: missing columns {sorted(missing)}")
         for row in reader:
-            e: dict[str, Any] = {k: (v or "").strip() for k, v in row.items() if k}
-            e["_line"] = f"{csv_path.name} line {reader.line_num}"
-            if "active" in e:
-                e["active"] = e["active"].lower() not in ("false", "0", "no", "")
-            employees.append(e)
+            rec: dict[str, Any] = {k: (v or "").strip() for k, v in row.items() if k}
+            rec["_line"] = f"{csv_path.name} line {reader.line_num}"
+            if "active" in rec:
+                # A blank cell is the default (active), as for an inline employee without the key.
+                rec["active"] = rec["active"].lower() not in ("false", "0", "no")
+            employees.append(rec)
     seen_emp: set[str] = set()
     for i, e in enumerate(employees):
         ew = e.get("_line") or f"employees[{i}]"
