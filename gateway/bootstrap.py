@@ -56,7 +56,9 @@ def build(settings: Settings, *, clock: Clock | None = None, need_secret: bool =
             lifetime_days=settings.mail.token_days,
         )
     elif need_secret:
-        raise ConfigError("mail.secret is required (set it in the file or TICKETGATE__MAIL__SECRET)")
+        raise ConfigError(
+            "mail.secret is required (set it in the file or TICKETGATE__MAIL__SECRET)"
+        )
     identity = MailIdentity(
         domain=domain,
         from_address=f"{settings.mail.from_local}@{domain}",

@@ -90,7 +90,7 @@ def make_worker(app: App) -> DeliveryWorker:
 class _Health(BaseHTTPRequestHandler):
     app: App
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.path == "/healthz":
             try:
                 with self.app.engine.connect() as c:
@@ -100,7 +100,9 @@ class _Health(BaseHTTPRequestHandler):
                 body, code = {"status": "storage unavailable", "error": str(e)}, 503
         elif self.path == "/metrics":
             with self.app.sessions() as s:
-                rows = s.execute(select(m.Outbox.state, func.count()).group_by(m.Outbox.state)).all()
+                rows = s.execute(
+                    select(m.Outbox.state, func.count()).group_by(m.Outbox.state)
+                ).all()
                 tickets = s.scalar(select(func.count()).select_from(m.Ticket))
             lines = [f"ticketgate_tickets_total {tickets}"]
             lines += [f'ticketgate_outbox{{state="{st}"}} {n}' for st, n in rows]
@@ -118,12 +120,14 @@ class _Health(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
 
 def run(settings: Settings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # aiosmtpd logs every SMTP command line at INFO: a cost on the hot path and noise in the log.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     app = build(settings, need_secret=True)

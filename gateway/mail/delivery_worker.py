@@ -38,7 +38,9 @@ def notice_from_payload(p: dict[str, Any]) -> Notice:
         body=p.get("body", ""),
         remark=p.get("remark", ""),
         history=tuple(
-            HistoryLine(h["status"], h["actor"], datetime.fromisoformat(h["at"]), h.get("remark", ""))
+            HistoryLine(
+                h["status"], h["actor"], datetime.fromisoformat(h["at"]), h.get("remark", "")
+            )
             for h in p.get("history", ())
         ),
         applied_commands=tuple(
@@ -77,14 +79,16 @@ class DeliveryWorker:
     def deliver(self, item: OutboxItem) -> str:
         try:
             data = self.renderer.render(notice_from_payload(item.payload))
-            self.transport.send(envelope_from=self.envelope_from, recipient=item.recipient, data=data)
+            self.transport.send(
+                envelope_from=self.envelope_from, recipient=item.recipient, data=data
+            )
         except PermanentDeliveryError as e:
             log.warning("outbox %s to %s: permanent failure: %s", item.id, item.recipient, e)
             return self.outbox.failed(item.id, str(e), permanent=True)
         except TemporaryDeliveryError as e:
             log.info("outbox %s to %s: will retry: %s", item.id, item.recipient, e)
             return self.outbox.failed(item.id, str(e), permanent=False)
-        except Exception as e:  # noqa: BLE001 - a broken row must not stop the others
+        except Exception as e:
             log.exception("outbox %s: cannot render or send", item.id)
             return self.outbox.failed(item.id, f"{type(e).__name__}: {e}", permanent=False)
         self.outbox.sent(item.id)
@@ -105,7 +109,7 @@ class DeliveryWorker:
         while not self._stop.is_set():
             try:
                 handled = self.run_once()
-            except Exception:  # noqa: BLE001 - storage hiccups: log and try again next poll
+            except Exception:
                 log.exception("delivery loop")
                 handled = 0
             if not handled:

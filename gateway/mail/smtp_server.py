@@ -54,7 +54,12 @@ class IntakeHandler:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtp-intake")
 
     async def handle_MAIL(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
     ) -> str:
         # aiosmtpd hands on bytes that are not UTF-8 as surrogates; no database can store them.
         if not _is_utf8(address) or len(address) > 256:  # RFC 5321 §4.5.3.1.3: path ≤ 256
@@ -64,7 +69,12 @@ class IntakeHandler:
         return "250 2.1.0 OK"
 
     async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
     ) -> str:
         if not _is_utf8(address):
             return "550 5.1.1 Bad destination mailbox address"
@@ -104,14 +114,20 @@ class IntakeHandler:
                 return IntakeResult("tempfail", "storage unavailable", code=451, text=TEMPFAIL[4:])
             log.exception("intake failed for a message from %r", sender)
             return IntakeResult(
-                "tempfail", f"processing error: {type(e).__name__}", code=451,
+                "tempfail",
+                f"processing error: {type(e).__name__}",
+                code=451,
                 text="4.3.0 Temporary processing failure, try again later",
             )
         if result.code == 250:
             ref = f" {result.ticket_ref}" if result.ticket_ref else ""
             return IntakeResult(
-                result.outcome, result.rule, result.ticket_ref, 250,
-                f"2.0.0 OK: {result.outcome}{ref}", result.commands,
+                result.outcome,
+                result.rule,
+                result.ticket_ref,
+                250,
+                f"2.0.0 OK: {result.outcome}{ref}",
+                result.commands,
             )
         return result
 

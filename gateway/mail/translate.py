@@ -69,7 +69,9 @@ def translate(
 ) -> ReceiveMail:
     verdict = classify(
         mail,
-        RuleContext(envelope_from=envelope_from, own_domains=ctx.own_domains, loop_token=ctx.loop_token),
+        RuleContext(
+            envelope_from=envelope_from, own_domains=ctx.own_domains, loop_token=ctx.loop_token
+        ),
     )
     quarantine = None
     if verdict is not None:
@@ -110,4 +112,3 @@ def translate(
         device=device_details(mail, ctx.trusted_authserv_ids),
         defects=mail.defects,
     )
-

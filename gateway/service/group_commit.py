@@ -81,8 +81,10 @@ class GroupCommitIntake:
                     try:
                         with u.s.begin_nested():
                             done.append((fut, self.intake.apply(u, cmd)))
-                    except Exception:  # noqa: BLE001 - this mail alone is rolled back
-                        log.debug("mail %s retried outside the batch", cmd.message_id, exc_info=True)
+                    except Exception:
+                        log.debug(
+                            "mail %s retried outside the batch", cmd.message_id, exc_info=True
+                        )
                         retry_alone.append((cmd, fut))
         except Exception as e:  # noqa: BLE001 - the commit failed: nobody's data is durable
             for _, fut in batch:

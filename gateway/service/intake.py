@@ -192,14 +192,14 @@ class MailIntake:
         return None, "new ticket: no rule matched"
 
     def _ticket_for_message_id(self, u: Unit, mid: str) -> int | None:
-        for col, model in (
-            (m.Outbox.message_id, m.Outbox),
-            (m.Message.message_id, m.Message),
-            (m.Ticket.root_message_id, m.Ticket),
+        for query in (
+            select(m.Outbox.ticket_id).where(m.Outbox.message_id == mid),
+            select(m.Message.ticket_id).where(m.Message.message_id == mid),
+            select(m.Ticket.id).where(m.Ticket.root_message_id == mid),
         ):
-            row = u.s.scalars(select(model).where(col == mid).limit(1)).first()
-            if row is not None:
-                return row.id if isinstance(row, m.Ticket) else row.ticket_id
+            found = u.s.scalar(query.limit(1))
+            if found is not None:
+                return int(found)
         return None
 
     # ---- a message on an existing ticket -------------------------------------------------------

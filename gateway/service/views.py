@@ -41,24 +41,37 @@ class Views:
             self._dep[i] = d
         return self._dep[i]
 
-    def _name(self, model: type[m.Branch] | type[m.Organization] | type[m.Category], i: int | None) -> str | None:
+    def _name(self, model: type[m.Base], i: int | None) -> str | None:
+        """The name of a Branch, Organization or Category row by id."""
         if i is None:
             return None
         row = self.s.get(model, i)
-        return row.name if row is not None else None
+        return str(getattr(row, "name")) if row is not None else None
 
     def ticket(self, t: m.Ticket) -> dict[str, Any]:
         copies: dict[str, list[str]] = {"rc": [], "rhc": []}
         for c in self.s.scalars(
             select(m.TicketCopy).where(m.TicketCopy.ticket_id == t.id).order_by(m.TicketCopy.id)
         ):
-            who = self.emp(c.employee_id) if c.employee_id else (d.address if (d := self.dep(c.department_id)) else None)
+            who = (
+                self.emp(c.employee_id)
+                if c.employee_id
+                else (d.address if (d := self.dep(c.department_id)) else None)
+            )
             if who:
                 copies[c.kind.lower()].append(who)
         history = [
-            {"status": h.status, "actor": h.actor_label, "at": _iso(h.at), "channel": h.channel, "remark": h.remark}
+            {
+                "status": h.status,
+                "actor": h.actor_label,
+                "at": _iso(h.at),
+                "channel": h.channel,
+                "remark": h.remark,
+            }
             for h in self.s.scalars(
-                select(m.StatusHistory).where(m.StatusHistory.ticket_id == t.id).order_by(m.StatusHistory.id)
+                select(m.StatusHistory)
+                .where(m.StatusHistory.ticket_id == t.id)
+                .order_by(m.StatusHistory.id)
             )
         ]
         messages = []
@@ -67,7 +80,9 @@ class Views:
         ):
             atts = [
                 {"name": a.filename, "type": a.content_type, "size": a.size, "sha256": a.sha256}
-                for a in self.s.scalars(select(m.Attachment).where(m.Attachment.message_id == msg.id))
+                for a in self.s.scalars(
+                    select(m.Attachment).where(m.Attachment.message_id == msg.id)
+                )
             ]
             messages.append(
                 {
@@ -121,7 +136,9 @@ class Views:
             "linked_ticket": f"TKT-{t.linked_ticket_id}" if t.linked_ticket_id else None,
         }
 
-    def tickets(self, *, status: str | None = None, department: str | None = None) -> list[m.Ticket]:
+    def tickets(
+        self, *, status: str | None = None, department: str | None = None
+    ) -> list[m.Ticket]:
         q = select(m.Ticket).order_by(m.Ticket.created_at, m.Ticket.id)
         if status:
             q = q.where(m.Ticket.status == status.upper())
@@ -134,14 +151,26 @@ class Views:
         return list(self.s.scalars(q))
 
     def org(self, org: m.Organization) -> dict[str, Any]:
-        cats = list(self.s.scalars(select(m.Category).where(m.Category.org_id == org.id).order_by(m.Category.id)))
+        cats = list(
+            self.s.scalars(
+                select(m.Category).where(m.Category.org_id == org.id).order_by(m.Category.id)
+            )
+        )
         branches = []
-        for b in self.s.scalars(select(m.Branch).where(m.Branch.org_id == org.id).order_by(m.Branch.id)):
+        for b in self.s.scalars(
+            select(m.Branch).where(m.Branch.org_id == org.id).order_by(m.Branch.id)
+        ):
             deps = []
-            for d in self.s.scalars(select(m.Department).where(m.Department.branch_id == b.id).order_by(m.Department.id)):
+            for d in self.s.scalars(
+                select(m.Department).where(m.Department.branch_id == b.id).order_by(m.Department.id)
+            ):
                 roles = [
                     {"name": r.name, "level": r.level}
-                    for r in self.s.scalars(select(m.Role).where(m.Role.department_id == d.id).order_by(m.Role.level, m.Role.id))
+                    for r in self.s.scalars(
+                        select(m.Role)
+                        .where(m.Role.department_id == d.id)
+                        .order_by(m.Role.level, m.Role.id)
+                    )
                 ]
                 deps.append(
                     {
@@ -154,16 +183,18 @@ class Views:
                 )
             branches.append({"name": b.name, "timezone": b.timezone, "departments": deps})
         employees = []
-        for e in self.s.scalars(select(m.Employee).where(m.Employee.org_id == org.id).order_by(m.Employee.id)):
-            d = self.dep(e.department_id)
-            assert d is not None
+        for e in self.s.scalars(
+            select(m.Employee).where(m.Employee.org_id == org.id).order_by(m.Employee.id)
+        ):
+            ed = self.dep(e.department_id)
+            assert ed is not None
             employees.append(
                 {
                     "email": e.email,
                     "gateway_address": e.gateway_address,
                     "name": e.name,
-                    "branch": self._name(m.Branch, d.branch_id),
-                    "department": d.name,
+                    "branch": self._name(m.Branch, ed.branch_id),
+                    "department": ed.name,
                     "role": e.role.name,
                     "level": e.role.level,
                     "slack_user_id": e.slack_user_id,
