@@ -250,7 +250,11 @@ class Outbox(Base):
     """One row per recipient per event; written in the same transaction as the change."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+        # The loop breaker counts automatic mail per (ticket, recipient) on every enqueue.
+        Index("ix_outbox_ticket_recipient", "ticket_id", "recipient"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
     channel: Mapped[str] = mapped_column(String(16), default="email")
