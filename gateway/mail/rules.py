@@ -343,7 +343,9 @@ def _automatic_signal(mail: InboundMail, ctx: RuleContext) -> str | None:
     auto = header(mail, "auto-submitted")
     if auto and auto.strip().lower() != "no":
         return f"Auto-Submitted: {auto}"
-    for name in ("x-autoreply", "x-autorespond", "x-auto-response-suppress",
+    # X-Auto-Response-Suppress is not here: it asks us not to answer, it does not mark the
+    # mail as automatic (MS-OXCMAIL 2.1.3.2.20; sisimai#491). People's Outlook mail carries it.
+    for name in ("x-autoreply", "x-autorespond",
                  "x-ms-exchange-inbox-rules-loop", "precedence"):  # fmt: skip
         value = header(mail, name)
         if value is not None:

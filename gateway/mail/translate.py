@@ -81,6 +81,7 @@ def translate(
             kind=verdict.kind,
             bounced_recipients=tuple(verdict.bounced_recipients),
             original_message_ids=tuple(verdict.original_message_ids),
+            temporary=verdict.temporary,
         )
     commands, rest = split_commands(mail.new_text)
     from_email = mail.from_addr.email if mail.from_addr is not None else None

@@ -59,6 +59,7 @@ class Quarantine:
     kind: str
     bounced_recipients: tuple[str, ...] = ()
     original_message_ids: tuple[str, ...] = ()
+    temporary: bool = False  # a delay warning (Action: delayed / 4.x.x), not a failure
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,8 @@ class MailIntake:
                 u, cmd, "quarantined", f"quarantined: {q.reason}", None,
                 kind=q.kind, bounced=list(q.bounced_recipients),
             )
-            if q.kind == "bounce":
+            # A delay warning is kept in quarantine but fails no delivery: the MTA still tries.
+            if q.kind == "bounce" and not q.temporary:
                 self._bounce(u, cmd)
             return IntakeResult("quarantined", f"quarantined: {q.reason}")
         if cmd.from_email is None:
@@ -237,17 +238,20 @@ class MailIntake:
             results.append(r)
             status_changed |= r.applied and t.status != before
         text = cmd.text.strip()
+        # One confirmation per mail: all applied → it rides on the sender's copy; any refused →
+        # the refusal (RFC 3834 auto-replied) lists every command, applied or not.
+        all_applied = all(r.applied for r in results)
         if text or cmd.attachments:
             try:
                 u.post(
                     t, sender, text, cmd.channel,
                     html=cmd.html, message_id=cmd.message_id, raw_sha256=cmd.raw_sha256,
                     attachments=cmd.attachments, status_effect=not status_changed,
-                    in_reply_to=cmd.message_id, applied=tuple(results),
+                    in_reply_to=cmd.message_id, applied=tuple(results) if all_applied else (),
                 )
             except UserFacingError as e:
                 results.append(CommandResult("message", False, e.reason))
-        elif results:
+        elif results and all_applied:
             u.notify.enqueue(
                 t, "status_change", actor=sender, only=frozenset({sender.id}),
                 applied=tuple(results),

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from gateway.domain.lifecycle import Action, AssignmentType, Role
@@ -160,15 +162,26 @@ class Notifier:
         )
         if (recent or 0) >= self.auto_mail_per_ticket_hour:
             return False
+        return self._count_automatic(address) <= self.auto_mail_per_day
+
+    def _count_automatic(self, address: str) -> int:
+        """Add one to today's counter for ``address`` and return it.
+
+        An atomic upsert: two processes mailing one address for the first time that day must
+        not both INSERT the row (the loser's whole transaction would fail)."""
         day = self.now.date().isoformat()
-        row = self.s.get(m.AutoMailCounter, (address, day))
-        if row is None:
-            row = m.AutoMailCounter(address=address, day=day, count=0)
-            self.s.add(row)
-        if row.count >= self.auto_mail_per_day:
-            return False
-        row.count += 1
-        return True
+        dialect = self.s.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        upsert = (
+            insert(m.AutoMailCounter)
+            .values(address=address, day=day, count=1)
+            .on_conflict_do_update(
+                index_elements=[m.AutoMailCounter.address, m.AutoMailCounter.day],
+                set_={"count": m.AutoMailCounter.count + 1},
+            )
+            .returning(m.AutoMailCounter.count)
+        )
+        return int(self.s.execute(upsert).scalar_one())
 
     def enqueue(
         self,

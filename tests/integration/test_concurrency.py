@@ -63,3 +63,13 @@ def test_two_processes_race_to_take(env: Any) -> None:
     round, each on a fresh ticket."""
     for ref in _raise(env, ROUNDS):
         _assert_one_winner(env, ref, _race(env, [ref])[ref])
+
+
+def test_races_on_several_tickets_at_once(env: Any) -> None:
+    """Eight `take` processes on four tickets at the same moment: one winner per ticket. They
+    all mail the same requester for the first time that day, so the automatic-mail counter row
+    is created concurrently too (an upsert: no lost transaction, no traceback)."""
+    refs = _raise(env, ROUNDS)
+    results = _race(env, refs)
+    for ref in refs:
+        _assert_one_winner(env, ref, results[ref])

@@ -187,3 +187,22 @@ def test_suppresses_auto_reply(headers: str, envelope: str, expected: bool) -> N
 def test_suppresses_auto_reply_uses_return_path_without_envelope() -> None:
     """Without an envelope (IMAP), Return-Path: <> counts as a null sender."""
     assert suppresses_auto_reply(parse_mail(_mail("Return-Path: <>")))
+
+
+def test_outlook_mail_with_suppress_header_is_a_person() -> None:
+    """A person's mail whose subject mentions vacation and carries X-Auto-Response-Suppress is
+    not quarantined: the header asks us not to auto-reply, it does not mark an auto-reply."""
+    raw = (
+        b"From: Frank <frank@acme.example>\r\nTo: hr@acme.example\r\n"
+        b"Subject: Vacation request for December\r\nX-Auto-Response-Suppress: All\r\n"
+        b"Message-ID: <v1@acme.example>\r\n\r\nMay I take the 20th to the 31st off?\r\n"
+    )
+    from gateway.mail.parse import parse_mail as _parse
+    from gateway.mail.rules import RuleContext as _Ctx
+    from gateway.mail.rules import classify as _classify
+    from gateway.mail.rules import suppresses_auto_reply as _suppresses
+
+    mail = _parse(raw)
+    ctx = _Ctx(envelope_from="frank@acme.example", own_domains=frozenset({"t.example"}), loop_token="t.example")
+    assert _classify(mail, ctx) is None
+    assert _suppresses(mail)
