@@ -99,6 +99,7 @@ class Notifier:
         self.now = now
         self.auto_mail_per_day = auto_mail_per_day
         self.auto_mail_per_ticket_hour = auto_mail_per_ticket_hour
+        self._history: dict[int, list[dict[str, str]]] = {}
 
     def participants(self, ticket: m.Ticket) -> list[tuple[m.Employee, frozenset[Role]]]:
         """Every active person on the ticket with their roles, requester first."""
@@ -126,7 +127,16 @@ class Notifier:
                 out.append((e, roles))
         return out
 
+    def forget_history(self, ticket_id: int) -> None:
+        self._history.pop(ticket_id, None)
+
     def history_lines(self, ticket: m.Ticket) -> list[dict[str, str]]:
+        """The last five history entries (cached until the unit adds one)."""
+        if ticket.id not in self._history:
+            self._history[ticket.id] = self._load_history(ticket)
+        return self._history[ticket.id]
+
+    def _load_history(self, ticket: m.Ticket) -> list[dict[str, str]]:
         rows = self.s.scalars(
             select(m.StatusHistory)
             .where(m.StatusHistory.ticket_id == ticket.id)
@@ -144,25 +154,41 @@ class Notifier:
         dep = self.s.get(m.Department, ticket.to_department_id)
         return dep.name if dep else ""
 
-    def _allow_automatic(self, ticket: m.Ticket, address: str) -> bool:
-        """RFC 3834 loop breaker: caps on automatic mail per (ticket, recipient) and hour, and
-        per address and day; an address that hard-bounced repeatedly gets none."""
-        sup = self.s.get(m.SuppressedAddress, address)
-        if sup is not None and sup.suppressed:
-            return False
-        recent = self.s.scalar(
-            select(func.count())
-            .select_from(m.Outbox)
-            .where(
-                m.Outbox.ticket_id == ticket.id,
-                m.Outbox.recipient == address,
-                m.Outbox.kind.in_(sorted(AUTOMATIC_KINDS)),
-                m.Outbox.created_at > self.now - TICKET_RECIPIENT_WINDOW,
+    def _allow_automatic(self, ticket: m.Ticket, addresses: list[str]) -> set[str]:
+        """RFC 3834 loop breaker: of ``addresses``, those that may get one more automatic mail.
+
+        Caps per (ticket, recipient) and hour and per address and day; an address that
+        hard-bounced repeatedly gets none. Two queries for all recipients, then one atomic
+        counter upsert each."""
+        if not addresses:
+            return set()
+        suppressed = set(
+            self.s.scalars(
+                select(m.SuppressedAddress.address).where(
+                    m.SuppressedAddress.address.in_(addresses),
+                    m.SuppressedAddress.suppressed.is_(True),
+                )
             )
         )
-        if (recent or 0) >= self.auto_mail_per_ticket_hour:
-            return False
-        return self._count_automatic(address) <= self.auto_mail_per_day
+        recent: dict[str, int] = dict(
+            self.s.execute(
+                select(m.Outbox.recipient, func.count())
+                .where(
+                    m.Outbox.ticket_id == ticket.id,
+                    m.Outbox.recipient.in_(addresses),
+                    m.Outbox.kind.in_(sorted(AUTOMATIC_KINDS)),
+                    m.Outbox.created_at > self.now - TICKET_RECIPIENT_WINDOW,
+                )
+                .group_by(m.Outbox.recipient)
+            ).all()
+        )
+        return {
+            a
+            for a in addresses
+            if a not in suppressed
+            and recent.get(a, 0) < self.auto_mail_per_ticket_hour
+            and self._count_automatic(a) <= self.auto_mail_per_day
+        }
 
     def _count_automatic(self, address: str) -> int:
         """Add one to today's counter for ``address`` and return it.
@@ -210,14 +236,19 @@ class Notifier:
             "new_message": None,
         }.get(kind, "auto-generated")
         rows: list[m.Outbox] = []
-        for emp, roles in self.participants(ticket):
-            if emp.id in exclude or (only is not None and emp.id not in only):
-                continue
-            if hidden and not sees_hidden(roles):
-                continue  # SPEC §1.4: hidden messages reach only the assignee side and RHC
+        audience = [
+            (emp, roles)
+            for emp, roles in self.participants(ticket)
+            if emp.id not in exclude
+            and (only is None or emp.id in only)
+            # SPEC §1.4: hidden messages reach only the assignee side and RHC
+            and (not hidden or sees_hidden(roles))
+        ]
+        if kind in AUTOMATIC_KINDS:
+            allowed = self._allow_automatic(ticket, [e.email.lower() for e, _ in audience])
+            audience = [(e, r) for e, r in audience if e.email.lower() in allowed]
+        for emp, roles in audience:
             address = emp.email.lower()
-            if kind in AUTOMATIC_KINDS and not self._allow_automatic(ticket, address):
-                continue
             reply_addr = self.identity.from_address
             if self.tokens is not None:
                 token = self.tokens.issue(

@@ -109,6 +109,7 @@ class Unit:
                 remark=remark,
             )
         )
+        self.notify.forget_history(t.id)
 
     def store_blob(self, sha: str, data: bytes) -> None:
         if self.s.get(m.Blob, sha) is None:
