@@ -30,8 +30,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EMPLOYEES = [
-    "frank@acme.example", "grace@acme.example", "henry@acme.example", "irene@acme.example",
-    "james@acme.example", "nora@acme.example", "paula@acme.example", "karl@acme.example",
+    "frank@acme.example",
+    "grace@acme.example",
+    "henry@acme.example",
+    "irene@acme.example",
+    "james@acme.example",
+    "nora@acme.example",
+    "paula@acme.example",
+    "karl@acme.example",
 ]
 DEPTS = ["it@acme.example", "facilities@acme.example", "hr@acme.example", "finance@acme.example"]
 ATTACHMENT = bytes(random.Random(7).getrandbits(8) for _ in range(20 * 1024))
@@ -70,12 +76,16 @@ def build_messages(n: int, seed: int = 1) -> list[tuple[str, list[str], bytes]]:
             "It started this morning and the queue is stuck.\n\nThanks,\nsomeone\n"
         )
         if is_reply:
-            text = "Still broken, any news?\n\nOn Mon, Helpdesk wrote:\n> " + text.replace("\n", "\n> ")
+            text = "Still broken, any news?\n\nOn Mon, Helpdesk wrote:\n> " + text.replace(
+                "\n", "\n> "
+            )
         m.set_content(text)
         if rnd.random() < 0.5:
             m.add_alternative(f"<p>{text.replace(chr(10), '<br>')}</p>", subtype="html")
         if rnd.random() < 0.20:
-            m.add_attachment(ATTACHMENT, maintype="application", subtype="pdf", filename=f"scan{i}.pdf")
+            m.add_attachment(
+                ATTACHMENT, maintype="application", subtype="pdf", filename=f"scan{i}.pdf"
+            )
         if not is_reply:
             sent_ids.append((mid, sender, dept))
         out.append((sender, [dept], m.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")))
@@ -100,7 +110,7 @@ def blast(port: int, msgs: list[tuple[str, list[str], bytes]], conns: int) -> di
             for r in rcpts:
                 s.rcpt(r)
             t0 = time.perf_counter()
-            code, _ = s.data(data)  # noqa: F841
+            code, _ = s.data(data)
             mine.append(time.perf_counter() - t0)
             if code != 250:
                 with lock:
@@ -130,7 +140,7 @@ def blast(port: int, msgs: list[tuple[str, list[str], bytes]], conns: int) -> di
     }
 
 
-CEILING_SERVER = r'''
+CEILING_SERVER = r"""
 import asyncio, os, sys, uuid
 from aiosmtpd.controller import Controller
 folder = sys.argv[2]
@@ -146,7 +156,7 @@ c = Controller(H(), hostname="127.0.0.1", port=int(sys.argv[1]), decode_data=Fal
 c.start()
 print("ready", flush=True)
 sys.stdin.read()
-'''
+"""
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -167,7 +177,8 @@ def run_ceiling(msgs: list[tuple[str, list[str], bytes]], conns: int) -> dict[st
     with tempfile.TemporaryDirectory() as d:
         proc = subprocess.Popen(
             [sys.executable, "-c", CEILING_SERVER, str(port), d],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         try:
             wait_port(port, proc)
@@ -198,7 +209,9 @@ def drop_schema(base: str, schema: str) -> None:
     eng.dispose()
 
 
-def run_gateway(backend: str, msgs: list[tuple[str, list[str], bytes]], conns: int) -> dict[str, float]:
+def run_gateway(
+    backend: str, msgs: list[tuple[str, list[str], bytes]], conns: int
+) -> dict[str, float]:
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         schema = ""
@@ -222,8 +235,14 @@ def run_gateway(backend: str, msgs: list[tuple[str, list[str], bytes]], conns: i
         }
         cli = [sys.executable, "-m", "gateway"]
         subprocess.run([*cli, "init", "--demo"], env=env, cwd=d, check=True, capture_output=True)
-        proc = subprocess.Popen([*cli, "run"], env=env, cwd=d, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [*cli, "run"],
+            env=env,
+            cwd=d,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             wait_port(port, proc)
             res = blast(port, msgs, conns)
@@ -247,12 +266,20 @@ def main() -> None:
         if b == "postgres" and not os.environ.get("TICKETGATE_TEST_POSTGRES_URL"):
             continue
         results[b] = run_gateway(b, msgs, a.c)
-        results[b]["ratio_to_ceiling"] = round(results[b]["msg_per_s"] / results["ceiling"]["msg_per_s"], 3)
-    print(json.dumps({"benchmark": "smtp_ingest", "n": a.n, "connections": a.c, "results": results}, indent=2))
+        results[b]["ratio_to_ceiling"] = round(
+            results[b]["msg_per_s"] / results["ceiling"]["msg_per_s"], 3
+        )
+    print(
+        json.dumps(
+            {"benchmark": "smtp_ingest", "n": a.n, "connections": a.c, "results": results}, indent=2
+        )
+    )
     print(f"\n{'server':<10} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ratio':>6} {'errors':>6}")
     for k, r in results.items():
-        print(f"{k:<10} {r['msg_per_s']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} "
-              f"{r.get('ratio_to_ceiling', 1.0):>6} {r['errors']:>6}")
+        print(
+            f"{k:<10} {r['msg_per_s']:>8} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+            f"{r.get('ratio_to_ceiling', 1.0):>6} {r['errors']:>6}"
+        )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def _print_json(obj: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ticketgate", description="Email- and Slack-driven ticketing gateway")
+    p = argparse.ArgumentParser(
+        prog="ticketgate", description="Email- and Slack-driven ticketing gateway"
+    )
     p.add_argument("--config", help="config file (default $TICKETGATE_CONFIG or ./ticketgate.toml)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -72,11 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     tl = t.add_parser("list")
     tl.add_argument("--status")
     tl.add_argument("--department")
-    tl.add_argument("--as", dest="viewer", help="only tickets EMAIL takes part in, as EMAIL sees them")
+    tl.add_argument(
+        "--as", dest="viewer", help="only tickets EMAIL takes part in, as EMAIL sees them"
+    )
     tl.add_argument("--json", action="store_true")
     ts = t.add_parser("show")
     ts.add_argument("ref")
-    ts.add_argument("--as", dest="viewer", help="the ticket as EMAIL sees it (refused if not theirs)")
+    ts.add_argument(
+        "--as", dest="viewer", help="the ticket as EMAIL sees it (refused if not theirs)"
+    )
     ts.add_argument("--json", action="store_true")
 
     ob = sub.add_parser("outbox", help="outbound mail").add_subparsers(dest="sub", required=True)
@@ -236,7 +242,14 @@ def cmd_ticket(args: argparse.Namespace, app: App) -> int:
                 raise UsageError(f"unknown action {args.action!r}") from None
             remark = " ".join(args.args)
         svc.act(
-            Act(ref=args.ref, actor=args.actor, action=name, args=arguments, remark=remark, body=body)
+            Act(
+                ref=args.ref,
+                actor=args.actor,
+                action=name,
+                args=arguments,
+                remark=remark,
+                body=body,
+            )
         )
         with app.sessions() as s:
             t = s.get(m.Ticket, int(args.ref.upper().removeprefix("TKT-")))

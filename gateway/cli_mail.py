@@ -37,10 +37,14 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
         worker = make_worker(app)
         if args.sub == "list":
             rows = worker.outbox.rows(args.state)
-            _out(rows, args.json, [
-                f"{r['id']:>6} {r['state']:<8} {r['attempts']:>2} {r['ticket'] or '-':<9} {r['kind']:<16} {r['recipient']}  {r['last_error']}"
-                for r in rows
-            ])
+            _out(
+                rows,
+                args.json,
+                [
+                    f"{r['id']:>6} {r['state']:<8} {r['attempts']:>2} {r['ticket'] or '-':<9} {r['kind']:<16} {r['recipient']}  {r['last_error']}"
+                    for r in rows
+                ],
+            )
         elif args.sub == "retry":
             n = worker.outbox.retry(args.ids or None)
             _out({"requeued": n}, args.json, [f"{n} message(s) queued again"])
@@ -59,9 +63,11 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
                     )
                 )
                 views = [_record(r) for r in recs]
-                _out(views, args.json, [
-                    f"{v['id']:>6} {v['at'][:19]} {v['sender']:<32} {v['reason']}" for v in views
-                ])
+                _out(
+                    views,
+                    args.json,
+                    [f"{v['id']:>6} {v['at'][:19]} {v['sender']:<32} {v['reason']}" for v in views],
+                )
                 return 0
             r = s.get(m.InboundMail, args.id)
             if r is None or r.outcome != "quarantined":
@@ -78,7 +84,9 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
         with app.sessions() as s:
             recs = list(
                 s.scalars(
-                    select(m.InboundMail).where(m.InboundMail.message_id == mid).order_by(m.InboundMail.id)
+                    select(m.InboundMail)
+                    .where(m.InboundMail.message_id == mid)
+                    .order_by(m.InboundMail.id)
                 )
             )
         if not recs:
@@ -90,10 +98,19 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
             "rule": r.rule,
             "ticket": f"TKT-{r.ticket_id}" if r.ticket_id else None,
         }
-        _out(view, args.json, [f"<{r.message_id}> from {r.sender} at {r.at.isoformat()}",
-                               f"  outcome: {r.outcome}", f"  rule:    {r.rule}",
-                               f"  ticket:  {view['ticket'] or '-'}"]
-             + [f"  command: {c['command']} -> {'applied' if c['applied'] else 'refused: ' + c['reason']}"
-                for c in r.detail.get("commands", [])])
+        _out(
+            view,
+            args.json,
+            [
+                f"<{r.message_id}> from {r.sender} at {r.at.isoformat()}",
+                f"  outcome: {r.outcome}",
+                f"  rule:    {r.rule}",
+                f"  ticket:  {view['ticket'] or '-'}",
+            ]
+            + [
+                f"  command: {c['command']} -> {'applied' if c['applied'] else 'refused: ' + c['reason']}"
+                for c in r.detail.get("commands", [])
+            ],
+        )
         return 0
     raise NotFound(f"unknown command {args.cmd}")

@@ -23,9 +23,7 @@ def is_storage_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OperationalError):
         return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return False
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -50,7 +50,11 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+    }
 
 
 class Organization(Base):
@@ -126,7 +130,9 @@ class Ticket(Base):
     category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"))
     sub_category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"))
     priority: Mapped[str] = mapped_column(String(16), default=Priority.NORMAL.value)
-    assignment_type: Mapped[str] = mapped_column(String(16), default=AssignmentType.DEPARTMENT.value)
+    assignment_type: Mapped[str] = mapped_column(
+        String(16), default=AssignmentType.DEPARTMENT.value
+    )
     # From
     from_employee_id: Mapped[int] = mapped_column(ForeignKey("employees.id"), index=True)
     from_department_id: Mapped[int] = mapped_column(ForeignKey("departments.id"))
@@ -153,7 +159,7 @@ class Ticket(Base):
     feedback_due: Mapped[datetime | None] = mapped_column(index=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
 
-    __mapper_args__ = {"version_id_col": version}
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's declarative hook
 
 
 class TicketCopy(Base):
@@ -238,7 +244,9 @@ class InboundMail(Base):
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     sender: Mapped[str] = mapped_column(String(320))
     channel: Mapped[str] = mapped_column(String(16))
-    outcome: Mapped[str] = mapped_column(String(32), index=True)  # ticket|message|quarantined|refused
+    outcome: Mapped[str] = mapped_column(
+        String(32), index=True
+    )  # ticket|message|quarantined|refused
     rule: Mapped[str] = mapped_column(Text)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     raw_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))

@@ -136,7 +136,9 @@ def env(database: Database, tmp_path: Path) -> Iterator[Env]:
         e.app.close()
 
 
-def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    env: dict[str, str], *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `ticketgate` as a separate process, as an operator would."""
     full = {**os.environ, **env}
     return subprocess.run(
@@ -146,6 +148,7 @@ def run_cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subproc
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
 
 
@@ -175,9 +178,7 @@ class Gateway:
     server: object
     worker: object
 
-    def send(
-        self, msg: object, sender: str, rcpts: list[str]
-    ) -> tuple[int, str]:
+    def send(self, msg: object, sender: str, rcpts: list[str]) -> tuple[int, str]:
         """Send over SMTP; return (code, text) of the final answer."""
         import smtplib
         from email import policy

@@ -264,10 +264,13 @@ def decide(
             break
     else:
         return Refused(action, f"{action.value}: not allowed while the ticket is {status.value}")
-    if action is Action.REOPEN and status is Status.CLOSED:
-        if closed_at is None or now is None or now - closed_at > reopen_window:
-            days = reopen_window.days
-            return Refused(action, f"reopen: the ticket was closed more than {days} days ago")
+    if (
+        action is Action.REOPEN
+        and status is Status.CLOSED
+        and (closed_at is None or now is None or now - closed_at > reopen_window)
+    ):
+        days = reopen_window.days
+        return Refused(action, f"reopen: the ticket was closed more than {days} days ago")
     if rule.remark_required and not remark.strip():
         return Refused(action, f"{action.value}: a remark is required")
     return Allowed(action, rule.to, role)

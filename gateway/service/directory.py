@@ -122,7 +122,9 @@ class Directory:
             )
             return (top, sub) if sub is not None else (None, None)
         if len(parts) == 1:
-            sub = next((c for c in cats if c.parent_id is not None and c.name.lower() == parts[0]), None)
+            sub = next(
+                (c for c in cats if c.parent_id is not None and c.name.lower() == parts[0]), None
+            )
             if sub is not None:
                 return self.s.get(m.Category, sub.parent_id), sub
         return None, None

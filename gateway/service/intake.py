@@ -76,14 +76,21 @@ class MailIntake:
 
     # ------------------------------------------------------------------------------------------
     def _record(
-        self, u: Unit, cmd: ReceiveMail, outcome: str, rule: str, ticket_id: int | None, **detail: object
+        self,
+        u: Unit,
+        cmd: ReceiveMail,
+        outcome: str,
+        rule: str,
+        ticket_id: int | None,
+        **detail: object,
     ) -> None:
         u.store_blob(cmd.raw_sha256, cmd.raw)
         if cmd.defects:
             # What the parser could not read stays on the record (nothing dropped silently);
             # no NUL or lone surrogate, which PostgreSQL's jsonb refuses.
             detail["defects"] = [
-                d.encode("utf-8", "replace").decode("utf-8").replace("\x00", "") for d in cmd.defects[:50]
+                d.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+                for d in cmd.defects[:50]
             ]
         u.s.add(
             m.InboundMail(
@@ -113,8 +120,13 @@ class MailIntake:
         q = cmd.quarantine
         if q is not None:
             self._record(
-                u, cmd, "quarantined", f"quarantined: {q.reason}", None,
-                kind=q.kind, bounced=list(q.bounced_recipients),
+                u,
+                cmd,
+                "quarantined",
+                f"quarantined: {q.reason}",
+                None,
+                kind=q.kind,
+                bounced=list(q.bounced_recipients),
             )
             # A delay warning is kept in quarantine but fails no delivery: the MTA still tries.
             if q.kind == "bounce" and not q.temporary:
@@ -122,14 +134,18 @@ class MailIntake:
             return IntakeResult("quarantined", f"quarantined: {q.reason}")
         if cmd.from_email is None:
             return IntakeResult(
-                "refused", "refused: From header missing or malformed", code=550,
+                "refused",
+                "refused: From header missing or malformed",
+                code=550,
                 text="5.7.1 From header missing or malformed",
             )
         sender = u.d.employee(cmd.from_email)
         if sender is None or not sender.active:
             why = "not an employee" if sender is None else "deactivated"
             return IntakeResult(
-                "refused", f"refused: sender {why}", code=550,
+                "refused",
+                f"refused: sender {why}",
+                code=550,
                 text=f"5.7.1 {cmd.from_email} is {why} of an organization served here",
             )
         org = u.s.get(m.Organization, sender.org_id)
@@ -141,16 +157,21 @@ class MailIntake:
             and self.refuse_dmarc_fail
         ):
             return IntakeResult(
-                "refused", "refused: DMARC failed for the organization's own domain", code=550,
+                "refused",
+                "refused: DMARC failed for the organization's own domain",
+                code=550,
                 text="5.7.1 DMARC check failed for your domain; message not accepted",
             )
         trusted = cmd.dmarc in (None, "pass")
         since = u.now - timedelta(hours=1)
-        recent = u.s.scalar(
-            select(func.count()).select_from(m.InboundMail).where(
-                m.InboundMail.sender == cmd.from_email, m.InboundMail.at >= since
+        recent = (
+            u.s.scalar(
+                select(func.count())
+                .select_from(m.InboundMail)
+                .where(m.InboundMail.sender == cmd.from_email, m.InboundMail.at >= since)
             )
-        ) or 0
+            or 0
+        )
         if recent >= self.sender_rate_per_hour:
             rule = f"quarantined: rate limit ({self.sender_rate_per_hour} mails an hour from one sender)"
             self._record(u, cmd, "quarantined", rule, None, kind="rate_limit")
@@ -224,14 +245,21 @@ class MailIntake:
             else:
                 me = Party(PartyKind.EMPLOYEE, sender.id, sender.org_id)
                 return self._raise(
-                    u, cmd, sender, me, f"new ticket: TKT-{t.id} is {t.status}; follow-up opened", trusted,
+                    u,
+                    cmd,
+                    sender,
+                    me,
+                    f"new ticket: TKT-{t.id} is {t.status}; follow-up opened",
+                    trusted,
                     linked=t.id,
                 )
         results: list[CommandResult] = []
         status_changed = False
         for c in cmd.commands:
             if not trusted:
-                results.append(CommandResult(c.raw or c.action, False, "sender not authenticated (DMARC)"))
+                results.append(
+                    CommandResult(c.raw or c.action, False, "sender not authenticated (DMARC)")
+                )
                 continue
             before = t.status
             r = u.apply(t, sender, c, cmd.channel)
@@ -244,33 +272,59 @@ class MailIntake:
         if text or cmd.attachments:
             try:
                 u.post(
-                    t, sender, text, cmd.channel,
-                    html=cmd.html, message_id=cmd.message_id, raw_sha256=cmd.raw_sha256,
-                    attachments=cmd.attachments, status_effect=not status_changed,
-                    in_reply_to=cmd.message_id, applied=tuple(results) if all_applied else (),
+                    t,
+                    sender,
+                    text,
+                    cmd.channel,
+                    html=cmd.html,
+                    message_id=cmd.message_id,
+                    raw_sha256=cmd.raw_sha256,
+                    attachments=cmd.attachments,
+                    status_effect=not status_changed,
+                    in_reply_to=cmd.message_id,
+                    applied=tuple(results) if all_applied else (),
                 )
             except UserFacingError as e:
                 results.append(CommandResult("message", False, e.reason))
         elif results and all_applied:
             u.notify.enqueue(
-                t, "status_change", actor=sender, only=frozenset({sender.id}),
+                t,
+                "status_change",
+                actor=sender,
+                only=frozenset({sender.id}),
                 applied=tuple(results),
             )
         if any(not r.applied for r in results) and not cmd.suppress_auto_reply:
             reasons = "; ".join(f"{r.command}: {r.reason}" for r in results if not r.applied)
             u.notify.enqueue(
-                t, "refusal", actor=sender, only=frozenset({sender.id}),
-                applied=tuple(results), extra={"reason": reasons},
+                t,
+                "refusal",
+                actor=sender,
+                only=frozenset({sender.id}),
+                applied=tuple(results),
+                extra={"reason": reasons},
             )
         self._record(
-            u, cmd, "message", rule, t.id,
-            commands=[{"command": r.command, "applied": r.applied, "reason": r.reason} for r in results],
+            u,
+            cmd,
+            "message",
+            rule,
+            t.id,
+            commands=[
+                {"command": r.command, "applied": r.applied, "reason": r.reason} for r in results
+            ],
         )
         return IntakeResult("message", rule, f"TKT-{t.id}", commands=tuple(results))
 
     # ---- a new ticket ----------------------------------------------------------------------------
     def _raise(
-        self, u: Unit, cmd: ReceiveMail, sender: m.Employee, me: Party, rule: str, trusted: bool,
+        self,
+        u: Unit,
+        cmd: ReceiveMail,
+        sender: m.Employee,
+        me: Party,
+        rule: str,
+        trusted: bool,
         linked: int | None = None,
     ) -> IntakeResult:
         visible = {a.lower() for a in cmd.to + cmd.cc}
@@ -283,9 +337,13 @@ class MailIntake:
             for a in addrs:
                 r = u.d.resolve(a)
                 if r is None or r.party.org_id != sender.org_id:
-                    if a.lower() != sender.email and a.lower() not in external:
-                        if not a.lower().endswith("@" + self.svc.identity.domain):
-                            external.append(a.lower())
+                    low = a.lower()
+                    if (
+                        low != sender.email
+                        and low not in external
+                        and not low.endswith("@" + self.svc.identity.domain)
+                    ):
+                        external.append(low)
                     continue
                 if r.sub_address and not sub_address:
                     sub_address = r.sub_address
@@ -310,8 +368,10 @@ class MailIntake:
         routing = route(to=to, cc=cc, envelope_only=env_only, default=default, sender=me)
         if routing.target is None:
             return IntakeResult(
-                "refused", "refused: no department or colleague of the sender's organization addressed",
-                code=550, text="5.1.1 no department or colleague of your organization was addressed",
+                "refused",
+                "refused: no department or colleague of the sender's organization addressed",
+                code=550,
+                text="5.1.1 no department or colleague of your organization was addressed",
             )
         u.store_blob(cmd.raw_sha256, cmd.raw)
         params = {c.action: c for c in cmd.commands if c.action in _RAISE_PARAMS}
@@ -329,27 +389,51 @@ class MailIntake:
                 for a in params[kind].args:
                     r = u.d.resolve(a)
                     if r is None or r.party.org_id != sender.org_id:
-                        results.append(CommandResult(params[kind].raw, False, f"{a} is not known here"))
+                        results.append(
+                            CommandResult(params[kind].raw, False, f"{a} is not known here")
+                        )
                     else:
                         lst.append(r.party)
         try:
             t = u.raise_ticket(
-                requester=sender, target=routing.target, rc=tuple(rc), rhc=tuple(rhc),
-                subject=cmd.subject, body=cmd.text.strip(), channel=cmd.channel,
-                category=category, sub_address=sub_address, priority=priority, device=cmd.device,
-                html=cmd.html, message_id=cmd.message_id, raw_sha256=cmd.raw_sha256,
-                attachments=cmd.attachments, external=tuple(external), linked_ticket_id=linked,
+                requester=sender,
+                target=routing.target,
+                rc=tuple(rc),
+                rhc=tuple(rhc),
+                subject=cmd.subject,
+                body=cmd.text.strip(),
+                channel=cmd.channel,
+                category=category,
+                sub_address=sub_address,
+                priority=priority,
+                device=cmd.device,
+                html=cmd.html,
+                message_id=cmd.message_id,
+                raw_sha256=cmd.raw_sha256,
+                attachments=cmd.attachments,
+                external=tuple(external),
+                linked_ticket_id=linked,
             )
         except UserFacingError as e:
             if category:
                 # An unknown category is not worth losing the ticket: raise without it.
                 results.append(CommandResult(params["category"].raw, False, e.reason))
                 t = u.raise_ticket(
-                    requester=sender, target=routing.target, rc=tuple(rc), rhc=tuple(rhc),
-                    subject=cmd.subject, body=cmd.text.strip(), channel=cmd.channel,
-                    sub_address=sub_address, device=cmd.device, html=cmd.html,
-                    message_id=cmd.message_id, raw_sha256=cmd.raw_sha256,
-                    attachments=cmd.attachments, external=tuple(external), linked_ticket_id=linked,
+                    requester=sender,
+                    target=routing.target,
+                    rc=tuple(rc),
+                    rhc=tuple(rhc),
+                    subject=cmd.subject,
+                    body=cmd.text.strip(),
+                    channel=cmd.channel,
+                    sub_address=sub_address,
+                    device=cmd.device,
+                    html=cmd.html,
+                    message_id=cmd.message_id,
+                    raw_sha256=cmd.raw_sha256,
+                    attachments=cmd.attachments,
+                    external=tuple(external),
+                    linked_ticket_id=linked,
                 )
             else:
                 raise
@@ -358,13 +442,21 @@ class MailIntake:
                 results.append(CommandResult(c.raw or c.action, True))
         for c in rest:
             if not trusted:
-                results.append(CommandResult(c.raw or c.action, False, "sender not authenticated (DMARC)"))
+                results.append(
+                    CommandResult(c.raw or c.action, False, "sender not authenticated (DMARC)")
+                )
                 continue
             results.append(u.apply(t, sender, c, cmd.channel))
         u.notify_raised(t, sender, ack=not cmd.suppress_auto_reply, applied=tuple(results))
         self._record(
-            u, cmd, "ticket", rule, t.id,
-            commands=[{"command": r.command, "applied": r.applied, "reason": r.reason} for r in results],
+            u,
+            cmd,
+            "ticket",
+            rule,
+            t.id,
+            commands=[
+                {"command": r.command, "applied": r.applied, "reason": r.reason} for r in results
+            ],
             external=external,
         )
         return IntakeResult("ticket", rule, f"TKT-{t.id}", commands=tuple(results))
@@ -384,7 +476,13 @@ class MailIntake:
             if row.ticket_id:
                 t = u.s.get(m.Ticket, row.ticket_id)
                 if t is not None:
-                    u.history(t, "delivery_failed", None, Channel.SYSTEM, f"mail to {row.recipient} bounced")
+                    u.history(
+                        t,
+                        "delivery_failed",
+                        None,
+                        Channel.SYSTEM,
+                        f"mail to {row.recipient} bounced",
+                    )
             sup = u.s.get(m.SuppressedAddress, row.recipient)
             if sup is None:
                 sup = m.SuppressedAddress(address=row.recipient, hard_bounces=0, updated_at=u.now)
@@ -392,4 +490,3 @@ class MailIntake:
             sup.hard_bounces += 1
             sup.suppressed = sup.hard_bounces >= 3
             sup.updated_at = u.now
-

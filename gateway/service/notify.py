@@ -311,7 +311,9 @@ class Notifier:
 
 
 def status_kind(action: Action) -> str:
-    return "escalation" if action in (Action.ESCALATE, Action.TO_HIGHER_AUTHORITY) else "status_change"
+    return (
+        "escalation" if action in (Action.ESCALATE, Action.TO_HIGHER_AUTHORITY) else "status_change"
+    )
 
 
 def retry_delay(attempts: int, base: float, cap: float) -> timedelta:

@@ -172,7 +172,9 @@ def import_org(s: Session, path: Path, *, mail_domain: str) -> ImportReport:
     for c in data.get("categories", []):
         top = s.scalars(
             select(m.Category).where(
-                m.Category.org_id == org.id, m.Category.parent_id.is_(None), m.Category.name == c["name"]
+                m.Category.org_id == org.id,
+                m.Category.parent_id.is_(None),
+                m.Category.name == c["name"],
             )
         ).first() or u.new(m.Category(org_id=org.id, parent_id=None, name=c["name"]))
         cat_ids[c["name"].lower()] = top.id
@@ -191,17 +193,29 @@ def import_org(s: Session, path: Path, *, mail_domain: str) -> ImportReport:
         holidays = [str(h) for h in b.get("holidays", [])]
         if br is None:
             br = u.new(
-                m.Branch(org_id=org.id, name=b["name"], timezone=b["timezone"], working_hours=hours, holidays=holidays)
+                m.Branch(
+                    org_id=org.id,
+                    name=b["name"],
+                    timezone=b["timezone"],
+                    working_hours=hours,
+                    holidays=holidays,
+                )
             )
         else:
             u.set(br, timezone=b["timezone"], working_hours=hours, holidays=holidays)
         for d in b.get("departments", []):
-            other = s.scalars(select(m.Department).where(m.Department.address == d["address"])).first()
+            other = s.scalars(
+                select(m.Department).where(m.Department.address == d["address"])
+            ).first()
             dep = s.scalars(
-                select(m.Department).where(m.Department.branch_id == br.id, m.Department.name == d["name"])
+                select(m.Department).where(
+                    m.Department.branch_id == br.id, m.Department.name == d["name"]
+                )
             ).first()
             if other is not None and (dep is None or other.id != dep.id):
-                raise OrgFileError(f"department {d['name']}: address {d['address']} is already used")
+                raise OrgFileError(
+                    f"department {d['name']}: address {d['address']} is already used"
+                )
             dc = d.get("default_category")
             fields = {
                 "address": d["address"],
@@ -234,13 +248,15 @@ def import_org(s: Session, path: Path, *, mail_domain: str) -> ImportReport:
         if emp is not None and emp.org_id != org.id:
             raise OrgFileError(f"{where}: {e['email']} belongs to another organization")
         clash = s.scalars(
-            select(m.Employee).where(
-                (m.Employee.gateway_address == gw) | (m.Employee.email == gw)
-            )
+            select(m.Employee).where((m.Employee.gateway_address == gw) | (m.Employee.email == gw))
         ).first()
         if clash is not None and (emp is None or clash.id != emp.id):
-            raise OrgFileError(f"{where}: gateway address {gw} is already used; give gateway_address")
-        if s.scalars(select(m.Department).where(m.Department.address.in_([gw, e["email"]]))).first():
+            raise OrgFileError(
+                f"{where}: gateway address {gw} is already used; give gateway_address"
+            )
+        if s.scalars(
+            select(m.Department).where(m.Department.address.in_([gw, e["email"]]))
+        ).first():
             raise OrgFileError(f"{where}: {gw} is a department address")
         fields = {
             "role_id": role.id,

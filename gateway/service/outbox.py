@@ -7,10 +7,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.service.clock import Clock
 from gateway.service.notify import retry_delay
-from sqlalchemy.orm import Session, sessionmaker
 from store import models as m
 
 LEASE = timedelta(minutes=5)

@@ -164,15 +164,23 @@ class Unit:
             select(m.TicketCopy).where(
                 m.TicketCopy.ticket_id == t.id,
                 m.TicketCopy.kind == kind,
-                m.TicketCopy.employee_id.is_(None) if emp_id is None else m.TicketCopy.employee_id == emp_id,
-                m.TicketCopy.department_id.is_(None) if dep_id is None else m.TicketCopy.department_id == dep_id,
+                m.TicketCopy.employee_id.is_(None)
+                if emp_id is None
+                else m.TicketCopy.employee_id == emp_id,
+                m.TicketCopy.department_id.is_(None)
+                if dep_id is None
+                else m.TicketCopy.department_id == dep_id,
             )
         ).first()
         if exists is not None:
             return False
         self.s.add(
             m.TicketCopy(
-                ticket_id=t.id, kind=kind, employee_id=emp_id, department_id=dep_id, added_at=self.now
+                ticket_id=t.id,
+                kind=kind,
+                employee_id=emp_id,
+                department_id=dep_id,
+                added_at=self.now,
             )
         )
         self.s.flush()
@@ -255,7 +263,11 @@ class Unit:
         if linked_ticket_id:
             remark = f"follows up TKT-{linked_ticket_id}"
         if external:
-            remark = (remark + "; " if remark else "") + "not added (outside the organization): " + ", ".join(external)
+            remark = (
+                (remark + "; " if remark else "")
+                + "not added (outside the organization): "
+                + ", ".join(external)
+            )
         self.history(t, "raise", requester, channel, remark)
         for p in rc:
             if p.org_id == t.org_id:
@@ -280,11 +292,20 @@ class Unit:
         return t
 
     def notify_raised(
-        self, t: m.Ticket, requester: m.Employee, *, ack: bool, applied: tuple[CommandResult, ...] = ()
+        self,
+        t: m.Ticket,
+        requester: m.Employee,
+        *,
+        ack: bool,
+        applied: tuple[CommandResult, ...] = (),
     ) -> None:
         if ack:
             self.notify.enqueue(
-                t, "ack", actor=requester, only=frozenset({requester.id}), applied=applied,
+                t,
+                "ack",
+                actor=requester,
+                only=frozenset({requester.id}),
+                applied=applied,
                 body=t.description,
             )
         self.notify.enqueue(
@@ -350,7 +371,12 @@ class Unit:
             exclude = frozenset({actor.id}) if actor is not None else frozenset()
             # A hidden-copy change is news only for those who may see hidden copies.
             self.notify.enqueue(
-                t, kind, actor=actor, exclude=exclude, remark=note, hidden=action is Action.BCC,
+                t,
+                kind,
+                actor=actor,
+                exclude=exclude,
+                remark=note,
+                hidden=action is Action.BCC,
             )
         return CommandResult(label, True, "")
 
@@ -360,8 +386,16 @@ class Unit:
             select(func.count()).select_from(m.TicketCopy).where(m.TicketCopy.ticket_id == t.id)
         )
         return (
-            t.status, t.owner_id, t.to_employee_id, t.to_department_id, t.category_id,
-            t.sub_category_id, t.priority, t.escalation_level, t.closed_at, copies,
+            t.status,
+            t.owner_id,
+            t.to_employee_id,
+            t.to_department_id,
+            t.category_id,
+            t.sub_category_id,
+            t.priority,
+            t.escalation_level,
+            t.closed_at,
+            copies,
         )
 
     def _effects(
@@ -402,7 +436,9 @@ class Unit:
             for a in spec.args:
                 r = self.d.resolve(a)
                 if r is None or r.party.org_id != t.org_id:
-                    raise UserFacingError(f"{action.value}: {a} is not an employee or department here")
+                    raise UserFacingError(
+                        f"{action.value}: {a} is not an employee or department here"
+                    )
                 if self.add_copy(t, "RC" if action is Action.CC else "RHC", r.party):
                     added.append(a.lower())
             # Never name a hidden copy in history: history is shown to visible participants.
@@ -447,7 +483,9 @@ class Unit:
             raise ActionRefused("you are not a participant of this ticket")
         if Status(t.status) in TERMINAL:
             raise ActionRefused(f"the ticket is {t.status}; it takes no more messages")
-        hidden = Role.RHC in roles and not (roles & {Role.ASSIGNEE, Role.REQUESTER, Role.RC, Role.OWNER})
+        hidden = Role.RHC in roles and not (
+            roles & {Role.ASSIGNEE, Role.REQUESTER, Role.RC, Role.OWNER}
+        )
         result = CommandResult("message", True)
         if action is not None and not (hidden and action is Action.MESSAGE):
             result = self.apply(t, sender, CommandSpec(action.value), channel, notify=False)
@@ -456,7 +494,10 @@ class Unit:
         elif status_effect and not hidden:
             if Role.ASSIGNEE in roles and Role.REQUESTER not in roles:
                 act = Action.REPLY
-            elif Role.REQUESTER in roles and t.status in (Status.REPLIED.value, Status.RETURNED.value):
+            elif Role.REQUESTER in roles and t.status in (
+                Status.REPLIED.value,
+                Status.RETURNED.value,
+            ):
                 act = Action.RESPOND
             elif Role.ASSIGNEE in roles:
                 act = Action.REPLY
@@ -488,7 +529,11 @@ class Unit:
         )
         if applied:
             self.notify.enqueue(
-                t, "status_change", actor=sender, only=frozenset({sender.id}), applied=applied,
+                t,
+                "status_change",
+                actor=sender,
+                only=frozenset({sender.id}),
+                applied=applied,
                 hidden=hidden,
             )
         return msg, result

@@ -41,12 +41,14 @@ class Views:
             self._dep[i] = d
         return self._dep[i]
 
-    def _name(self, model: type[m.Base], i: int | None) -> str | None:
+    def _name(
+        self, model: type[m.Branch | m.Organization | m.Category], i: int | None
+    ) -> str | None:
         """The name of a Branch, Organization or Category row by id."""
         if i is None:
             return None
         row = self.s.get(model, i)
-        return str(getattr(row, "name")) if row is not None else None
+        return row.name if isinstance(row, (m.Branch, m.Organization, m.Category)) else None
 
     def ticket(self, t: m.Ticket) -> dict[str, Any]:
         copies: dict[str, list[str]] = {"rc": [], "rhc": []}

@@ -16,7 +16,9 @@ def run() -> None:
 
         engine = create_engine(context.config.get_main_option("sqlalchemy.url") or "")
         with engine.begin() as conn:
-            context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
+            context.configure(
+                connection=conn, target_metadata=target_metadata, render_as_batch=True
+            )
             context.run_migrations()
         return
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)

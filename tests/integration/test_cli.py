@@ -11,9 +11,24 @@ from typing import Any
 from tests.conftest import SECRET, Database, run_cli
 
 TICKET_KEYS = {
-    "ref", "subject", "description", "category", "sub_category", "priority", "assignment_type",
-    "from", "to", "copies", "status", "escalation_level", "history", "messages", "feedback",
-    "created_at", "updated_at", "closed_at",
+    "ref",
+    "subject",
+    "description",
+    "category",
+    "sub_category",
+    "priority",
+    "assignment_type",
+    "from",
+    "to",
+    "copies",
+    "status",
+    "escalation_level",
+    "history",
+    "messages",
+    "feedback",
+    "created_at",
+    "updated_at",
+    "closed_at",
 }
 # One key beyond SPEC §5: the ticket a late reply follows up (SPEC §2.3), null otherwise.
 EXTRA_KEYS = {"linked_ticket"}
@@ -63,22 +78,54 @@ def test_cli_round_trip(database: Database, tmp_path: Path) -> None:
     cli.folder.mkdir()
     out = cli.ok("init", "--demo")
     assert "organization Acme Corporation:" in out and "database ready" in out
-    assert {p.name for p in cli.folder.iterdir()} >= {"ticketgate.toml", "org.toml", "employees.csv"}
+    assert {p.name for p in cli.folder.iterdir()} >= {
+        "ticketgate.toml",
+        "org.toml",
+        "employees.csv",
+    }
 
-    raised = json.loads(cli.ok(
-        "ticket", "raise", "--from", "frank@acme.example", "--to", "it@acme.example",
-        "--subject", "Printer jams", "--body", "Third floor.", "--cc", "dieter@acme.example",
-        "--bcc", "karl@acme.example", "--category", "Hardware/Printer", "--priority", "high",
-        "--json",
-    ))
-    a = raised["ref"]
-    b = cli.ok("ticket", "raise", "--from", "grace@acme.example", "--to", "finance@acme.example",
-               "--subject", "Heating").strip()
-    assert a.startswith("TKT-") and b.startswith("TKT-") and int(b[4:]) > int(a[4:])
-    assert cli.ok("ticket", "act", a, "--as", "alice@acme.example", "take").strip() == f"{a} WORKING_ON_IT"
-    assert cli.ok("ticket", "act", a, "--as", "karl@acme.example", "message", "Vendor", "knows").strip() == (
-        f"{a} WORKING_ON_IT"
+    raised = json.loads(
+        cli.ok(
+            "ticket",
+            "raise",
+            "--from",
+            "frank@acme.example",
+            "--to",
+            "it@acme.example",
+            "--subject",
+            "Printer jams",
+            "--body",
+            "Third floor.",
+            "--cc",
+            "dieter@acme.example",
+            "--bcc",
+            "karl@acme.example",
+            "--category",
+            "Hardware/Printer",
+            "--priority",
+            "high",
+            "--json",
+        )
     )
+    a = raised["ref"]
+    b = cli.ok(
+        "ticket",
+        "raise",
+        "--from",
+        "grace@acme.example",
+        "--to",
+        "finance@acme.example",
+        "--subject",
+        "Heating",
+    ).strip()
+    assert a.startswith("TKT-") and b.startswith("TKT-") and int(b[4:]) > int(a[4:])
+    assert (
+        cli.ok("ticket", "act", a, "--as", "alice@acme.example", "take").strip()
+        == f"{a} WORKING_ON_IT"
+    )
+    assert cli.ok(
+        "ticket", "act", a, "--as", "karl@acme.example", "message", "Vendor", "knows"
+    ).strip() == (f"{a} WORKING_ON_IT")
 
     refused, show, all_, working, finance, as_rc, org = cli.many(
         ("ticket", "act", a, "--as", "frank@acme.example", "deliver"),
@@ -95,22 +142,43 @@ def test_cli_round_trip(database: Database, tmp_path: Path) -> None:
     assert show.returncode == 0, show.stderr
     t = json.loads(show.stdout)
     assert_ticket_shape(t)
-    assert t == {**t, "ref": a, "subject": "Printer jams", "description": "Third floor.",
-                 "category": "Hardware", "sub_category": "Printer", "priority": "high",
-                 "assignment_type": "DEPARTMENT", "status": "WORKING_ON_IT",
-                 "escalation_level": 0, "feedback": None, "closed_at": None}
-    assert t["from"] == {"employee": "frank@acme.example", "department": "hr@acme.example",
-                         "branch": "New York", "organization": "Acme Corporation",
-                         "channel": "cli", "device": None}
-    assert t["to"] == {"department": "it@acme.example", "employee": None,
-                       "owner": "alice@acme.example", "branch": "Berlin",
-                       "organization": "Acme Corporation"}
+    assert t == {
+        **t,
+        "ref": a,
+        "subject": "Printer jams",
+        "description": "Third floor.",
+        "category": "Hardware",
+        "sub_category": "Printer",
+        "priority": "high",
+        "assignment_type": "DEPARTMENT",
+        "status": "WORKING_ON_IT",
+        "escalation_level": 0,
+        "feedback": None,
+        "closed_at": None,
+    }
+    assert t["from"] == {
+        "employee": "frank@acme.example",
+        "department": "hr@acme.example",
+        "branch": "New York",
+        "organization": "Acme Corporation",
+        "channel": "cli",
+        "device": None,
+    }
+    assert t["to"] == {
+        "department": "it@acme.example",
+        "employee": None,
+        "owner": "alice@acme.example",
+        "branch": "Berlin",
+        "organization": "Acme Corporation",
+    }
     assert t["copies"] == {"rc": ["dieter@acme.example"], "rhc": ["karl@acme.example"]}
     assert [(h["status"], h["actor"], h["channel"]) for h in t["history"]] == [
-        ("RAISED", "frank@acme.example", "cli"), ("WORKING_ON_IT", "alice@acme.example", "cli"),
+        ("RAISED", "frank@acme.example", "cli"),
+        ("WORKING_ON_IT", "alice@acme.example", "cli"),
     ]
     assert [(msg["sender"], msg["body"], msg["hidden"]) for msg in t["messages"]] == [
-        ("frank@acme.example", "Third floor.", False), ("karl@acme.example", "Vendor knows", True),
+        ("frank@acme.example", "Third floor.", False),
+        ("karl@acme.example", "Vendor knows", True),
     ]
     assert t["created_at"] <= t["updated_at"]
 
@@ -136,18 +204,44 @@ def test_cli_round_trip(database: Database, tmp_path: Path) -> None:
             assert set(d) == {"name", "address", "slack_channel", "default_category", "roles"}
             assert all(set(r) == {"name", "level"} for r in d["roles"])
     it = o["branches"][0]["departments"][0]
-    assert it == {"name": "IT", "address": "it@acme.example", "slack_channel": "C0ITSUPPORT",
-                  "default_category": "Hardware",
-                  "roles": [{"name": "Technician", "level": 1}, {"name": "IT Manager", "level": 2}]}
-    assert all(set(e) == {"email", "gateway_address", "name", "branch", "department", "role",
-                          "level", "slack_user_id", "active"} for e in o["employees"])
+    assert it == {
+        "name": "IT",
+        "address": "it@acme.example",
+        "slack_channel": "C0ITSUPPORT",
+        "default_category": "Hardware",
+        "roles": [{"name": "Technician", "level": 1}, {"name": "IT Manager", "level": 2}],
+    }
+    assert all(
+        set(e)
+        == {
+            "email",
+            "gateway_address",
+            "name",
+            "branch",
+            "department",
+            "role",
+            "level",
+            "slack_user_id",
+            "active",
+        }
+        for e in o["employees"]
+    )
     assert o["employees"][0] == {
-        "email": "alice@acme.example", "gateway_address": "alice@tickets.acme.example",
-        "name": "Alice Adams", "branch": "Berlin", "department": "IT", "role": "Technician",
-        "level": 1, "slack_user_id": "U0ALICE", "active": True,
+        "email": "alice@acme.example",
+        "gateway_address": "alice@tickets.acme.example",
+        "name": "Alice Adams",
+        "branch": "Berlin",
+        "department": "IT",
+        "role": "Technician",
+        "level": 1,
+        "slack_user_id": "U0ALICE",
+        "active": True,
     }
     assert len(o["employees"]) == 16
-    assert {"name": "Hardware", "sub_categories": ["Mouse", "Keyboard", "Laptop", "Monitor", "Printer"]} in o["categories"]
+    assert {
+        "name": "Hardware",
+        "sub_categories": ["Mouse", "Keyboard", "Laptop", "Monitor", "Printer"],
+    } in o["categories"]
 
     # init again is harmless: nothing created or updated, the ticket untouched.
     again = cli.ok("init", "--demo")
@@ -164,7 +258,14 @@ def test_bad_usage_exits_2(tmp_path: Path) -> None:
         ("ticket", "act", "TKT-1", "take"),  # no --as
         ("ticket", "act", "TKT-1", "--as", "alice@acme.example", "assign"),  # no one to assign
         ("ticket", "act", "TKT-1", "--as", "alice@acme.example", "reply"),  # no text
-        ("ticket", "raise", "--from", "frank@acme.example", "--to", "it@acme.example"),  # no subject
+        (
+            "ticket",
+            "raise",
+            "--from",
+            "frank@acme.example",
+            "--to",
+            "it@acme.example",
+        ),  # no subject
         ("ticket", "list", "--colour"),
     )
     for r in results:

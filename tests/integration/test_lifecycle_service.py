@@ -25,8 +25,12 @@ from store import models as m
 from tests.conftest import PG_URL, Database, Env, make_env, write_demo_org
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def shared_env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def shared_env(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Env]:
     """The demo org on one database for the whole module (each test raises its own tickets):
     migrating and importing per test would cost more than the tests themselves."""
     folder = tmp_path_factory.mktemp("lifecycle")
@@ -115,7 +119,12 @@ def act(svc: Any, ref: str, actor: str, action: str, text: str = "because") -> N
 def raise_ticket(svc: Any, *, to: str = IT) -> str:
     return svc.raise_ticket(
         RaiseTicket(
-            requester=REQUESTER, to=to, subject="Printer jams", body="It jams.", cc=(RC,), bcc=(RHC,)
+            requester=REQUESTER,
+            to=to,
+            subject="Printer jams",
+            body="It jams.",
+            cc=(RC,),
+            bcc=(RHC,),
         )
     )
 
@@ -139,8 +148,16 @@ def outbox_rows(env: Any) -> int:
         return int(s.scalar(select(func.count()).select_from(m.Outbox)) or 0)
 
 
-def assert_refused(env: Any, ref: str, actor: str, action: str, *, text: str = "because",
-                   error: type[UserFacingError] = ActionRefused, reason: str = "") -> str:
+def assert_refused(
+    env: Any,
+    ref: str,
+    actor: str,
+    action: str,
+    *,
+    text: str = "because",
+    error: type[UserFacingError] = ActionRefused,
+    reason: str = "",
+) -> str:
     """The action is refused with a reason and the ticket (and the outbox) are unchanged."""
     before, mails = view(env, ref), outbox_rows(env)
     with pytest.raises(error) as exc:
@@ -165,29 +182,190 @@ class Example:
 
 
 ROWS = [
-    Example("take", Status.RAISED, Status.WORKING_ON_IT, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.WORKING_ON_IT),
-    Example("reply", Status.WORKING_ON_IT, Status.REPLIED, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.CLOSED),
-    Example("return", Status.WORKING_ON_IT, Status.RETURNED, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.REJECTED),
-    Example("respond", Status.REPLIED, Status.RESPONDED, (REQUESTER,), (ALICE, BOB, CAROL, RC, RHC), Status.WORKING_ON_IT),
-    Example("respond", Status.RETURNED, Status.RESPONDED, (REQUESTER,), (ALICE, BOB, CAROL, RC, RHC), Status.RESPONDED),
-    Example("message", Status.WORKING_ON_IT, Status.WORKING_ON_IT, (REQUESTER, RC), (ALICE, BOB, CAROL), Status.REPLIED),
-    Example("release", Status.WORKING_ON_IT, Status.RELEASED, (ALICE,), (BOB, CAROL, REQUESTER, RC, RHC), Status.TO_HIGHER_AUTHORITY),
-    Example("hold", Status.WORKING_ON_IT, Status.ON_HOLD, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.CANCELLED),
-    Example("pending", Status.WORKING_ON_IT, Status.PENDING, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.CLOSED),
-    Example("to_higher_authority", Status.WORKING_ON_IT, Status.TO_HIGHER_AUTHORITY, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.REJECTED),
-    Example("approve", Status.TO_HIGHER_AUTHORITY, Status.APPROVED, (CAROL,), (ALICE, BOB, REQUESTER, RC, RHC), Status.WORKING_ON_IT),
-    Example("approve", Status.PENDING, Status.APPROVED, (CAROL,), (ALICE, BOB, REQUESTER, RC, RHC), Status.ESCALATED),
-    Example("reject", Status.WORKING_ON_IT, Status.REJECTED, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.CANCELLED),
-    Example("escalate", Status.WORKING_ON_IT, Status.ESCALATED, (CAROL,), (ALICE, BOB, REQUESTER, RC, RHC), Status.DELIVERED),
-    Example("deliver", Status.WORKING_ON_IT, Status.DELIVERED, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.CANCELLED),
-    Example("close", Status.WORKING_ON_IT, Status.CLOSED, (REQUESTER,), (ALICE, BOB, CAROL, RC, RHC), Status.CANCELLED),
-    Example("cancel", Status.ON_HOLD, Status.CANCELLED, (REQUESTER,), (ALICE, BOB, CAROL, RC, RHC), Status.CLOSED),
-    Example("reopen", Status.DELIVERED, Status.REOPENED, (REQUESTER,), (ALICE, BOB, CAROL, RC, RHC), Status.WORKING_ON_IT),
-    Example("assign", Status.WORKING_ON_IT, Status.WORKING_ON_IT, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.CLOSED),
-    Example("cc", Status.WORKING_ON_IT, Status.WORKING_ON_IT, (ALICE, BOB, CAROL, REQUESTER), (RC, RHC), Status.CLOSED),
-    Example("bcc", Status.WORKING_ON_IT, Status.WORKING_ON_IT, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.REJECTED),
-    Example("category", Status.WORKING_ON_IT, Status.WORKING_ON_IT, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.CANCELLED),
-    Example("priority", Status.WORKING_ON_IT, Status.WORKING_ON_IT, (ALICE, BOB, CAROL), (REQUESTER, RC, RHC), Status.CLOSED),
+    Example(
+        "take",
+        Status.RAISED,
+        Status.WORKING_ON_IT,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.WORKING_ON_IT,
+    ),
+    Example(
+        "reply",
+        Status.WORKING_ON_IT,
+        Status.REPLIED,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.CLOSED,
+    ),
+    Example(
+        "return",
+        Status.WORKING_ON_IT,
+        Status.RETURNED,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.REJECTED,
+    ),
+    Example(
+        "respond",
+        Status.REPLIED,
+        Status.RESPONDED,
+        (REQUESTER,),
+        (ALICE, BOB, CAROL, RC, RHC),
+        Status.WORKING_ON_IT,
+    ),
+    Example(
+        "respond",
+        Status.RETURNED,
+        Status.RESPONDED,
+        (REQUESTER,),
+        (ALICE, BOB, CAROL, RC, RHC),
+        Status.RESPONDED,
+    ),
+    Example(
+        "message",
+        Status.WORKING_ON_IT,
+        Status.WORKING_ON_IT,
+        (REQUESTER, RC),
+        (ALICE, BOB, CAROL),
+        Status.REPLIED,
+    ),
+    Example(
+        "release",
+        Status.WORKING_ON_IT,
+        Status.RELEASED,
+        (ALICE,),
+        (BOB, CAROL, REQUESTER, RC, RHC),
+        Status.TO_HIGHER_AUTHORITY,
+    ),
+    Example(
+        "hold",
+        Status.WORKING_ON_IT,
+        Status.ON_HOLD,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.CANCELLED,
+    ),
+    Example(
+        "pending",
+        Status.WORKING_ON_IT,
+        Status.PENDING,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.CLOSED,
+    ),
+    Example(
+        "to_higher_authority",
+        Status.WORKING_ON_IT,
+        Status.TO_HIGHER_AUTHORITY,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.REJECTED,
+    ),
+    Example(
+        "approve",
+        Status.TO_HIGHER_AUTHORITY,
+        Status.APPROVED,
+        (CAROL,),
+        (ALICE, BOB, REQUESTER, RC, RHC),
+        Status.WORKING_ON_IT,
+    ),
+    Example(
+        "approve",
+        Status.PENDING,
+        Status.APPROVED,
+        (CAROL,),
+        (ALICE, BOB, REQUESTER, RC, RHC),
+        Status.ESCALATED,
+    ),
+    Example(
+        "reject",
+        Status.WORKING_ON_IT,
+        Status.REJECTED,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.CANCELLED,
+    ),
+    Example(
+        "escalate",
+        Status.WORKING_ON_IT,
+        Status.ESCALATED,
+        (CAROL,),
+        (ALICE, BOB, REQUESTER, RC, RHC),
+        Status.DELIVERED,
+    ),
+    Example(
+        "deliver",
+        Status.WORKING_ON_IT,
+        Status.DELIVERED,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.CANCELLED,
+    ),
+    Example(
+        "close",
+        Status.WORKING_ON_IT,
+        Status.CLOSED,
+        (REQUESTER,),
+        (ALICE, BOB, CAROL, RC, RHC),
+        Status.CANCELLED,
+    ),
+    Example(
+        "cancel",
+        Status.ON_HOLD,
+        Status.CANCELLED,
+        (REQUESTER,),
+        (ALICE, BOB, CAROL, RC, RHC),
+        Status.CLOSED,
+    ),
+    Example(
+        "reopen",
+        Status.DELIVERED,
+        Status.REOPENED,
+        (REQUESTER,),
+        (ALICE, BOB, CAROL, RC, RHC),
+        Status.WORKING_ON_IT,
+    ),
+    Example(
+        "assign",
+        Status.WORKING_ON_IT,
+        Status.WORKING_ON_IT,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.CLOSED,
+    ),
+    Example(
+        "cc",
+        Status.WORKING_ON_IT,
+        Status.WORKING_ON_IT,
+        (ALICE, BOB, CAROL, REQUESTER),
+        (RC, RHC),
+        Status.CLOSED,
+    ),
+    Example(
+        "bcc",
+        Status.WORKING_ON_IT,
+        Status.WORKING_ON_IT,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.REJECTED,
+    ),
+    Example(
+        "category",
+        Status.WORKING_ON_IT,
+        Status.WORKING_ON_IT,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.CANCELLED,
+    ),
+    Example(
+        "priority",
+        Status.WORKING_ON_IT,
+        Status.WORKING_ON_IT,
+        (ALICE, BOB, CAROL),
+        (REQUESTER, RC, RHC),
+        Status.CLOSED,
+    ),
 ]
 
 
@@ -209,15 +387,23 @@ def test_row(shared_env: Any, row: Example) -> None:
         assert after["status"] == row.to.value, actor
         if row.to.value != before["status"]:
             assert after["history"][-1] == {
-                "status": row.to.value, "actor": actor, "at": env.clock.now().isoformat(),
-                "channel": "cli", "remark": after["history"][-1]["remark"],
+                "status": row.to.value,
+                "actor": actor,
+                "at": env.clock.now().isoformat(),
+                "channel": "cli",
+                "remark": after["history"][-1]["remark"],
             }
         _check_effect(row.action, actor, before, after)
     ref = ticket_at(svc, row.start)
     for actor in row.refused:
         assert_refused(env, ref, actor, row.action)
-    assert_refused(env, ticket_at(svc, row.wrong_status), row.allowed[0], row.action,
-                   reason=row.wrong_status.value)
+    assert_refused(
+        env,
+        ticket_at(svc, row.wrong_status),
+        row.allowed[0],
+        row.action,
+        reason=row.wrong_status.value,
+    )
 
 
 def _check_effect(action: str, actor: str, before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -384,11 +570,21 @@ steps = st.lists(
     max_size=8,
 )
 
-_FIELDS = ("status", "to", "copies", "category", "sub_category", "priority", "escalation_level",
-           "closed_at")
+_FIELDS = (
+    "status",
+    "to",
+    "copies",
+    "category",
+    "sub_category",
+    "priority",
+    "escalation_level",
+    "closed_at",
+)
 
 
-def _snapshot(env: Any, ref: str, email: str | None = None) -> tuple[dict[str, Any], frozenset[Any], Any, list[Any]]:
+def _snapshot(
+    env: Any, ref: str, email: str | None = None
+) -> tuple[dict[str, Any], frozenset[Any], Any, list[Any]]:
     """The ticket view, ``email``'s roles on it, its closed_at and its history rows, in one read."""
     with env.app.sessions() as s:
         t = s.get(m.Ticket, parse_ref(ref))
@@ -396,14 +592,24 @@ def _snapshot(env: Any, ref: str, email: str | None = None) -> tuple[dict[str, A
         d = Directory(s)
         emp = d.employee(email) if email else None
         roles = d.roles_of(t, emp) if emp is not None else frozenset()
-        rows = [(h.action, h.actor_label, h.status) for h in s.scalars(
-            select(m.StatusHistory).where(m.StatusHistory.ticket_id == t.id).order_by(m.StatusHistory.id))]
+        rows = [
+            (h.action, h.actor_label, h.status)
+            for h in s.scalars(
+                select(m.StatusHistory)
+                .where(m.StatusHistory.ticket_id == t.id)
+                .order_by(m.StatusHistory.id)
+            )
+        ]
         return Views(s).ticket(t), roles, t.closed_at, rows
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(individual=st.booleans(), steps=steps)
-def test_history_is_exactly_the_permitted_changes(env: Any, individual: bool, steps: list[Any]) -> None:
+def test_history_is_exactly_the_permitted_changes(
+    env: Any, individual: bool, steps: list[Any]
+) -> None:
     """Random actors doing random actions: each recorded change is one the table permits that
     actor at that moment, and each applied change has exactly one history entry."""
     svc = env.service
@@ -418,8 +624,15 @@ def test_history_is_exactly_the_permitted_changes(env: Any, individual: bool, st
             if action in ("reply", "respond", "message"):
                 svc.act(Act(ref=ref, actor=actor, action=action, body="some text"))
             else:
-                svc.act(Act(ref=ref, actor=actor, action=action,
-                            args=args[arg % len(args)], remark=remark))
+                svc.act(
+                    Act(
+                        ref=ref,
+                        actor=actor,
+                        action=action,
+                        args=args[arg % len(args)],
+                        remark=remark,
+                    )
+                )
         except UserFacingError as e:
             assert e.reason
             after, _, _, rows_after = _snapshot(env, ref)
@@ -428,14 +641,20 @@ def test_history_is_exactly_the_permitted_changes(env: Any, individual: bool, st
         assert roles, "only participants act"
         after, _, _, rows_after = _snapshot(env, ref)
         assert rows_after[: len(rows_before)] == rows_before  # nothing is overwritten
-        new = rows_after[len(rows_before):]
+        new = rows_after[len(rows_before) :]
         changed = any(before[k] != after[k] for k in _FIELDS)
         assert len(new) == (1 if changed else 0), (actor, action, before["status"], new)
         for row_action, row_actor, row_status in new:
             assert (row_action, row_actor) == (action, actor)
-            d = decide(Action(row_action), status=Status(before["status"]), roles=roles,
-                       assignment=AssignmentType(before["assignment_type"]), remark=remark,
-                       closed_at=closed_at, now=env.clock.now(),
-                       reopen_window=timedelta(days=7))
+            d = decide(
+                Action(row_action),
+                status=Status(before["status"]),
+                roles=roles,
+                assignment=AssignmentType(before["assignment_type"]),
+                remark=remark,
+                closed_at=closed_at,
+                now=env.clock.now(),
+                reopen_window=timedelta(days=7),
+            )
             assert isinstance(d, Allowed), (actor, action, before["status"], roles, d)
             assert row_status == (d.to or Status(before["status"])).value == after["status"]

@@ -25,7 +25,9 @@ def two_orgs(env: Any) -> Any:
     """The demo org (Acme) and Globex side by side, one open ticket in each."""
     env.import_org(GLOBEX)
     svc = env.service
-    env.acme_ref = svc.raise_ticket(RaiseTicket(requester=ACME_REQ, to=ACME_IT, subject="Acme printer"))
+    env.acme_ref = svc.raise_ticket(
+        RaiseTicket(requester=ACME_REQ, to=ACME_IT, subject="Acme printer")
+    )
     env.globex_ref = svc.raise_ticket(
         RaiseTicket(requester=GLOBEX_REQ, to=GLOBEX_IT, subject="Globex laptop")
     )
@@ -47,7 +49,10 @@ def test_globex_imports_beside_acme(two_orgs: Any) -> None:
         assert set(orgs) == {"Acme Corporation", "Globex"}
         g = orgs["Globex"].id
         assert s.scalar(select(func.count()).select_from(m.Branch).where(m.Branch.org_id == g)) == 2
-        assert s.scalar(select(func.count()).select_from(m.Department).where(m.Department.org_id == g)) == 2
+        assert (
+            s.scalar(select(func.count()).select_from(m.Department).where(m.Department.org_id == g))
+            == 2
+        )
         t = s.get(m.Ticket, int(two_orgs.globex_ref[4:]))
         assert t is not None and t.org_id == g
 
@@ -99,10 +104,19 @@ def test_cannot_add_the_other_org_to_a_ticket(two_orgs: Any) -> None:
     svc.act(Act(ref=two_orgs.acme_ref, actor="alice@acme.example", action="take"))
     before = _counts(two_orgs)
     for action in ("cc", "bcc", "assign"):
-        for who in ("homer@globex.example", "it@globex.example", "alice.globex@tickets.acme.example"):
+        for who in (
+            "homer@globex.example",
+            "it@globex.example",
+            "alice.globex@tickets.acme.example",
+        ):
             with pytest.raises(UserFacingError, match="here"):
                 svc.act(
-                    Act(ref=two_orgs.acme_ref, actor="alice@acme.example", action=action, args=(who,))
+                    Act(
+                        ref=two_orgs.acme_ref,
+                        actor="alice@acme.example",
+                        action=action,
+                        args=(who,),
+                    )
                 )
     assert _counts(two_orgs) == before
 
@@ -125,8 +139,18 @@ def test_cli_keeps_organizations_apart(two_orgs: Any) -> None:
         two_orgs,
         ("ticket", "raise", "--from", ACME_REQ, "--to", GLOBEX_IT, "--subject", "Across"),
         ("ticket", "act", acme, "--as", "alice@globex.example", "take"),
-        ("ticket", "raise", "--from", GLOBEX_REQ, "--to", GLOBEX_IT, "--subject", "x",
-         "--cc", "frank@acme.example"),
+        (
+            "ticket",
+            "raise",
+            "--from",
+            GLOBEX_REQ,
+            "--to",
+            GLOBEX_IT,
+            "--subject",
+            "x",
+            "--cc",
+            "frank@acme.example",
+        ),
         ("ticket", "show", acme, "--as", "homer@globex.example", "--json"),
         ("ticket", "list", "--as", ACME_REQ, "--json"),
         ("ticket", "list", "--as", "alice@globex.example", "--json"),

@@ -30,7 +30,8 @@ def _rows(env: Any) -> dict[str, Any]:
         }
         tickets = [tuple(r) for r in s.execute(select(m.Ticket.__table__).order_by(m.Ticket.id))]
         history = [
-            tuple(r) for r in s.execute(select(m.StatusHistory.__table__).order_by(m.StatusHistory.id))
+            tuple(r)
+            for r in s.execute(select(m.StatusHistory.__table__).order_by(m.StatusHistory.id))
         ]
     return {"counts": counts, "tickets": tickets, "history": history}
 
@@ -57,8 +58,14 @@ def test_second_import_changes_nothing(env: Any, tmp_path: Path) -> None:
     """Re-importing the same files reports no change and leaves every table, every ticket and
     history row, and `org show --json` exactly as they were."""
     svc = env.service
-    ref = svc.raise_ticket(RaiseTicket(requester="frank@acme.example", to="it@acme.example",
-                                       subject="Printer", cc=("dieter@acme.example",)))
+    ref = svc.raise_ticket(
+        RaiseTicket(
+            requester="frank@acme.example",
+            to="it@acme.example",
+            subject="Printer",
+            cc=("dieter@acme.example",),
+        )
+    )
     svc.act(Act(ref=ref, actor="alice@acme.example", action="take"))
     before, org_before = _rows(env), _org_json(env)
     env.clock.advance(days=1)
@@ -72,7 +79,7 @@ def _inline(toml: str, csv: str) -> str:
     """The same org with the CSV's employees written as [[employees]] tables."""
     lines = csv.strip().splitlines()
     header = lines[0].split(",")
-    out = [re.sub(r'(?m)^employees_csv = .*\n', "", toml)]
+    out = [re.sub(r"(?m)^employees_csv = .*\n", "", toml)]
     for line in lines[1:]:
         row = dict(zip(header, line.split(","), strict=True))
         out.append("\n[[employees]]\n" + "".join(f'{k} = "{v}"\n' for k, v in row.items()))
@@ -89,7 +96,10 @@ def test_csv_imports_the_same_as_inline(env: Any, tmp_path: Path) -> None:
         assert rep.created > 0
         view = _org_json(inline)
         assert view == _org_json(env)
-        assert {e["email"] for e in view["employees"]} >= {"henry@acme.example", "paula@acme.example"}
+        assert {e["email"] for e in view["employees"]} >= {
+            "henry@acme.example",
+            "paula@acme.example",
+        }
     finally:
         inline.app.close()
 
@@ -119,8 +129,14 @@ INVALID = {
         "branches[0].timezone: unknown time zone 'Europe/Atlantis'",
     ),
     "unknown department (inline)": (
-        lambda t, c: (_sub(t, 'department = "Engineering"\nrole = "Developer"\nslack_user_id',
-                           'department = "Engineerin"\nrole = "Developer"\nslack_user_id'), c),
+        lambda t, c: (
+            _sub(
+                t,
+                'department = "Engineering"\nrole = "Developer"\nslack_user_id',
+                'department = "Engineerin"\nrole = "Developer"\nslack_user_id',
+            ),
+            c,
+        ),
         "employees[6]: no department 'Engineerin' in branch 'Berlin'",
     ),
     "unknown department (csv)": (
@@ -140,8 +156,10 @@ INVALID = {
         "employees.csv: missing columns ['email']",
     ),
     "unknown role, after a new department": (  # found only while writing: rolled back
-        lambda t, c: (_sub(t, "# --- New York", NEW_DEPARTMENT + "\n# --- New York"),
-                      _sub(c, "Finance,Accountant", "Finance,Bookkeeper")),
+        lambda t, c: (
+            _sub(t, "# --- New York", NEW_DEPARTMENT + "\n# --- New York"),
+            _sub(c, "Finance,Accountant", "Finance,Bookkeeper"),
+        ),
         "employees.csv line 2: no role 'Bookkeeper' in 'Finance'",
     ),
 }
@@ -168,7 +186,9 @@ def test_cli_org_import(env: Any, tmp_path: Path) -> None:
     bad = _write(tmp_path / "bad", _sub(DEMO_ORG_TOML, "America/New_York", "Mars/Olympus"))
     shown = run_cli(env.env, "org", "show", "--json", cwd=env.dir)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        ok, fail = pool.map(lambda p: run_cli(env.env, "org", "import", str(p), cwd=env.dir), (good, bad))
+        ok, fail = pool.map(
+            lambda p: run_cli(env.env, "org", "import", str(p), cwd=env.dir), (good, bad)
+        )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "organization Acme Corporation: 0 created, 0 updated"
     assert fail.returncode == 1 and fail.stdout == ""
@@ -178,14 +198,22 @@ def test_cli_org_import(env: Any, tmp_path: Path) -> None:
     assert json.loads(shown.stdout) == _org_json(env)
 
 
-def test_deactivated_employee_keeps_history_but_cannot_raise_or_act(env: Any, tmp_path: Path) -> None:
+def test_deactivated_employee_keeps_history_but_cannot_raise_or_act(
+    env: Any, tmp_path: Path
+) -> None:
     """Re-imported with active = false (inline or a CSV `active` column), an employee's history
     stays, but they can no longer raise, act or post; a blank `active` cell means active."""
     svc = env.service
-    ref = svc.raise_ticket(RaiseTicket(requester="frank@acme.example", to="it@acme.example", subject="Disk"))
+    ref = svc.raise_ticket(
+        RaiseTicket(requester="frank@acme.example", to="it@acme.example", subject="Disk")
+    )
     svc.act(Act(ref=ref, actor="alice@acme.example", action="take"))
-    fin = svc.raise_ticket(RaiseTicket(requester="irene@acme.example", to="it@acme.example", subject="VPN"))
-    toml = _sub(DEMO_ORG_TOML, 'slack_user_id = "U0ALICE"\n', 'slack_user_id = "U0ALICE"\nactive = false\n')
+    fin = svc.raise_ticket(
+        RaiseTicket(requester="irene@acme.example", to="it@acme.example", subject="VPN")
+    )
+    toml = _sub(
+        DEMO_ORG_TOML, 'slack_user_id = "U0ALICE"\n', 'slack_user_id = "U0ALICE"\nactive = false\n'
+    )
     csv = "email,name,branch,department,role,active\n" + "".join(
         line + (",false\n" if line.startswith("irene@") else ",\n")
         for line in DEMO_EMPLOYEES_CSV.strip().splitlines()[1:]
@@ -198,7 +226,8 @@ def test_deactivated_employee_keeps_history_but_cannot_raise_or_act(env: Any, tm
     with env.app.sessions() as s:
         v = Views(s).ticket(s.get(m.Ticket, int(ref[4:])))  # type: ignore[arg-type]
     assert [(h["status"], h["actor"]) for h in v["history"]] == [
-        ("RAISED", "frank@acme.example"), ("WORKING_ON_IT", "alice@acme.example"),
+        ("RAISED", "frank@acme.example"),
+        ("WORKING_ON_IT", "alice@acme.example"),
     ]
     assert v["to"]["owner"] == "alice@acme.example"
     before = _rows(env)
@@ -206,7 +235,9 @@ def test_deactivated_employee_keeps_history_but_cannot_raise_or_act(env: Any, tm
         with pytest.raises(ActionRefused, match="deactivated"):
             svc.act(Act(ref=ref, actor="alice@acme.example", action=action, body="done"))
     with pytest.raises(ActionRefused, match="deactivated"):
-        svc.raise_ticket(RaiseTicket(requester="alice@acme.example", to="hr@acme.example", subject="x"))
+        svc.raise_ticket(
+            RaiseTicket(requester="alice@acme.example", to="hr@acme.example", subject="x")
+        )
     with pytest.raises(ActionRefused, match="deactivated"):
         svc.act(Act(ref=fin, actor="irene@acme.example", action="cancel"))
     assert _rows(env) == before

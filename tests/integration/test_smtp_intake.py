@@ -32,7 +32,9 @@ def only_ticket(gw: Gateway) -> dict:
 
 def test_department_cc_and_bcc(gateway: Gateway) -> None:
     """To: department → DEPARTMENT ticket; Cc colleague → RC; envelope-only gateway address → RHC."""
-    m1 = mail(REQ, [IT], "VPN drops", "Since Monday the VPN drops hourly.", cc=["grace@acme.example"])
+    m1 = mail(
+        REQ, [IT], "VPN drops", "Since Monday the VPN drops hourly.", cc=["grace@acme.example"]
+    )
     code, _ = gateway.send(m1, REQ, [IT, "henry@tickets.acme.example"])
     assert code == 250
     t = only_ticket(gateway)
@@ -59,7 +61,9 @@ def test_individual_ticket(gateway: Gateway) -> None:
 
 def test_two_departments_make_one_ticket(gateway: Gateway) -> None:
     """A mail to two department addresses → one ticket, the second department an RC."""
-    code, _ = gateway.send(mail(REQ, [IT, FAC], "Desk move", "Move desk and phone."), REQ, [IT, FAC])
+    code, _ = gateway.send(
+        mail(REQ, [IT, FAC], "Desk move", "Move desk and phone."), REQ, [IT, FAC]
+    )
     assert code == 250
     t = only_ticket(gateway)
     assert t["to"]["department"] == IT
@@ -74,7 +78,9 @@ def test_second_department_in_cc_is_rc(gateway: Gateway) -> None:
 
 def test_subaddress_sets_category(gateway: Gateway) -> None:
     """`it+mouse@` picks the sub-category (and its category) by name."""
-    gateway.send(mail(REQ, ["it+mouse@acme.example"], "Mouse", "broken"), REQ, ["it+mouse@acme.example"])
+    gateway.send(
+        mail(REQ, ["it+mouse@acme.example"], "Mouse", "broken"), REQ, ["it+mouse@acme.example"]
+    )
     t = only_ticket(gateway)
     assert (t["category"], t["sub_category"]) == ("Hardware", "Mouse")
 
@@ -98,14 +104,22 @@ def test_redelivery_is_applied_once(gateway: Gateway) -> None:
 
 def test_unknown_sender_refused_nothing_stored(gateway: Gateway) -> None:
     """A sender who is not an employee gets 550 5.7.1 and nothing is stored."""
-    code, text = gateway.send(mail("stranger@else.example", [IT], "hi", "hi"), "stranger@else.example", [IT])
+    code, text = gateway.send(
+        mail("stranger@else.example", [IT], "hi", "hi"), "stranger@else.example", [IT]
+    )
     assert code == 550 and "5.7.1" in text and "not an employee" in text
-    assert count(gateway, m.Ticket) == 0 and count(gateway, m.InboundMail) == 0 and count(gateway, m.Blob) == 0
+    assert (
+        count(gateway, m.Ticket) == 0
+        and count(gateway, m.InboundMail) == 0
+        and count(gateway, m.Blob) == 0
+    )
 
 
 def test_unknown_recipient_refused_at_rcpt(gateway: Gateway) -> None:
     """RCPT TO an address the gateway does not own → 550 5.1.1 before DATA."""
-    code, text = gateway.send(mail(REQ, ["nobody@acme.example"], "x", "y"), REQ, ["nobody@acme.example"])
+    code, text = gateway.send(
+        mail(REQ, ["nobody@acme.example"], "x", "y"), REQ, ["nobody@acme.example"]
+    )
     assert code == 550 and "5.1.1" in text
 
 
@@ -124,7 +138,9 @@ def test_oversize_gets_552_and_size_is_advertised(gateway: Gateway) -> None:
         s.ehlo()
         assert s.has_extn("size") and int(s.esmtp_features["size"]) == limit
     big = mail(REQ, [IT], "big", "x" * 100)
-    big.add_attachment(b"\0" * (limit + 1000), maintype="application", subtype="octet-stream", filename="big.bin")
+    big.add_attachment(
+        b"\0" * (limit + 1000), maintype="application", subtype="octet-stream", filename="big.bin"
+    )
     code, _ = gateway.send(big, REQ, [IT])
     assert code == 552
     assert count(gateway, m.Ticket) == 0
@@ -134,7 +150,9 @@ def test_auto_reply_and_bounce_quarantined(gateway: Gateway) -> None:
     """Auto-replies and bounces are accepted (250), quarantined, never tickets, never answered."""
     ooo = mail(REQ, [IT], "Out of office", "Away.", headers={"Auto-Submitted": "auto-replied"})
     assert gateway.send(ooo, REQ, [IT])[0] == 250
-    bounce = mail("MAILER-DAEMON@acme.example", [IT], "Undelivered Mail Returned to Sender", "mail system")
+    bounce = mail(
+        "MAILER-DAEMON@acme.example", [IT], "Undelivered Mail Returned to Sender", "mail system"
+    )
     assert gateway.send(bounce, "", [IT])[0] == 250
     assert count(gateway, m.Ticket) == 0
     with gateway.env.app.sessions() as s:
@@ -149,7 +167,9 @@ def test_dmarc_fail_from_own_domain_refused(env, tmp_path) -> None:  # type: ign
 
     db_url = env.app.settings.database.url
     env2 = make_env(
-        Database("x", db_url), tmp_path / "dmarc", {"TICKETGATE__MAIL__TRUSTED_AUTHSERV_IDS": "mx.acme.example"}
+        Database("x", db_url),
+        tmp_path / "dmarc",
+        {"TICKETGATE__MAIL__TRUSTED_AUTHSERV_IDS": "mx.acme.example"},
     )
     env2.import_org(write_demo_org(tmp_path / "dmarc"))
     from gateway.mail.smtp_server import SmtpIntakeServer
@@ -157,13 +177,25 @@ def test_dmarc_fail_from_own_domain_refused(env, tmp_path) -> None:  # type: ign
     from tests.conftest import free_port
 
     port = free_port()
-    srv = SmtpIntakeServer(make_handler(env2.app, make_intake(env2.app)), host="127.0.0.1", port=port,
-                           max_message_bytes=10_000_000, hostname="t")
+    srv = SmtpIntakeServer(
+        make_handler(env2.app, make_intake(env2.app)),
+        host="127.0.0.1",
+        port=port,
+        max_message_bytes=10_000_000,
+        hostname="t",
+    )
     srv.start()
     try:
         gw = Gateway(env2, port, srv, make_worker(env2.app))
-        forged = mail(REQ, [IT], "Wire money", "now",
-                      headers={"Authentication-Results": "mx.acme.example; spf=fail; dkim=none; dmarc=fail header.from=acme.example"})
+        forged = mail(
+            REQ,
+            [IT],
+            "Wire money",
+            "now",
+            headers={
+                "Authentication-Results": "mx.acme.example; spf=fail; dkim=none; dmarc=fail header.from=acme.example"
+            },
+        )
         code, text = gw.send(forged, REQ, [IT])
         assert code == 550 and "DMARC" in text
         # A lower A-R claiming pass from an untrusted host does not help.
@@ -171,8 +203,15 @@ def test_dmarc_fail_from_own_domain_refused(env, tmp_path) -> None:  # type: ign
         forged2["Authentication-Results"] = "mx.acme.example; dmarc=fail header.from=acme.example"
         forged2["Authentication-Results"] = "evil.example; dmarc=pass"
         assert gw.send(forged2, REQ, [IT])[0] == 550
-        good = mail(REQ, [IT], "Hello", "#priority high\nok",
-                    headers={"Authentication-Results": "mx.acme.example; dmarc=pass header.from=acme.example"})
+        good = mail(
+            REQ,
+            [IT],
+            "Hello",
+            "#priority high\nok",
+            headers={
+                "Authentication-Results": "mx.acme.example; dmarc=pass header.from=acme.example"
+            },
+        )
         assert gw.send(good, REQ, [IT])[0] == 250
         assert len(gw.tickets()) == 1
     finally:
@@ -188,16 +227,26 @@ def test_mail_explain_names_the_rule(gateway: Gateway) -> None:
     reply = mail(REQ, [IT], f"Re: [{ref}] Printer", "still jammed", msgid="<second@client.example>")
     reply["In-Reply-To"] = "<first@client.example>"
     gateway.send(reply, REQ, [IT])
-    ooo = mail(REQ, [IT], "Automatic reply", "Away", msgid="<third@client.example>",
-               headers={"Auto-Submitted": "auto-replied"})
+    ooo = mail(
+        REQ,
+        [IT],
+        "Automatic reply",
+        "Away",
+        msgid="<third@client.example>",
+        headers={"Auto-Submitted": "auto-replied"},
+    )
     gateway.send(ooo, REQ, [IT])
     out = {}
     for mid in ("first", "second", "third"):
         r = run_cli(gateway.env.env, "mail", "explain", f"<{mid}@client.example>", "--json")
         assert r.returncode == 0, r.stderr
         out[mid] = json.loads(r.stdout)
-    assert out["first"] == {"message_id": "first@client.example", "outcome": "ticket",
-                            "rule": "new ticket: no rule matched", "ticket": ref}
+    assert out["first"] == {
+        "message_id": "first@client.example",
+        "outcome": "ticket",
+        "rule": "new ticket: no rule matched",
+        "ticket": ref,
+    }
     assert out["second"]["outcome"] == "message" and out["second"]["ticket"] == ref
     assert out["second"]["rule"] == "threaded by In-Reply-To <first@client.example>"
     assert out["third"]["outcome"] == "quarantined"
@@ -243,10 +292,13 @@ def test_storage_down_gives_451_then_stored_once(gateway: Gateway, sqlite_only: 
     assert len(gateway.tickets()) == 1
 
 
-@pytest.mark.parametrize("subject", [
-    "=?UTF-8?Q?x=0ABcc:_evil@example.com?=",
-    "=?UTF-8?Q?hello=0D=0ABcc=3A_evil@example.com?=",
-])
+@pytest.mark.parametrize(
+    "subject",
+    [
+        "=?UTF-8?Q?x=0ABcc:_evil@example.com?=",
+        "=?UTF-8?Q?hello=0D=0ABcc=3A_evil@example.com?=",
+    ],
+)
 def test_header_injection_in_subject(gateway: Gateway, subject: str) -> None:
     """CR/LF smuggled into a subject never reaches a header we write (CVE-2024-6923)."""
     raw = (

@@ -19,7 +19,9 @@ def rcpt(x: EmailMessage) -> str:
 
 
 def raise_by_mail(gw: Gateway, *, bcc: list[str] | None = None) -> tuple[str, list[EmailMessage]]:
-    m1 = mail(REQ, [IT], "Laptop battery swells", "The case is bent.", msgid="<orig-1@client.example>")
+    m1 = mail(
+        REQ, [IT], "Laptop battery swells", "The case is bent.", msgid="<orig-1@client.example>"
+    )
     assert gw.send(m1, REQ, [IT, *(bcc or [])])[0] == 250
     ref = gw.tickets()[-1]["ref"]
     return ref, gw.deliver()
@@ -52,18 +54,30 @@ def test_ack_and_notices_thread_under_the_original(gateway: Gateway) -> None:
 def _client_reply(style: str, sender: str, notice: EmailMessage, text: str) -> EmailMessage:
     subj = str(notice["Subject"])
     if style == "outlook":
-        r = mail(sender, [reply_addr(notice)], "RE: " + subj,
-                 f"{text}\n\n-----Original Message-----\nFrom: Helpdesk\nSent: Monday\n\nold text")
+        r = mail(
+            sender,
+            [reply_addr(notice)],
+            "RE: " + subj,
+            f"{text}\n\n-----Original Message-----\nFrom: Helpdesk\nSent: Monday\n\nold text",
+        )
         r["In-Reply-To"] = str(notice["Message-ID"])
     elif style == "thunderbird":
-        r = mail(sender, [reply_addr(notice)], "Re: " + subj,
-                 f"{text}\n\nOn 02.11.26 09:00, Helpdesk wrote:\n> old text\n")
+        r = mail(
+            sender,
+            [reply_addr(notice)],
+            "Re: " + subj,
+            f"{text}\n\nOn 02.11.26 09:00, Helpdesk wrote:\n> old text\n",
+        )
         r["In-Reply-To"] = str(notice["Message-ID"])
         r["References"] = str(notice["Message-ID"])
     elif style == "gmail-references-only":
         # No reply token: the mail goes to the department address, threaded by References.
-        r = mail(sender, [IT], "Re: " + subj,
-                 f"{text}\n\nOn Mon, Nov 2, 2026 at 9:00 AM Helpdesk <x@y> wrote:\n> old text\n")
+        r = mail(
+            sender,
+            [IT],
+            "Re: " + subj,
+            f"{text}\n\nOn Mon, Nov 2, 2026 at 9:00 AM Helpdesk <x@y> wrote:\n> old text\n",
+        )
         r["References"] = str(notice["Message-ID"])
     elif style == "german-subject-tag-only":
         r = mail(sender, [IT], "AW: " + subj, f"{text}\n\n> old text\n")
@@ -72,7 +86,9 @@ def _client_reply(style: str, sender: str, notice: EmailMessage, text: str) -> E
     return r
 
 
-@pytest.mark.parametrize("style", ["outlook", "thunderbird", "gmail-references-only", "german-subject-tag-only"])
+@pytest.mark.parametrize(
+    "style", ["outlook", "thunderbird", "gmail-references-only", "german-subject-tag-only"]
+)
 def test_reply_round_trip(gateway: Gateway, style: str) -> None:
     """Member replies from a mail client → REPLIED and relayed; requester answers → RESPONDED."""
     ref, out = raise_by_mail(gateway)
@@ -83,9 +99,11 @@ def test_reply_round_trip(gateway: Gateway, style: str) -> None:
     assert len(gateway.tickets()) == 1
     assert t["status"] == "REPLIED"
     assert t["messages"][-1]["body"] == "Bring it to the IT desk today."
-    out2 = gateway.deliver()[len(out):]
+    out2 = gateway.deliver()[len(out) :]
     to_req = [x for x in out2 if rcpt(x) == REQ]
-    assert to_req and "Bring it to the IT desk today." in to_req[-1].get_body(("plain",)).get_content()
+    assert (
+        to_req and "Bring it to the IT desk today." in to_req[-1].get_body(("plain",)).get_content()
+    )
     answer = _client_reply(style, REQ, to_req[-1], "OK, at 3pm.")
     assert gateway.send(answer, REQ, [getaddresses([str(answer["To"])])[0][1]])[0] == 250
     t = gateway.ticket(ref)
@@ -103,13 +121,15 @@ def test_body_commands_applied_and_confirmed(gateway: Gateway) -> None:
     assert t["to"]["owner"] == "bob@acme.example"
     assert [h["status"] for h in t["history"]] == ["RAISED", "WORKING_ON_IT"]
     assert t["messages"][-1]["body"] == "On it."
-    conf = [x for x in gateway.deliver()[len(out):] if rcpt(x) == "bob@acme.example"]
+    conf = [x for x in gateway.deliver()[len(out) :] if rcpt(x) == "bob@acme.example"]
     assert conf and "#take" in conf[-1].get_body(("plain",)).get_content()
     # requester tries #deliver → refused, told so, nothing changed
     r2 = mail(REQ, [IT], f"Re: [{ref}] x", "#deliver\nthanks")
     gateway.send(r2, REQ, [IT])
     assert gateway.ticket(ref)["status"] != "DELIVERED"
-    refusals = [x for x in gateway.deliver() if rcpt(x) == REQ and x["Auto-Submitted"] == "auto-replied"]
+    refusals = [
+        x for x in gateway.deliver() if rcpt(x) == REQ and x["Auto-Submitted"] == "auto-replied"
+    ]
     assert refusals and "#deliver" in refusals[-1].get_body(("plain",)).get_content()
 
 
@@ -142,14 +162,19 @@ def test_rotating_the_secret_invalidates_old_tokens(gateway: Gateway, tmp_path) 
     assert tok
     now = gateway.env.clock.now()
     assert ReplyTokens("new-secret-xyz").verify(tok, now=now) is None
-    assert ReplyTokens("new-secret-xyz", ("test-secret-0123456789abcdef",)).verify(tok, now=now) is not None
+    assert (
+        ReplyTokens("new-secret-xyz", ("test-secret-0123456789abcdef",)).verify(tok, now=now)
+        is not None
+    )
 
 
 def test_subject_tag_hijack_opens_new_ticket(gateway: Gateway) -> None:
     """A non-participant quoting [TKT-n] in the subject opens a new ticket (hijack rule)."""
     ref, _ = raise_by_mail(gateway)
     n = len(gateway.ticket(ref)["messages"])
-    gateway.send(mail("nora@acme.example", [IT], f"Re: [{ref}] Laptop", "me too"), "nora@acme.example", [IT])
+    gateway.send(
+        mail("nora@acme.example", [IT], f"Re: [{ref}] Laptop", "me too"), "nora@acme.example", [IT]
+    )
     assert len(gateway.ticket(ref)["messages"]) == n
     assert len(gateway.tickets()) == 2
 
@@ -161,13 +186,19 @@ def test_rc_message_leaves_status_and_rhc_reply_stays_hidden(gateway: Gateway) -
     ref = gateway.tickets()[-1]["ref"]
     out = gateway.deliver()
     to_rc = next(x for x in out if rcpt(x) == "grace@acme.example")
-    gateway.send(mail("grace@acme.example", [reply_addr(to_rc)], "Re: x", "I confirm."), "grace@acme.example",
-                 [reply_addr(to_rc)])
+    gateway.send(
+        mail("grace@acme.example", [reply_addr(to_rc)], "Re: x", "I confirm."),
+        "grace@acme.example",
+        [reply_addr(to_rc)],
+    )
     assert gateway.ticket(ref)["status"] == "RAISED"
     to_rhc = next(x for x in out if rcpt(x) == "james@acme.example")
     secret = "Secret remark from finance."
-    gateway.send(mail("james@acme.example", [reply_addr(to_rhc)], "Re: x", secret), "james@acme.example",
-                 [reply_addr(to_rhc)])
+    gateway.send(
+        mail("james@acme.example", [reply_addr(to_rhc)], "Re: x", secret),
+        "james@acme.example",
+        [reply_addr(to_rhc)],
+    )
     t = gateway.ticket(ref)
     assert t["messages"][-1]["hidden"] is True and t["status"] == "RAISED"
     later = gateway.deliver()

@@ -57,7 +57,16 @@ EDITORS = _r(R.ASSIGNEE, R.HIGHER_AUTHORITY)
 SPEC_TABLE: dict[Action, Row] = {
     Action.TAKE: Row(
         ASSIGNEE,
-        _s(S.RAISED, S.RELEASED, S.ESCALATED, S.REOPENED, S.RESPONDED, S.APPROVED, S.ON_HOLD, S.PENDING),
+        _s(
+            S.RAISED,
+            S.RELEASED,
+            S.ESCALATED,
+            S.REOPENED,
+            S.RESPONDED,
+            S.APPROVED,
+            S.ON_HOLD,
+            S.PENDING,
+        ),
         S.WORKING_ON_IT,
     ),
     Action.REPLY: Row(ASSIGNEE, OPEN, S.REPLIED),
@@ -200,7 +209,9 @@ def test_release_only_for_department_tickets() -> None:
     """The owner may release a DEPARTMENT ticket but never an INDIVIDUAL one."""
     owner = _r(R.OWNER, R.ASSIGNEE)
     for status in SPEC_TABLE[Action.RELEASE].from_statuses:
-        assert _decide(Action.RELEASE, status, owner) == Allowed(Action.RELEASE, S.RELEASED, R.OWNER)
+        assert _decide(Action.RELEASE, status, owner) == Allowed(
+            Action.RELEASE, S.RELEASED, R.OWNER
+        )
         d = _decide(Action.RELEASE, status, owner, assignment=AssignmentType.INDIVIDUAL)
         assert isinstance(d, Refused)
         assert "DEPARTMENT" in d.reason

@@ -203,6 +203,10 @@ def test_outlook_mail_with_suppress_header_is_a_person() -> None:
     from gateway.mail.rules import suppresses_auto_reply as _suppresses
 
     mail = _parse(raw)
-    ctx = _Ctx(envelope_from="frank@acme.example", own_domains=frozenset({"t.example"}), loop_token="t.example")
+    ctx = _Ctx(
+        envelope_from="frank@acme.example",
+        own_domains=frozenset({"t.example"}),
+        loop_token="t.example",
+    )
     assert _classify(mail, ctx) is None
     assert _suppresses(mail)
