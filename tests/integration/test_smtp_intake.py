@@ -315,3 +315,105 @@ def test_header_injection_in_subject(gateway: Gateway, subject: str) -> None:
         assert x.get("Bcc") is None
         assert "evil@example.com" not in str(x.get("To", ""))
         assert "\n" not in str(x["Subject"])
+
+
+def test_external_addresses_recorded_not_added(gateway: Gateway) -> None:
+    """Addresses outside the organization in To/Cc are named in history, never participants."""
+    m1 = mail(
+        REQ, [IT, "vendor@printers.example"], "Toner", "order toner", cc=["boss@elsewhere.example"]
+    )
+    assert gateway.send(m1, REQ, [IT])[0] == 250
+    t = only_ticket(gateway)
+    assert t["copies"] == {"rc": [], "rhc": []}
+    remark = t["history"][0]["remark"]
+    assert "vendor@printers.example" in remark and "boss@elsewhere.example" in remark
+
+
+def test_mail_without_message_id_deduped_by_digest(gateway: Gateway) -> None:
+    """A mail without Message-ID gets a stable digest key: the same bytes twice make one ticket."""
+    raw = f"From: {REQ}\r\nTo: {IT}\r\nSubject: no id\r\n\r\nbody without id\r\n".encode()
+    assert gateway.send(raw, REQ, [IT])[0] == 250
+    assert gateway.send(raw, REQ, [IT])[0] == 250
+    assert len(gateway.tickets()) == 1
+    assert count(gateway, m.InboundMail) == 1
+
+
+def test_winmail_dat_and_inline_image_kept(gateway: Gateway) -> None:
+    """Outlook's winmail.dat is kept as an attachment as it came; an inline image is kept too."""
+    m1 = mail(REQ, [IT], "Scan", "see attached")
+    m1.add_attachment(
+        b"\x78\x9f\x3e\x22" + b"\0" * 64,
+        maintype="application",
+        subtype="ms-tnef",
+        filename="winmail.dat",
+    )
+    m1.add_attachment(
+        b"\x89PNG\r\n\x1a\n" + b"\0" * 32,
+        maintype="image",
+        subtype="png",
+        filename="shot.png",
+        disposition="inline",
+        cid="<img1@client.example>",
+    )
+    assert gateway.send(m1, REQ, [IT])[0] == 250
+    atts = {a["name"]: a for a in only_ticket(gateway)["messages"][0]["attachments"]}
+    assert (
+        atts["winmail.dat"]["type"] == "application/ms-tnef" and atts["winmail.dat"]["size"] == 68
+    )
+    assert atts["shot.png"]["type"] == "image/png"
+    with gateway.env.app.sessions() as s:
+        blob = s.get(m.Blob, atts["winmail.dat"]["sha256"])
+        assert blob is not None and blob.data.startswith(b"\x78\x9f\x3e\x22")
+
+
+def test_commands_need_a_trusted_sender(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With a trusted authserv-id, a mail without dmarc=pass lands but its commands are refused;
+    with dmarc=pass the same command applies."""
+    from gateway.mail.smtp_server import SmtpIntakeServer
+    from gateway.runner import make_handler, make_intake, make_worker
+    from tests.conftest import Database, free_port, make_env, write_demo_org
+
+    env2 = make_env(
+        Database("x", env.app.settings.database.url),
+        tmp_path / "trust",
+        {"TICKETGATE__MAIL__TRUSTED_AUTHSERV_IDS": "mx.acme.example"},
+    )
+    env2.import_org(write_demo_org(tmp_path / "trust"))
+    port = free_port()
+    srv = SmtpIntakeServer(
+        make_handler(env2.app, make_intake(env2.app)),
+        host="127.0.0.1",
+        port=port,
+        max_message_bytes=10_000_000,
+        hostname="t",
+    )
+    srv.start()
+    try:
+        gw = Gateway(env2, port, srv, make_worker(env2.app))
+        gw.send(mail(REQ, [IT], "Printer", "jammed"), REQ, [IT])
+        ref = gw.tickets()[-1]["ref"]
+        untrusted = mail(
+            "alice@acme.example",
+            [IT],
+            f"Re: [{ref}] Printer",
+            "#deliver\nlooking",
+            headers={"Authentication-Results": "mx.acme.example; dmarc=none"},
+        )
+        assert gw.send(untrusted, "alice@acme.example", [IT])[0] == 250
+        t = gw.ticket(ref)
+        # the message landed with its own effect (an assignee's reply), the command did not
+        assert t["status"] == "REPLIED" and t["messages"][-1]["body"] == "looking"
+        trusted = mail(
+            "alice@acme.example",
+            [IT],
+            f"Re: [{ref}] Printer",
+            "#deliver\nfixed",
+            headers={
+                "Authentication-Results": "mx.acme.example; dmarc=pass header.from=acme.example"
+            },
+        )
+        assert gw.send(trusted, "alice@acme.example", [IT])[0] == 250
+        assert gw.ticket(ref)["status"] == "DELIVERED"
+    finally:
+        srv.stop()
+        env2.app.close()
