@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -223,16 +224,16 @@ class Gateway:
             return [v.ticket(t) for t in v.tickets()]
 
 
-@pytest.fixture
-def gateway(env: Env) -> Iterator[Gateway]:
+@contextmanager
+def serving(env: Env) -> Iterator[Gateway]:
+    """The SMTP intake of ``env`` on a free port of 127.0.0.1, stopped afterwards."""
     from gateway.mail.smtp_server import SmtpIntakeServer
     from gateway.runner import make_handler, make_intake, make_worker
 
     app = env.app
-    intake = make_intake(app)
     port = free_port()
     server = SmtpIntakeServer(
-        make_handler(app, intake),
+        make_handler(app, make_intake(app)),
         host="127.0.0.1",
         port=port,
         max_message_bytes=app.settings.smtp.max_message_bytes,
@@ -243,6 +244,12 @@ def gateway(env: Env) -> Iterator[Gateway]:
         yield Gateway(env, port, server, make_worker(app))
     finally:
         server.stop()
+
+
+@pytest.fixture
+def gateway(env: Env) -> Iterator[Gateway]:
+    with serving(env) as gw:
+        yield gw
 
 
 def mail(

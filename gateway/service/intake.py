@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from gateway.domain.lifecycle import TERMINAL, Channel, Role, Status
+from gateway.domain.lifecycle import TERMINAL, Channel, Priority, Role, Status
 from gateway.domain.routing import Party, PartyKind, route
 from gateway.domain.subjects import find_ticket_refs
 from gateway.domain.tokens import token_from_address
@@ -381,65 +381,60 @@ class MailIntake:
         priority = ""
         if "category" in params:
             category = " ".join(params["category"].args) or params["category"].remark
-        if "priority" in params and trusted:
-            priority = " ".join(params["priority"].args) or params["priority"].remark
+        if "priority" in params:
+            if trusted:
+                priority = " ".join(params["priority"].args) or params["priority"].remark
+            else:
+                p = params["priority"]
+                results.append(
+                    CommandResult(p.raw or p.action, False, "sender not authenticated (DMARC)")
+                )
         rc, rhc = list(routing.rc), list(routing.rhc)
         for kind, lst in (("cc", rc), ("bcc", rhc)):
             if kind in params:
                 for a in params[kind].args:
                     r = u.d.resolve(a)
                     if r is None or r.party.org_id != sender.org_id:
+                        c = params[kind]
                         results.append(
-                            CommandResult(params[kind].raw, False, f"{a} is not known here")
+                            CommandResult(c.raw or c.action, False, f"{a} is not known here")
                         )
                     else:
                         lst.append(r.party)
-        try:
-            t = u.raise_ticket(
-                requester=sender,
-                target=routing.target,
-                rc=tuple(rc),
-                rhc=tuple(rhc),
-                subject=cmd.subject,
-                body=cmd.text.strip(),
-                channel=cmd.channel,
-                category=category,
-                sub_address=sub_address,
-                priority=priority,
-                device=cmd.device,
-                html=cmd.html,
-                message_id=cmd.message_id,
-                raw_sha256=cmd.raw_sha256,
-                attachments=cmd.attachments,
-                external=tuple(external),
-                linked_ticket_id=linked,
+        # A bad #category or #priority is refused and said so; it is not worth losing the ticket.
+        if category and u.d.category(sender.org_id, category)[0] is None:
+            results.append(
+                CommandResult(params["category"].raw, False, f"unknown category {category!r}")
             )
-        except UserFacingError as e:
-            if category:
-                # An unknown category is not worth losing the ticket: raise without it.
-                results.append(CommandResult(params["category"].raw, False, e.reason))
-                t = u.raise_ticket(
-                    requester=sender,
-                    target=routing.target,
-                    rc=tuple(rc),
-                    rhc=tuple(rhc),
-                    subject=cmd.subject,
-                    body=cmd.text.strip(),
-                    channel=cmd.channel,
-                    sub_address=sub_address,
-                    device=cmd.device,
-                    html=cmd.html,
-                    message_id=cmd.message_id,
-                    raw_sha256=cmd.raw_sha256,
-                    attachments=cmd.attachments,
-                    external=tuple(external),
-                    linked_ticket_id=linked,
-                )
-            else:
-                raise
-        for k, c in params.items():
-            if k not in ("cc", "bcc") or all(r.command != c.raw for r in results):
-                results.append(CommandResult(c.raw or c.action, True))
+            category = ""
+        if priority and priority.lower() not in {p.value for p in Priority}:
+            results.append(
+                CommandResult(params["priority"].raw, False, f"unknown priority {priority!r}")
+            )
+            priority = ""
+        t = u.raise_ticket(
+            requester=sender,
+            target=routing.target,
+            rc=tuple(rc),
+            rhc=tuple(rhc),
+            subject=cmd.subject,
+            body=cmd.text.strip(),
+            channel=cmd.channel,
+            category=category,
+            sub_address=sub_address,
+            priority=priority,
+            device=cmd.device,
+            html=cmd.html,
+            message_id=cmd.message_id,
+            raw_sha256=cmd.raw_sha256,
+            attachments=cmd.attachments,
+            external=tuple(external),
+            linked_ticket_id=linked,
+        )
+        for c in params.values():
+            label = c.raw or c.action
+            if all(r.command != label for r in results):
+                results.append(CommandResult(label, True))
         for c in rest:
             if not trusted:
                 results.append(

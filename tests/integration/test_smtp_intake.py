@@ -161,62 +161,41 @@ def test_auto_reply_and_bounce_quarantined(gateway: Gateway) -> None:
     assert gateway.deliver() == []
 
 
-def test_dmarc_fail_from_own_domain_refused(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """With a trusted authserv-id, `dmarc=fail` on the org's own domain → 550, nothing applied."""
-    from tests.conftest import Database, make_env, write_demo_org
+@pytest.fixture
+def trusting_gateway(env, tmp_path):  # type: ignore[no-untyped-def]
+    """A second installation on the same database that trusts `mx.acme.example`'s A-R."""
+    from tests.conftest import Database, make_env, serving, write_demo_org
 
-    db_url = env.app.settings.database.url
     env2 = make_env(
-        Database("x", db_url),
-        tmp_path / "dmarc",
+        Database("x", env.app.settings.database.url),
+        tmp_path / "trusting",
         {"TICKETGATE__MAIL__TRUSTED_AUTHSERV_IDS": "mx.acme.example"},
     )
-    env2.import_org(write_demo_org(tmp_path / "dmarc"))
-    from gateway.mail.smtp_server import SmtpIntakeServer
-    from gateway.runner import make_handler, make_intake, make_worker
-    from tests.conftest import free_port
-
-    port = free_port()
-    srv = SmtpIntakeServer(
-        make_handler(env2.app, make_intake(env2.app)),
-        host="127.0.0.1",
-        port=port,
-        max_message_bytes=10_000_000,
-        hostname="t",
-    )
-    srv.start()
+    env2.import_org(write_demo_org(tmp_path / "trusting"))
     try:
-        gw = Gateway(env2, port, srv, make_worker(env2.app))
-        forged = mail(
-            REQ,
-            [IT],
-            "Wire money",
-            "now",
-            headers={
-                "Authentication-Results": "mx.acme.example; spf=fail; dkim=none; dmarc=fail header.from=acme.example"
-            },
-        )
-        code, text = gw.send(forged, REQ, [IT])
-        assert code == 550 and "DMARC" in text
-        # A lower A-R claiming pass from an untrusted host does not help.
-        forged2 = mail(REQ, [IT], "Wire money", "now")
-        forged2["Authentication-Results"] = "mx.acme.example; dmarc=fail header.from=acme.example"
-        forged2["Authentication-Results"] = "evil.example; dmarc=pass"
-        assert gw.send(forged2, REQ, [IT])[0] == 550
-        good = mail(
-            REQ,
-            [IT],
-            "Hello",
-            "#priority high\nok",
-            headers={
-                "Authentication-Results": "mx.acme.example; dmarc=pass header.from=acme.example"
-            },
-        )
-        assert gw.send(good, REQ, [IT])[0] == 250
-        assert len(gw.tickets()) == 1
+        with serving(env2) as gw:
+            yield gw
     finally:
-        srv.stop()
         env2.app.close()
+
+
+def test_dmarc_fail_from_own_domain_refused(trusting_gateway: Gateway) -> None:
+    """With a trusted authserv-id, `dmarc=fail` on the org's own domain → 550, nothing applied."""
+    gw = trusting_gateway
+    ar = "mx.acme.example; spf=fail; dkim=none; dmarc=fail header.from=acme.example"
+    forged = mail(REQ, [IT], "Wire money", "now", headers={"Authentication-Results": ar})
+    code, text = gw.send(forged, REQ, [IT])
+    assert code == 550 and "DMARC" in text
+    # A lower A-R claiming pass from an untrusted host does not help.
+    forged2 = mail(REQ, [IT], "Wire money", "now")
+    forged2["Authentication-Results"] = "mx.acme.example; dmarc=fail header.from=acme.example"
+    forged2["Authentication-Results"] = "evil.example; dmarc=pass"
+    assert gw.send(forged2, REQ, [IT])[0] == 550
+    assert gw.tickets() == []
+    ok = "mx.acme.example; dmarc=pass header.from=acme.example"
+    good = mail(REQ, [IT], "Hello", "#priority high\nok", headers={"Authentication-Results": ok})
+    assert gw.send(good, REQ, [IT])[0] == 250
+    assert [t["priority"] for t in gw.tickets()] == ["high"]
 
 
 def test_mail_explain_names_the_rule(gateway: Gateway) -> None:
@@ -366,54 +345,38 @@ def test_winmail_dat_and_inline_image_kept(gateway: Gateway) -> None:
         assert blob is not None and blob.data.startswith(b"\x78\x9f\x3e\x22")
 
 
-def test_commands_need_a_trusted_sender(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_commands_need_a_trusted_sender(trusting_gateway: Gateway) -> None:
     """With a trusted authserv-id, a mail without dmarc=pass lands but its commands are refused;
     with dmarc=pass the same command applies."""
-    from gateway.mail.smtp_server import SmtpIntakeServer
-    from gateway.runner import make_handler, make_intake, make_worker
-    from tests.conftest import Database, free_port, make_env, write_demo_org
+    gw = trusting_gateway
+    gw.send(mail(REQ, [IT], "Printer", "jammed"), REQ, [IT])
+    ref = gw.tickets()[-1]["ref"]
+    none = {"Authentication-Results": "mx.acme.example; dmarc=none"}
+    untrusted = mail(
+        "alice@acme.example", [IT], f"Re: [{ref}] Printer", "#deliver\nlooking", headers=none
+    )
+    assert gw.send(untrusted, "alice@acme.example", [IT])[0] == 250
+    t = gw.ticket(ref)
+    # the message landed with its own effect (an assignee's reply), the command did not
+    assert t["status"] == "REPLIED" and t["messages"][-1]["body"] == "looking"
+    passed = {"Authentication-Results": "mx.acme.example; dmarc=pass header.from=acme.example"}
+    trusted = mail(
+        "alice@acme.example", [IT], f"Re: [{ref}] Printer", "#deliver\nfixed", headers=passed
+    )
+    assert gw.send(trusted, "alice@acme.example", [IT])[0] == 250
+    assert gw.ticket(ref)["status"] == "DELIVERED"
 
-    env2 = make_env(
-        Database("x", env.app.settings.database.url),
-        tmp_path / "trust",
-        {"TICKETGATE__MAIL__TRUSTED_AUTHSERV_IDS": "mx.acme.example"},
-    )
-    env2.import_org(write_demo_org(tmp_path / "trust"))
-    port = free_port()
-    srv = SmtpIntakeServer(
-        make_handler(env2.app, make_intake(env2.app)),
-        host="127.0.0.1",
-        port=port,
-        max_message_bytes=10_000_000,
-        hostname="t",
-    )
-    srv.start()
-    try:
-        gw = Gateway(env2, port, srv, make_worker(env2.app))
-        gw.send(mail(REQ, [IT], "Printer", "jammed"), REQ, [IT])
-        ref = gw.tickets()[-1]["ref"]
-        untrusted = mail(
-            "alice@acme.example",
-            [IT],
-            f"Re: [{ref}] Printer",
-            "#deliver\nlooking",
-            headers={"Authentication-Results": "mx.acme.example; dmarc=none"},
-        )
-        assert gw.send(untrusted, "alice@acme.example", [IT])[0] == 250
-        t = gw.ticket(ref)
-        # the message landed with its own effect (an assignee's reply), the command did not
-        assert t["status"] == "REPLIED" and t["messages"][-1]["body"] == "looking"
-        trusted = mail(
-            "alice@acme.example",
-            [IT],
-            f"Re: [{ref}] Printer",
-            "#deliver\nfixed",
-            headers={
-                "Authentication-Results": "mx.acme.example; dmarc=pass header.from=acme.example"
-            },
-        )
-        assert gw.send(trusted, "alice@acme.example", [IT])[0] == 250
-        assert gw.ticket(ref)["status"] == "DELIVERED"
-    finally:
-        srv.stop()
-        env2.app.close()
+
+def test_bad_raise_commands_refused_ticket_kept(gateway: Gateway) -> None:
+    """An unknown #category or #priority is refused (and recorded once each); the ticket is
+    still raised, with the department's default category."""
+    body = "#category Spaceships/Warp\n#priority sky-high\n#cc grace@acme.example\nPrinter again."
+    assert gateway.send(mail(REQ, [IT], "Printer", body), REQ, [IT])[0] == 250
+    t = only_ticket(gateway)
+    assert (t["category"], t["priority"]) == ("Hardware", "normal")
+    assert t["copies"]["rc"] == ["grace@acme.example"]
+    with gateway.env.app.sessions() as s:
+        rec = s.scalars(select(m.InboundMail)).one()
+    results = {c["command"].split()[0]: c["applied"] for c in rec.detail["commands"]}
+    assert results == {"#category": False, "#priority": False, "#cc": True}
+    assert len(rec.detail["commands"]) == 3

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import Database, Gateway, free_port, mail, make_env, write_demo_org
+from tests.conftest import Database, Gateway, free_port, mail, make_env, serving, write_demo_org
 
 PG_URL = os.environ.get("TICKETGATE_TEST_POSTGRES_URL", "")
 pytestmark = pytest.mark.postgres
@@ -91,9 +91,6 @@ class Relay:
 def relayed(tmp_path: Path) -> Iterator[tuple[Gateway, Relay]]:
     if not PG_URL:
         pytest.skip("TICKETGATE_TEST_POSTGRES_URL is not set (.ci/run always sets it)")
-    from gateway.mail.smtp_server import SmtpIntakeServer
-    from gateway.runner import make_handler, make_intake, make_worker
-
     u = make_url(PG_URL)
     relay = Relay((u.host or "127.0.0.1", u.port or 5432))
     relay.up()
@@ -107,19 +104,10 @@ def relayed(tmp_path: Path) -> Iterator[tuple[Gateway, Relay]]:
         Database("postgres", f"{url}{sep}options=-csearch_path%3D{schema}"), tmp_path / "pg"
     )
     env.import_org(write_demo_org(tmp_path / "pg"))
-    port = free_port()
-    server = SmtpIntakeServer(
-        make_handler(env.app, make_intake(env.app)),
-        host="127.0.0.1",
-        port=port,
-        max_message_bytes=10_000_000,
-        hostname="t",
-    )
-    server.start()
     try:
-        yield Gateway(env, port, server, make_worker(env.app)), relay
+        with serving(env) as gw:
+            yield gw, relay
     finally:
-        server.stop()
         relay.down()
         env.app.close()
         with admin.connect() as c:
