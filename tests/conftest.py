@@ -52,6 +52,27 @@ class Database:
     env: dict[str, str] = field(default_factory=dict)
 
 
+def with_search_path(url: str, schema: str) -> str:
+    """``url`` whose connections use ``schema`` (psycopg passes `options` to the server)."""
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+@contextmanager
+def postgres_schema(base_url: str = PG_URL) -> Iterator[str]:
+    """A fresh, empty PostgreSQL schema for one test (or module), dropped afterwards."""
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield schema
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
 @pytest.fixture(params=_backends())
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """An empty database: a SQLite file, or a fresh PostgreSQL schema dropped afterwards."""
@@ -60,18 +81,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         return
     if not PG_URL:
         pytest.skip("TICKETGATE_TEST_POSTGRES_URL is not set (.ci/run always sets it)")
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    try:
-        yield Database("postgres", url)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema() as schema:
+        yield Database("postgres", with_search_path(PG_URL, schema))
 
 
 @pytest.fixture

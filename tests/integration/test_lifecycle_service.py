@@ -3,8 +3,8 @@ each backend: allowed actors reach the target, refused ones change nothing and a
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, func, select
-from sqlalchemy import text as sql
+from sqlalchemy import func, select
 
 from gateway.domain.lifecycle import Action, Allowed, AssignmentType, Status, decide
 from gateway.service.commands import Act, RaiseTicket
@@ -22,7 +21,15 @@ from gateway.service.errors import ActionRefused, NotFound, UserFacingError
 from gateway.service.tickets import parse_ref
 from gateway.service.views import Views
 from store import models as m
-from tests.conftest import PG_URL, Database, Env, make_env, write_demo_org
+from tests.conftest import (
+    PG_URL,
+    Database,
+    Env,
+    make_env,
+    postgres_schema,
+    with_search_path,
+    write_demo_org,
+)
 
 
 @pytest.fixture(
@@ -34,27 +41,18 @@ def shared_env(
     """The demo org on one database for the whole module (each test raises its own tickets):
     migrating and importing per test would cost more than the tests themselves."""
     folder = tmp_path_factory.mktemp("lifecycle")
-    if request.param == "sqlite":
-        db, drop = Database("sqlite", f"sqlite:///{folder}/tg.db"), None
-    else:
-        if not PG_URL:
-            pytest.skip("TICKETGATE_TEST_POSTGRES_URL is not set")
-        schema = "t_" + uuid.uuid4().hex[:12]
-        admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(sql(f'CREATE SCHEMA "{schema}"'))
-        sep = "&" if "?" in PG_URL else "?"
-        db, drop = Database("postgres", f"{PG_URL}{sep}options=-csearch_path%3D{schema}"), schema
-    e = make_env(db, folder / "install")
-    e.import_org(write_demo_org(folder / "install"))
-    try:
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            db = Database("sqlite", f"sqlite:///{folder}/tg.db")
+        else:
+            if not PG_URL:
+                pytest.skip("TICKETGATE_TEST_POSTGRES_URL is not set")
+            schema = stack.enter_context(postgres_schema())
+            db = Database("postgres", with_search_path(PG_URL, schema))
+        e = make_env(db, folder / "install")
+        stack.callback(e.app.close)
+        e.import_org(write_demo_org(folder / "install"))
         yield e
-    finally:
-        e.app.close()
-        if drop:
-            with admin.connect() as c:
-                c.execute(sql(f'DROP SCHEMA "{drop}" CASCADE'))
-            admin.dispose()
 
 
 # Who is who on a ticket frank (HR, New York) raises to IT (Berlin), cc dieter, bcc karl.

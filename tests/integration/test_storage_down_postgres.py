@@ -8,15 +8,23 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import Database, Gateway, free_port, mail, make_env, serving, write_demo_org
+from tests.conftest import (
+    Database,
+    Gateway,
+    free_port,
+    mail,
+    make_env,
+    postgres_schema,
+    serving,
+    with_search_path,
+    write_demo_org,
+)
 
 PG_URL = os.environ.get("TICKETGATE_TEST_POSTGRES_URL", "")
 pytestmark = pytest.mark.postgres
@@ -94,25 +102,16 @@ def relayed(tmp_path: Path) -> Iterator[tuple[Gateway, Relay]]:
     u = make_url(PG_URL)
     relay = Relay((u.host or "127.0.0.1", u.port or 5432))
     relay.up()
-    schema = "t_" + uuid.uuid4().hex[:12]
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = u.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
-    sep = "&" if "?" in url else "?"
-    env = make_env(
-        Database("postgres", f"{url}{sep}options=-csearch_path%3D{schema}"), tmp_path / "pg"
-    )
-    env.import_org(write_demo_org(tmp_path / "pg"))
-    try:
-        with serving(env) as gw:
-            yield gw, relay
-    finally:
-        relay.down()
-        env.app.close()
-        with admin.connect() as c:
-            c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema() as schema:
+        env = make_env(Database("postgres", with_search_path(url, schema)), tmp_path / "pg")
+        env.import_org(write_demo_org(tmp_path / "pg"))
+        try:
+            with serving(env) as gw:
+                yield gw, relay
+        finally:
+            relay.down()
+            env.app.close()
 
 
 def test_postgres_down_gives_451_then_stored_once(relayed: tuple[Gateway, Relay]) -> None:
