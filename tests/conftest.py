@@ -86,9 +86,16 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 
 
 @pytest.fixture
-def sqlite_only(database: Database) -> None:
-    if database.backend != "sqlite":
-        pytest.skip("SQLite-specific")
+def sqlite_gateway(tmp_path: Path) -> Iterator[Gateway]:
+    """The demo installation on SQLite only, served over SMTP: for tests about SQLite itself
+    (its file made unreachable) or too long to repeat on every backend (the whole corpus)."""
+    e = make_env(Database("sqlite", f"sqlite:///{tmp_path}/tg.db"), tmp_path / "install")
+    e.import_org(write_demo_org(tmp_path / "install"))
+    try:
+        with serving(e) as gw:
+            yield gw
+    finally:
+        e.app.close()
 
 
 def write_demo_org(folder: Path) -> Path:

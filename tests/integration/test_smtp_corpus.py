@@ -231,14 +231,14 @@ def send_parent(gw: Gateway, client: smtplib.SMTP, sender: str, mid: str) -> Non
     assert code == 250, (mid, code, text)
 
 
-def test_corpus_over_smtp(sqlite_only: None, gateway: Gateway) -> None:
+def test_corpus_over_smtp(sqlite_gateway: Gateway) -> None:
     """All 141 corpus mails over one SMTP session: clean answers, people's mail on tickets,
     automatic mail quarantined with no ticket and no outbound mail, malformed mail never a crash."""
     walk = Walk(defaultdict(Counter), [])
     deviations: dict[str, str] = {}
     rowlist = rows()
     assert len(rowlist) == 141
-    client = smtplib.SMTP("127.0.0.1", gateway.port, timeout=60)
+    client = smtplib.SMTP("127.0.0.1", sqlite_gateway.port, timeout=60)
     client.ehlo()
     for n, row in enumerate(rowlist):
         employee = EMPLOYEES[n % len(EMPLOYEES)]
@@ -250,8 +250,8 @@ def test_corpus_over_smtp(sqlite_only: None, gateway: Gateway) -> None:
             original = row.file.read_bytes()
             data, sender = crlf(original), envelope_sender(row, original)
         if row.expected_class == "reply" and (mid := parent_id(data)) is not None:
-            send_parent(gateway, client, sender, mid)
-        outcome = walk.deliver(gateway, client, row, sender, data)
+            send_parent(sqlite_gateway, client, sender, mid)
+        outcome = walk.deliver(sqlite_gateway, client, row, sender, data)
         walk.table[row.expected_class][outcome] += 1
         wanted = (
             ("quarantined", "duplicate")
@@ -271,7 +271,7 @@ def test_corpus_over_smtp(sqlite_only: None, gateway: Gateway) -> None:
         employee = EMPLOYEES[n % len(EMPLOYEES)]
         data = rewrite_people(row.file.read_bytes(), employee)
         again.table[row.expected_class + " (as employee)"][
-            again.deliver(gateway, client, row, employee, data)
+            again.deliver(sqlite_gateway, client, row, employee, data)
         ] += 1
     client.quit()
 
@@ -279,7 +279,7 @@ def test_corpus_over_smtp(sqlite_only: None, gateway: Gateway) -> None:
     # Refusals are only ever malformed or spam-like mail (a non-employee sender, a broken From:).
     assert {row.expected_class for row, _ in walk.refused + again.refused} <= set(REFUSABLE)
     # Nothing is ever answered to a corpus sender: outbound mail goes to employees only.
-    for out in gateway.deliver():
+    for out in sqlite_gateway.deliver():
         assert re.search(r"@acme\.example>?$", str(out["To"]).lower()), out["To"]
 
     summary = _summary(walk.table, walk.refused) + "\n\n" + _summary(again.table, again.refused)

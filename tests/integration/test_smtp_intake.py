@@ -236,10 +236,10 @@ def test_mail_explain_names_the_rule(gateway: Gateway) -> None:
     assert run_cli(gateway.env.env, "mail", "explain", "<nope@x>").returncode == 1
 
 
-def test_storage_down_gives_451_then_stored_once(gateway: Gateway, sqlite_only: None) -> None:
+def test_storage_down_gives_451_then_stored_once(sqlite_gateway: Gateway) -> None:
     """SQLite file read-only → 451 4.3.0; after recovery the retried message is stored once."""
-    db = Path(gateway.env.app.settings.database.url.removeprefix("sqlite:///"))
-    gateway.env.app.engine.dispose()
+    db = Path(sqlite_gateway.env.app.settings.database.url.removeprefix("sqlite:///"))
+    sqlite_gateway.env.app.engine.dispose()
     files = [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
     modes = {p: p.stat().st_mode for p in files}
     if os.geteuid() == 0:
@@ -249,13 +249,12 @@ def test_storage_down_gives_451_then_stored_once(gateway: Gateway, sqlite_only: 
         for p in files:
             p.rename(moved / p.name)
         db.parent.chmod(stat.S_IRUSR | stat.S_IXUSR)
-        (db.parent / db.name).touch() if False else None
     else:
         for p in files:
             p.chmod(stat.S_IRUSR)
     try:
         msg = mail(REQ, [IT], "While down", "text", msgid="<down@client.example>")
-        code, text = gateway.send(msg, REQ, [IT])
+        code, text = sqlite_gateway.send(msg, REQ, [IT])
         assert code == 451 and "4.3.0" in text
     finally:
         if os.geteuid() == 0:
@@ -265,10 +264,10 @@ def test_storage_down_gives_451_then_stored_once(gateway: Gateway, sqlite_only: 
         else:
             for p, mode in modes.items():
                 p.chmod(mode)
-        gateway.env.app.engine.dispose()
-    assert gateway.send(msg, REQ, [IT])[0] == 250
-    assert gateway.send(msg, REQ, [IT])[0] == 250
-    assert len(gateway.tickets()) == 1
+        sqlite_gateway.env.app.engine.dispose()
+    assert sqlite_gateway.send(msg, REQ, [IT])[0] == 250
+    assert sqlite_gateway.send(msg, REQ, [IT])[0] == 250
+    assert len(sqlite_gateway.tickets()) == 1
 
 
 @pytest.mark.parametrize(
