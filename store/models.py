@@ -255,7 +255,7 @@ class InboundMail(Base):
 
 
 class Outbox(Base):
-    """One row per recipient per event; written in the same transaction as the change."""
+    """One row per recipient per event; written by the worker when it fans out an OutboxEvent."""
 
     __tablename__ = "outbox"
     __table_args__ = (
