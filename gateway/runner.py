@@ -74,6 +74,9 @@ def make_worker(app: App) -> DeliveryWorker:
     outbox = OutboxService(
         app.sessions,
         clock=app.service.clock,
+        identity=app.identity,
+        tokens=app.tokens,
+        auto_mail_per_day=app.service.options.auto_mail_per_day,
         max_attempts=o.max_attempts,
         backoff_seconds=o.backoff_seconds,
         backoff_max_seconds=o.backoff_max_seconds,
@@ -103,9 +106,13 @@ class _Health(BaseHTTPRequestHandler):
                 rows = s.execute(
                     select(m.Outbox.state, func.count()).group_by(m.Outbox.state)
                 ).all()
+                events = s.execute(
+                    select(m.OutboxEvent.state, func.count()).group_by(m.OutboxEvent.state)
+                ).all()
                 tickets = s.scalar(select(func.count()).select_from(m.Ticket))
             lines = [f"ticketgate_tickets_total {tickets}"]
             lines += [f'ticketgate_outbox{{state="{st}"}} {n}' for st, n in rows]
+            lines += [f'ticketgate_outbox_events{{state="{st}"}} {n}' for st, n in events]
             data = ("\n".join(lines) + "\n").encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")

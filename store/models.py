@@ -255,7 +255,7 @@ class InboundMail(Base):
 
 
 class Outbox(Base):
-    """One row per recipient per event; written in the same transaction as the change."""
+    """One row per recipient per event; written by the worker when it fans out an OutboxEvent."""
 
     __tablename__ = "outbox"
     __table_args__ = (
@@ -278,6 +278,24 @@ class Outbox(Base):
     last_error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime]
     sent_at: Mapped[datetime | None]
+
+
+class OutboxEvent(Base):
+    """One row per notification event, written in the change's transaction.
+
+    The delivery worker fans each out to per-recipient ``outbox`` rows (audience, caps, tokens,
+    payload) off the intake path. ``payload`` holds everything captured at event time."""
+
+    __tablename__ = "outbox_events"
+    __table_args__ = (Index("ix_outbox_events_state", "state", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|done|failed
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    done_at: Mapped[datetime | None]
 
 
 class AutoMailCounter(Base):

@@ -1,4 +1,4 @@
-"""The delivery worker: claims outbox rows, renders each for its recipient, sends, records the result."""
+"""The delivery worker: fans out events, claims outbox rows, renders each for its recipient, sends."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def notice_from_payload(p: dict[str, Any]) -> Notice:
 
 
 class DeliveryWorker:
-    """One loop: claim due rows, send them, mark each sent / retry / dead."""
+    """One loop: fan out pending events, claim due rows, send them, mark each sent / retry / dead."""
 
     def __init__(
         self,
@@ -95,11 +95,13 @@ class DeliveryWorker:
         return "sent"
 
     def run_once(self) -> int:
-        """Deliver everything due now; returns how many rows were handled."""
+        """Fan out pending events, then deliver everything due now; returns how many outbox
+        rows (mails) were handled."""
         n = 0
         while True:
+            fanned = self.outbox.fan_out(self.batch)
             items = self.outbox.claim(self.batch)
-            if not items:
+            if not items and not fanned:
                 return n
             for item in items:
                 self.deliver(item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -28,6 +29,26 @@ class Resolved:
     sub_address: str = ""
 
 
+@dataclass(frozen=True)
+class TicketAt:
+    """A ticket as it was when a notification event happened: what its audience, their roles
+    and the notice's header fields are computed from when the worker fans the event out."""
+
+    id: int
+    org_id: int
+    from_employee_id: int
+    assignment_type: str
+    to_employee_id: int | None
+    to_department_id: int
+    owner_id: int | None
+    status: str
+    subject: str
+    created_at: datetime
+    root_message_id: str | None
+    # The newest ticket_copies id then: copies added later do not widen the event's audience.
+    copies_upto: int
+
+
 class Directory:
     """Answers 'who is this address' within one session."""
 
@@ -48,6 +69,13 @@ class Directory:
                 )
             )
         return self._copies[ticket_id]
+
+    def copies_of(self, ticket: m.Ticket | TicketAt) -> list[m.TicketCopy]:
+        """The ticket's copies; for a snapshot, only those that existed then."""
+        copies = self.copies(ticket.id)
+        if isinstance(ticket, TicketAt):
+            return [c for c in copies if c.id <= ticket.copies_upto]
+        return copies
 
     def forget_copies(self, ticket_id: int) -> None:
         self._copies.pop(ticket_id, None)
@@ -129,7 +157,7 @@ class Directory:
                 return self.s.get(m.Category, sub.parent_id), sub
         return None, None
 
-    def roles_of(self, ticket: m.Ticket, emp: m.Employee) -> frozenset[Role]:
+    def roles_of(self, ticket: m.Ticket | TicketAt, emp: m.Employee) -> frozenset[Role]:
         """Every role ``emp`` holds on ``ticket`` (SPEC §1.4); none across organizations."""
         if emp.org_id != ticket.org_id or not emp.active:
             return frozenset()
@@ -149,7 +177,7 @@ class Directory:
             and emp.role.level == self.top_level(ticket.to_department_id)
         ):
             roles.add(Role.HIGHER_AUTHORITY)
-        for c in self.copies(ticket.id):
+        for c in self.copies_of(ticket):
             if c.employee_id == emp.id or (
                 c.department_id is not None and c.department_id == emp.department_id
             ):

@@ -1,4 +1,4 @@
-"""Events → outbox rows: one row per recipient, rendered later, written in the change's transaction."""
+"""Events → outbox rows: one event row in the change's transaction, one row per recipient at fan-out."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from gateway.domain.thread_index import thread_guid, thread_index
 from gateway.domain.tokens import ReplyTokens, reply_address
 from gateway.domain.visibility import sees_hidden
 from gateway.service.commands import CommandResult
-from gateway.service.directory import Directory
+from gateway.service.directory import Directory, TicketAt
 from store import models as m
 
 # Kinds that are automatic mail in the sense of RFC 3834 (counted by the loop breaker).
@@ -79,7 +79,13 @@ def new_message_id(ref: str, domain: str) -> str:
 
 
 class Notifier:
-    """Writes outbox rows for what happened to a ticket, each filtered for its audience."""
+    """Notification events for what happened to a ticket, and their fan-out to outbox rows.
+
+    ``enqueue`` runs in the change's transaction and writes one ``outbox_events`` row with
+    what must be captured then (the ticket's routing, status, newest history entry, actor,
+    exclusions, body …). ``fan_out`` runs in the delivery worker and turns such an event into
+    one ``outbox`` row per recipient, each filtered for its audience (visibility decided here,
+    by ``domain.visibility``, never in templates)."""
 
     def __init__(
         self,
@@ -99,9 +105,10 @@ class Notifier:
         self.now = now
         self.auto_mail_per_day = auto_mail_per_day
         self.auto_mail_per_ticket_hour = auto_mail_per_ticket_hour
-        self._history: dict[int, list[dict[str, str]]] = {}
+        # Per ticket: the newest status_history row of this unit, or its id looked up once.
+        self._newest_history: dict[int, m.StatusHistory | int] = {}
 
-    def participants(self, ticket: m.Ticket) -> list[tuple[m.Employee, frozenset[Role]]]:
+    def participants(self, ticket: m.Ticket | TicketAt) -> list[tuple[m.Employee, frozenset[Role]]]:
         """Every active person on the ticket with their roles, requester first."""
         ids: list[int] = [ticket.from_employee_id]
         if ticket.assignment_type == AssignmentType.INDIVIDUAL.value and ticket.to_employee_id:
@@ -110,7 +117,7 @@ class Notifier:
             ids.extend(e.id for e in self.d.members(ticket.to_department_id))
         if ticket.owner_id:
             ids.insert(1, ticket.owner_id)
-        for c in self.d.copies(ticket.id):
+        for c in self.d.copies_of(ticket):
             if c.employee_id is not None:
                 ids.append(c.employee_id)
             elif c.department_id is not None:
@@ -127,19 +134,33 @@ class Notifier:
                 out.append((e, roles))
         return out
 
-    def forget_history(self, ticket_id: int) -> None:
-        self._history.pop(ticket_id, None)
+    def history_added(self, row: m.StatusHistory) -> None:
+        """The unit added a history entry: it is the newest one events of this ticket show."""
+        self._newest_history[row.ticket_id] = row
 
-    def history_lines(self, ticket: m.Ticket) -> list[dict[str, str]]:
-        """The last five history entries (cached until the unit adds one)."""
-        if ticket.id not in self._history:
-            self._history[ticket.id] = self._load_history(ticket)
-        return self._history[ticket.id]
+    def _newest_history_id(self, ticket_id: int) -> int:
+        newest = self._newest_history.get(ticket_id)
+        if isinstance(newest, m.StatusHistory):
+            if newest.id is None:
+                self.s.flush()
+            return newest.id
+        if newest is None:
+            newest = int(
+                self.s.scalar(
+                    select(func.coalesce(func.max(m.StatusHistory.id), 0)).where(
+                        m.StatusHistory.ticket_id == ticket_id
+                    )
+                )
+                or 0
+            )
+            self._newest_history[ticket_id] = newest
+        return newest
 
-    def _load_history(self, ticket: m.Ticket) -> list[dict[str, str]]:
+    def history_lines(self, ticket_id: int, upto: int) -> list[dict[str, str]]:
+        """The last five history entries up to (and with) entry ``upto``."""
         rows = self.s.scalars(
             select(m.StatusHistory)
-            .where(m.StatusHistory.ticket_id == ticket.id)
+            .where(m.StatusHistory.ticket_id == ticket_id, m.StatusHistory.id <= upto)
             .order_by(m.StatusHistory.id.desc())
             .limit(5)
         )
@@ -148,13 +169,13 @@ class Notifier:
             for h in reversed(list(rows))
         ]
 
-    def target_label(self, ticket: m.Ticket) -> str:
+    def target_label(self, ticket: m.Ticket | TicketAt) -> str:
         if ticket.assignment_type == AssignmentType.INDIVIDUAL.value and ticket.to_employee_id:
             return self.d.employee_by_id(ticket.to_employee_id).name
         dep = self.s.get(m.Department, ticket.to_department_id)
         return dep.name if dep else ""
 
-    def _allow_automatic(self, ticket: m.Ticket, addresses: list[str]) -> set[str]:
+    def _allow_automatic(self, ticket_id: int, addresses: list[str]) -> set[str]:
         """RFC 3834 loop breaker: of ``addresses``, those that may get one more automatic mail.
 
         Caps per (ticket, recipient) and hour and per address and day; an address that
@@ -174,7 +195,7 @@ class Notifier:
             self.s.execute(
                 select(m.Outbox.recipient, func.count())
                 .where(
-                    m.Outbox.ticket_id == ticket.id,
+                    m.Outbox.ticket_id == ticket_id,
                     m.Outbox.recipient.in_(addresses),
                     m.Outbox.kind.in_(sorted(AUTOMATIC_KINDS)),
                     m.Outbox.created_at > self.now - TICKET_RECIPIENT_WINDOW,
@@ -182,9 +203,10 @@ class Notifier:
                 .group_by(m.Outbox.recipient)
             ).all()
         )
+        # Counters are locked in address order: fewer lock-order deadlocks between workers.
         return {
             a
-            for a in addresses
+            for a in sorted(addresses)
             if a not in suppressed
             and recent.get(a, 0) < self.auto_mail_per_ticket_hour
             and self._count_automatic(a) <= self.auto_mail_per_day
@@ -209,6 +231,7 @@ class Notifier:
         )
         return int(self.s.execute(upsert).scalar_one())
 
+    # ---- in the change's transaction ------------------------------------------------------------
     def enqueue(
         self,
         ticket: m.Ticket,
@@ -223,9 +246,76 @@ class Notifier:
         in_reply_to: str | None = None,
         applied: tuple[CommandResult, ...] = (),
         extra: dict[str, str] | None = None,
-    ) -> list[m.Outbox]:
+    ) -> m.OutboxEvent:
+        """Record one notification event; the delivery worker fans it out (``fan_out``)."""
+        copies = self.d.copies(ticket.id)
+        payload: dict[str, Any] = {
+            "ticket": {
+                "org_id": ticket.org_id,
+                "from_employee_id": ticket.from_employee_id,
+                "assignment_type": ticket.assignment_type,
+                "to_employee_id": ticket.to_employee_id,
+                "to_department_id": ticket.to_department_id,
+                "owner_id": ticket.owner_id,
+                "status": ticket.status,
+                "subject": ticket.subject,
+                "created_at": ticket.created_at.isoformat(),
+                "root_message_id": ticket.root_message_id,
+                "copies_upto": max((c.id for c in copies), default=0),
+            },
+            "history_upto": self._newest_history_id(ticket.id),
+            "actor_id": actor.id if actor is not None else None,
+            "actor": actor.name if actor is not None else "system",
+            "exclude": sorted(exclude),
+            "only": sorted(only) if only is not None else None,
+            "hidden": hidden,
+            "body": body,
+            "remark": remark,
+            "in_reply_to": in_reply_to,
+            "applied_commands": [
+                {"command": c.command, "applied": c.applied, "reason": c.reason} for c in applied
+            ],
+            "extra": dict(extra or {}),
+            "at": self.now.isoformat(),
+        }
+        event = m.OutboxEvent(
+            ticket_id=ticket.id,
+            kind=kind,
+            payload=payload,
+            state="pending",
+            last_error="",
+            created_at=self.now,
+        )
+        self.s.add(event)
+        return event
+
+    # ---- in the delivery worker ------------------------------------------------------------------
+    def fan_out(self, event: m.OutboxEvent) -> list[m.Outbox]:
+        """One outbox row per recipient of ``event``, as of the event (``self.now`` is its time)."""
+        e = event.payload
+        snap = e["ticket"]
+        ticket = TicketAt(
+            id=event.ticket_id,
+            org_id=snap["org_id"],
+            from_employee_id=snap["from_employee_id"],
+            assignment_type=snap["assignment_type"],
+            to_employee_id=snap["to_employee_id"],
+            to_department_id=snap["to_department_id"],
+            owner_id=snap["owner_id"],
+            status=snap["status"],
+            subject=snap["subject"],
+            created_at=datetime.fromisoformat(snap["created_at"]),
+            root_message_id=snap["root_message_id"],
+            copies_upto=int(snap["copies_upto"]),
+        )
+        kind = event.kind
+        exclude = frozenset(e["exclude"])
+        only = frozenset(e["only"]) if e["only"] is not None else None
+        hidden = bool(e["hidden"])
+        in_reply_to: str | None = e["in_reply_to"]
+        actor_id: int | None = e["actor_id"]
         ref = f"TKT-{ticket.id}"
-        history = self.history_lines(ticket)
+        history = self.history_lines(ticket.id, int(e["history_upto"]))
         target = self.target_label(ticket)
         requester = self.d.employee_by_id(ticket.from_employee_id).name
         root = ticket.root_message_id
@@ -245,8 +335,8 @@ class Notifier:
             and (not hidden or sees_hidden(roles))
         ]
         if kind in AUTOMATIC_KINDS:
-            allowed = self._allow_automatic(ticket, [e.email.lower() for e, _ in audience])
-            audience = [(e, r) for e, r in audience if e.email.lower() in allowed]
+            allowed = self._allow_automatic(ticket.id, [p.email.lower() for p, _ in audience])
+            audience = [(p, r) for p, r in audience if p.email.lower() in allowed]
         for emp, roles in audience:
             address = emp.email.lower()
             reply_addr = self.identity.from_address
@@ -278,16 +368,15 @@ class Notifier:
                     (self.now,) if self.now > ticket.created_at else (),
                 ),
                 "auto_submitted": auto,
-                "actor": actor.name if actor is not None else "system",
-                "body": body,
-                "remark": remark,
+                "actor": e["actor"],
+                "body": e["body"],
+                "remark": e["remark"],
                 "history": history,
-                "applied_commands": [
-                    {"command": c.command, "applied": c.applied, "reason": c.reason}
-                    for c in (applied if actor is not None and emp.id == actor.id else ())
-                ],
+                "applied_commands": list(
+                    e["applied_commands"] if actor_id is not None and emp.id == actor_id else ()
+                ),
                 "commands_hint": list(commands_hint(roles)),
-                "extra": dict(extra or {}),
+                "extra": dict(e["extra"]),
                 "date": self.now.isoformat(),
                 "loop_token": self.identity.loop_token,
             }

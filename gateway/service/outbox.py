@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import or_, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.domain.tokens import ReplyTokens
 from gateway.service.clock import Clock
-from gateway.service.notify import retry_delay
+from gateway.service.directory import Directory
+from gateway.service.notify import MailIdentity, Notifier, retry_delay
 from store import models as m
 
 LEASE = timedelta(minutes=5)
+FAN_OUT_TRIES = 5
+
+log = logging.getLogger("ticketgate.outbox")
 
 
 @dataclass(frozen=True)
@@ -32,15 +40,76 @@ class OutboxService:
         sessions: sessionmaker[Session],
         *,
         clock: Clock,
+        identity: MailIdentity,
+        tokens: ReplyTokens | None,
+        auto_mail_per_day: int = 40,
         max_attempts: int = 8,
         backoff_seconds: float = 30.0,
         backoff_max_seconds: float = 3600.0,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
+        self.identity = identity
+        self.tokens = tokens
+        self.auto_mail_per_day = auto_mail_per_day
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.backoff_max_seconds = backoff_max_seconds
+
+    def fan_out(self, limit: int = 20) -> int:
+        """Turn up to ``limit`` pending events into per-recipient outbox rows; returns how many
+        events were handled.
+
+        Events are claimed in id order with `FOR UPDATE SKIP LOCKED` (PostgreSQL; on SQLite the
+        write transaction serialises workers), fanned out and marked done in one transaction:
+        each event yields its rows exactly once. Two workers may still collide on the daily
+        counters of the loop breaker (a deadlock on PostgreSQL, a busy database on SQLite):
+        then the whole batch is rolled back and tried again. An event whose fan-out fails for
+        any other reason is marked failed, with the error, instead of blocking those after it."""
+        for attempt in range(1, FAN_OUT_TRIES + 1):
+            try:
+                return self._fan_out(limit)
+            except OperationalError:
+                if attempt == FAN_OUT_TRIES:
+                    raise
+                log.info("outbox events: fan-out collided with another worker; again")
+                time.sleep(0.05 * attempt)
+        return 0  # pragma: no cover - the loop returns or raises
+
+    def _fan_out(self, limit: int) -> int:
+        with self.sessions() as s, s.begin():
+            events = list(
+                s.scalars(
+                    select(m.OutboxEvent)
+                    .where(m.OutboxEvent.state == "pending")
+                    .order_by(m.OutboxEvent.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            d = Directory(s)
+            done_at = self.clock.now()
+            for ev in events:
+                notifier = Notifier(
+                    s,
+                    identity=self.identity,
+                    tokens=self.tokens,
+                    now=datetime.fromisoformat(ev.payload["at"]),
+                    auto_mail_per_day=self.auto_mail_per_day,
+                    directory=d,
+                )
+                try:
+                    with s.begin_nested():
+                        notifier.fan_out(ev)
+                        ev.state = "done"
+                except DBAPIError:
+                    raise
+                except Exception as e:
+                    log.exception("outbox event %s: cannot fan out", ev.id)
+                    ev.state = "failed"
+                    ev.last_error = f"{type(e).__name__}: {e}"[:2000]
+                ev.done_at = done_at
+            return len(events)
 
     def claim(self, limit: int = 20) -> list[OutboxItem]:
         """Take due rows for this worker: pending and due, or 'sending' whose lease ran out.

@@ -97,19 +97,18 @@ class Unit:
         channel: Channel,
         remark: str = "",
     ) -> None:
-        self.s.add(
-            m.StatusHistory(
-                ticket_id=t.id,
-                status=t.status,
-                action=action,
-                actor_id=actor.id if actor else None,
-                actor_label=actor.email if actor else "system",
-                at=self.now,
-                channel=channel.value,
-                remark=remark,
-            )
+        row = m.StatusHistory(
+            ticket_id=t.id,
+            status=t.status,
+            action=action,
+            actor_id=actor.id if actor else None,
+            actor_label=actor.email if actor else "system",
+            at=self.now,
+            channel=channel.value,
+            remark=remark,
         )
-        self.notify.forget_history(t.id)
+        self.s.add(row)
+        self.notify.history_added(row)
 
     def store_blob(self, sha: str, data: bytes) -> None:
         if self.s.get(m.Blob, sha) is None:

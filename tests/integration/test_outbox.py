@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import select
 
 from gateway.mail.delivery_worker import DeliveryWorker
 from gateway.runner import make_worker
 from gateway.service.commands import Act, RaiseTicket
+from store import models as m
 from tests.conftest import (
     Database,
     Env,
@@ -99,9 +101,20 @@ class RelayEnv:
     def rows(self) -> list[dict[str, Any]]:
         return self.worker.outbox.rows()
 
-    def raise_ticket(self, subject: str = "Printer jammed") -> str:
-        """Frank raises to IT: four outbox rows (his ack, the three active IT members)."""
-        return str(self.env.service.raise_ticket(RaiseTicket(REQ, IT, subject, "Paper stuck.")))
+    def raise_ticket(self, subject: str = "Printer jammed", *, fan_out: bool = True) -> str:
+        """Frank raises to IT: one event, fanned out (as the worker does first) to four outbox
+        rows (his ack, the three active IT members)."""
+        ref = str(self.env.service.raise_ticket(RaiseTicket(REQ, IT, subject, "Paper stuck.")))
+        if fan_out:
+            while self.worker.outbox.fan_out():
+                pass
+        return ref
+
+    def events(self) -> list[tuple[int, str]]:
+        with self.env.app.sessions() as s:
+            return [
+                (e.id, e.state) for e in s.scalars(select(m.OutboxEvent).order_by(m.OutboxEvent.id))
+            ]
 
     def cli(self, *args: str) -> Any:
         p = run_cli(self.env.env, *args)
@@ -241,6 +254,52 @@ def test_two_delivery_processes_send_each_mail_once(relay_env: RelayEnv) -> None
     counts = Counter(r.relay.message_ids())
     assert counts == Counter({row["message_id"]: 1 for row in rows})
     assert {(row["state"], row["attempts"]) for row in r.rows()} == {("sent", 1)}
+
+
+def test_two_delivery_processes_fan_out_each_event_once(relay_env: RelayEnv) -> None:
+    """Two `ticketgate outbox deliver` processes at once over 30 pending events (15 tickets, an
+    ack and a notice each): every event is fanned out exactly once (60 rows, not more), every
+    row is sent once, every event ends `done`."""
+    r = relay_env
+    refs = [r.raise_ticket(f"Badge {i}", fan_out=False) for i in range(15)]
+    assert r.rows() == [] and len(set(refs)) == 15
+    assert [st for _, st in r.events()] == ["pending"] * 30
+    with ThreadPoolExecutor(2) as pool:
+        outputs = list(pool.map(lambda _: r.cli("outbox", "deliver"), range(2)))
+    handled = [int(o.split()[0]) for o in outputs]
+    assert sum(handled) == 60, outputs
+    rows = r.rows()
+    assert len(rows) == 60
+    assert Counter((row["ticket"], row["kind"], row["recipient"]) for row in rows) == Counter(
+        {
+            (ref, k, a): 1
+            for ref in refs
+            for k, a in [("ack", REQ)] + [("new_ticket", x) for x in IT_MEMBERS]
+        }
+    )
+    assert Counter(r.relay.message_ids()) == Counter({row["message_id"]: 1 for row in rows})
+    assert [st for _, st in r.events()] == ["done"] * 30
+
+
+def test_concurrent_fan_out_threads_claim_disjoint_events(relay_env: RelayEnv) -> None:
+    """Four threads calling `fan_out` at once (each its own session; SKIP LOCKED on PostgreSQL,
+    BEGIN IMMEDIATE on SQLite) split the pending events: each handled once, 4 rows per ticket."""
+    r = relay_env
+    refs = [r.raise_ticket(f"Desk {i}", fan_out=False) for i in range(10)]
+
+    def drain(_: int) -> int:
+        n = 0
+        while k := r.worker.outbox.fan_out(3):
+            n += k
+        return n
+
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(drain, range(4)))
+    assert sum(counts) == 20
+    rows = r.rows()
+    assert Counter(row["ticket"] for row in rows) == Counter({ref: 4 for ref in refs})
+    assert len({row["message_id"] for row in rows}) == 40
+    assert [st for _, st in r.events()] == ["done"] * 20
 
 
 # ---- bounces coming back ----------------------------------------------------------------------
