@@ -24,7 +24,7 @@ from gateway.service.errors import NotFound, UserFacingError
 from gateway.service.org_import import import_org
 from gateway.service.views import Views
 from store import models as m
-from store.db import is_storage_error
+from store.db import is_storage_error, read_session
 
 
 class UsageError(Exception):
@@ -150,7 +150,7 @@ def cmd_org(args: argparse.Namespace, app: App) -> int:
             rep = import_org(s, Path(args.file), mail_domain=app.settings.mail.domain)
         print(f"organization {rep.organization}: {rep.created} created, {rep.updated} updated")
         return 0
-    with app.sessions() as s:
+    with read_session(app.sessions) as s:
         q = select(m.Organization).order_by(m.Organization.id)
         if args.org:
             q = q.where(m.Organization.name == args.org)
@@ -216,7 +216,7 @@ def cmd_ticket(args: argparse.Namespace, app: App) -> int:
             )
         )
         if args.json:
-            with app.sessions() as s:
+            with read_session(app.sessions) as s:
                 t = s.get(m.Ticket, int(ref.split("-")[1]))
                 assert t is not None
                 _print_json(Views(s).ticket(t))
@@ -251,7 +251,7 @@ def cmd_ticket(args: argparse.Namespace, app: App) -> int:
                 body=body,
             )
         )
-        with app.sessions() as s:
+        with read_session(app.sessions) as s:
             t = s.get(m.Ticket, int(args.ref.upper().removeprefix("TKT-")))
             assert t is not None
             view = Views(s).ticket(t)
@@ -260,7 +260,7 @@ def cmd_ticket(args: argparse.Namespace, app: App) -> int:
         else:
             print(f"{view['ref']} {view['status']}")
         return 0
-    with app.sessions() as s:
+    with read_session(app.sessions) as s:
         v = Views(s)
         viewer = _viewer(s, args.viewer)
         if args.sub == "list":

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from gateway.bootstrap import App
 from gateway.service.errors import NotFound
 from store import models as m
+from store.db import read_session
 
 
 def _out(obj: Any, as_json: bool, lines: list[str]) -> None:
@@ -53,7 +54,7 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
             print(f"{n} message(s) handled")
         return 0
     if args.cmd == "quarantine":
-        with app.sessions() as s:
+        with read_session(app.sessions) as s:
             if args.sub == "list":
                 recs = list(
                     s.scalars(
@@ -81,7 +82,7 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
             return 0
     if args.cmd == "mail":
         mid = args.message_id.strip().strip("<>")
-        with app.sessions() as s:
+        with read_session(app.sessions) as s:
             recs = list(
                 s.scalars(
                     select(m.InboundMail)

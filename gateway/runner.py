@@ -24,6 +24,7 @@ from gateway.service.group_commit import GroupCommitIntake
 from gateway.service.intake import MailIntake
 from gateway.service.outbox import OutboxService
 from store import models as m
+from store.db import read_session
 
 log = logging.getLogger("ticketgate")
 
@@ -102,7 +103,7 @@ class _Health(BaseHTTPRequestHandler):
             except Exception as e:  # noqa: BLE001 - health says what is wrong
                 body, code = {"status": "storage unavailable", "error": str(e)}, 503
         elif self.path == "/metrics":
-            with self.app.sessions() as s:
+            with read_session(self.app.sessions) as s:
                 rows = s.execute(
                     select(m.Outbox.state, func.count()).group_by(m.Outbox.state)
                 ).all()

@@ -12,6 +12,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+READ_ONLY = "ticketgate_read_only"
+
 
 class StorageUnavailable(Exception):
     """The database cannot be reached or written: the caller should answer 'try later' (451)."""
@@ -57,7 +59,13 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Reads (RCPT checks, views) take no write lock: in WAL mode a deferred transaction
+            # reads a snapshot while the writer commits. Only `read_session` asks for one,
+            # because a deferred transaction that reads and then writes can fail as above.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     engine = create_engine(u, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
@@ -82,5 +90,8 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def read_session(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for reading only: on SQLite a deferred transaction, so that a reader never
+    queues behind (or holds up) the intake writer for the database's write lock."""
     with factory() as s:
+        s.connection(execution_options={READ_ONLY: True})
         yield s

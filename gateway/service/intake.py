@@ -15,6 +15,7 @@ from gateway.service.commands import CommandResult, CommandSpec, IntakeResult, R
 from gateway.service.errors import UserFacingError
 from gateway.service.tickets import TicketService, Unit
 from store import models as m
+from store.db import read_session
 
 # Commands that are raise-time parameters when they arrive with a new ticket.
 _RAISE_PARAMS = {"category", "priority", "cc", "bcc"}
@@ -47,7 +48,7 @@ class MailIntake:
             return "reply" if self.svc.tokens.verify(tok, now=self.svc.now()) else None
         if a == self.svc.identity.from_address:
             return "reply"
-        with self.svc.sessions() as s:
+        with read_session(self.svc.sessions) as s:
             from gateway.service.directory import Directory
 
             d = Directory(s)
@@ -66,7 +67,7 @@ class MailIntake:
                 return self.apply(u, cmd)
         except IntegrityError:
             # Two deliveries of one message raced; the other one committed it first.
-            with self.svc.sessions() as s:
+            with read_session(self.svc.sessions) as s:
                 rec = s.scalars(
                     select(m.InboundMail).where(m.InboundMail.dedupe_key == cmd.dedupe_key)
                 ).first()

@@ -17,6 +17,7 @@ from gateway.service.clock import Clock
 from gateway.service.directory import Directory
 from gateway.service.notify import MailIdentity, Notifier, retry_delay
 from store import models as m
+from store.db import read_session
 
 LEASE = timedelta(minutes=5)
 FAN_OUT_TRIES = 5
@@ -181,7 +182,7 @@ class OutboxService:
             return n
 
     def rows(self, state: str | None = None) -> list[dict[str, Any]]:
-        with self.sessions() as s:
+        with read_session(self.sessions) as s:
             q = select(m.Outbox).order_by(m.Outbox.id)
             if state:
                 q = q.where(m.Outbox.state == state)

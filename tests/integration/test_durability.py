@@ -10,6 +10,7 @@ import time
 from sqlalchemy import func, select, text
 
 from store import models as m
+from store.db import read_session
 from tests.conftest import Env, Gateway, crlf, mail
 
 REQ = "frank@acme.example"
@@ -147,3 +148,31 @@ def test_device_details_in_ticket(gateway: Gateway) -> None:
         "Keyboard": {"user_agent": "Microsoft Outlook 16.0", "client_ip": "2001:db8::7"},
         "Monitor": None,
     }
+
+
+def test_rcpt_check_does_not_queue_for_the_write_lock(sqlite_gateway: Gateway) -> None:
+    """RCPT TO is a read: while another connection holds SQLite's write lock (a writer in the
+    middle of a transaction), recipients are still checked at once, and the writer is not held
+    up by readers either. Before reads used deferred transactions every RCPT check took the
+    write lock and queued behind the intake writer."""
+    gw = sqlite_gateway
+    engine = gw.env.app.engine
+    writer = engine.raw_connection()
+    try:
+        cur = writer.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        cur.execute("UPDATE employees SET active = active")
+        started = time.monotonic()
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=10) as client:
+            client.ehlo()
+            client.mail(REQ)
+            assert client.rcpt(IT)[0] == 250
+            assert client.rcpt("nobody@acme.example")[0] == 550
+        # busy_timeout is 30 s: a check that waited for the lock would have timed out above.
+        assert time.monotonic() - started < 5
+        # The CLI's read paths use the same deferred transactions.
+        with read_session(gw.env.app.sessions) as s:
+            assert int(s.scalar(select(func.count()).select_from(m.Employee)) or 0) > 0
+        cur.execute("COMMIT")
+    finally:
+        writer.close()
