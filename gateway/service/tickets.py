@@ -7,8 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.domain.lifecycle import (
@@ -111,9 +114,18 @@ class Unit:
         self.notify.history_added(row)
 
     def store_blob(self, sha: str, data: bytes) -> None:
-        if self.s.get(m.Blob, sha) is None:
-            self.s.add(m.Blob(sha256=sha, size=len(data), data=data))
-            self.s.flush()
+        """Content-addressed: one statement, a no-op when the bytes are already stored.
+
+        (Not the ORM: a look-up, an object and a flush for every attachment and raw mail was a
+        tenth of the intake writer's time.) No cache of what was stored: a SAVEPOINT rolled
+        back in a group-commit batch takes its blobs with it."""
+        self.s.connection().execute(self._blob_insert.values(sha256=sha, size=len(data), data=data))
+
+    @property
+    def _blob_insert(self) -> Any:
+        name = self.s.get_bind().dialect.name
+        ins = pg_insert if name == "postgresql" else sqlite_insert
+        return ins(m.Blob).on_conflict_do_nothing(index_elements=[m.Blob.sha256])
 
     def add_message(
         self,

@@ -344,6 +344,33 @@ def test_winmail_dat_and_inline_image_kept(gateway: Gateway) -> None:
         assert blob is not None and blob.data.startswith(b"\x78\x9f\x3e\x22")
 
 
+def test_same_attachment_twice_is_stored_once(gateway: Gateway) -> None:
+    """Blobs are content-addressed: the same file in two mails (sent concurrently, so that they
+    may share a group-commit batch) is one blob referenced by two attachments."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = b"%PDF-1.4 same bytes " * 100
+    mails = []
+    for i in range(4):
+        mi = mail(REQ, [IT], f"Invoice {i}", "see attached")
+        mi.add_attachment(data, maintype="application", subtype="pdf", filename=f"inv{i}.pdf")
+        mails.append(mi)
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(lambda mi: gateway.send(mi, REQ, [IT])[0], mails))
+    assert codes == [250] * 4
+    shas = {a["sha256"] for t in gateway.tickets() for a in t["messages"][0]["attachments"]}
+    assert len(shas) == 1
+    with gateway.env.app.sessions() as s:
+        sha = shas.pop()
+        assert s.scalar(select(func.count()).select_from(m.Blob).where(m.Blob.sha256 == sha)) == 1
+        n_att = s.scalar(
+            select(func.count()).select_from(m.Attachment).where(m.Attachment.sha256 == sha)
+        )
+        assert n_att == 4
+        blob = s.get(m.Blob, sha)
+        assert blob is not None and blob.data == data and blob.size == len(data)
+
+
 def test_commands_need_a_trusted_sender(trusting_gateway: Gateway) -> None:
     """With a trusted authserv-id, a mail without dmarc=pass lands but its commands are refused;
     with dmarc=pass the same command applies."""
