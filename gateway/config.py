@@ -67,6 +67,7 @@ class SmtpSettings:
     max_depth: int = 10
     sender_rate_per_hour: int = 120
     hostname: str = ""  # EHLO name; "" = mail.domain
+    parse_processes: int = 2  # MIME parsing off the writer's interpreter; 0 = in-process
 
 
 @dataclass(frozen=True)
@@ -489,6 +490,10 @@ def _validate(s: Settings) -> None:
         "sender_rate_per_hour",
     ):
         positive(f"[smtp] {key}", getattr(s.smtp, key))
+    if not 0 <= s.smtp.parse_processes <= 64:
+        raise ConfigError(
+            f"{where}: [smtp] parse_processes: must be 0 to 64, got {s.smtp.parse_processes}"
+        )
 
     for key in ("domain", "default_department"):
         value = getattr(s.mail, key)

@@ -67,6 +67,7 @@ def make_handler(app: App, intake: MailIntake) -> IntakeHandler:
             max_attachment_bytes=s.max_attachment_bytes,
             max_total_attachment_bytes=s.max_total_attachment_bytes,
         ),
+        parse_processes=s.parse_processes,
     )
 
 

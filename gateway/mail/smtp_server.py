@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
 from aiosmtpd.controller import Controller
@@ -34,6 +36,14 @@ class Intake(Protocol):
     def receive(self, cmd: ReceiveMail) -> IntakeResult: ...
 
 
+def parse_and_translate(
+    raw: bytes, sender: str, rcpts: list[str], limits: ParseLimits, ctx: TranslateContext
+) -> ReceiveMail:
+    """Bytes and envelope → the service's command. Pure: runs in a parser process or in-thread."""
+    mail = parse_mail(raw, limits=limits)
+    return translate(mail, envelope_from=sender, envelope_rcpts=rcpts, ctx=ctx)
+
+
 class IntakeHandler:
     """aiosmtpd handler: translates only; the service decides.
 
@@ -47,11 +57,25 @@ class IntakeHandler:
         ctx: TranslateContext,
         limits: ParseLimits,
         workers: int = 8,
+        parse_processes: int = 0,
     ) -> None:
         self.intake = intake
         self.ctx = ctx
         self.limits = limits
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtp-intake")
+        self.parse_processes = parse_processes
+        self.parsers: Executor | None = self._new_parsers()
+
+    def _new_parsers(self) -> Executor | None:
+        # Parsing is pure CPU; in the writer's interpreter it competes for the GIL with the
+        # database work (the profile: about a fifth of it). forkserver, not fork: this process
+        # has threads and open database connections that a forked child must not inherit.
+        if self.parse_processes <= 0:
+            return None
+        ctx = multiprocessing.get_context("forkserver")
+        # The fork server imports the parser once; each parser process forks from it ready.
+        ctx.set_forkserver_preload([__name__])
+        return ProcessPoolExecutor(self.parse_processes, mp_context=ctx)
 
     async def handle_MAIL(
         self,
@@ -96,17 +120,49 @@ class IntakeHandler:
         raw = envelope.original_content or envelope.content
         assert isinstance(raw, bytes)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(
-            self.pool, self.process, raw, envelope.mail_from or "", list(envelope.rcpt_tos)
-        )
+        mail_from = envelope.mail_from or ""
+        rcpts = list(envelope.rcpt_tos)
+        parsers = self.parsers
+        if parsers is None:
+            result = await loop.run_in_executor(self.pool, self.process, raw, mail_from, rcpts)
+            return f"{result.code} {result.text}"
+        sender = "" if mail_from in ("<>", "") else mail_from
+        try:
+            cmd = await loop.run_in_executor(
+                parsers, parse_and_translate, raw, sender, rcpts, self.limits, self.ctx
+            )
+        except BrokenProcessPool:
+            # A parser process died (killed, out of memory): nothing was stored; start new ones
+            # and let the MTA retry.
+            log.error("a parser process died; starting new ones")
+            if self.parsers is parsers:
+                self.parsers = self._new_parsers()
+            parsers.shutdown(wait=False, cancel_futures=True)
+            return "451 4.3.0 Temporary processing failure, try again later"
+        except Exception:
+            log.exception("parsing failed for a message from %r", sender)
+            return "451 4.3.0 Temporary processing failure, try again later"
+        result = await loop.run_in_executor(self.pool, self.hand_over, cmd, sender)
         return f"{result.code} {result.text}"
 
     def process(self, raw: bytes, mail_from: str, rcpts: list[str]) -> IntakeResult:
-        """Parse, translate and hand over; storage trouble becomes 451 (the MTA retries)."""
+        """Parse and translate in this thread, then hand over."""
         sender = "" if mail_from in ("<>", "") else mail_from
         try:
-            mail = parse_mail(raw, limits=self.limits)
-            cmd = translate(mail, envelope_from=sender, envelope_rcpts=rcpts, ctx=self.ctx)
+            cmd = parse_and_translate(raw, sender, rcpts, self.limits, self.ctx)
+        except Exception:
+            log.exception("parsing failed for a message from %r", sender)
+            return IntakeResult(
+                "tempfail",
+                "parsing error",
+                code=451,
+                text="4.3.0 Temporary processing failure, try again later",
+            )
+        return self.hand_over(cmd, sender)
+
+    def hand_over(self, cmd: ReceiveMail, sender: str) -> IntakeResult:
+        """Give the command to the service; storage trouble becomes 451 (the MTA retries)."""
+        try:
             result = self.intake.receive(cmd)
         except Exception as e:
             if is_storage_error(e):
@@ -138,6 +194,8 @@ class IntakeHandler:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=False)
+        if self.parsers is not None:
+            self.parsers.shutdown(wait=True, cancel_futures=False)
         closer = getattr(self.intake, "close", None)
         if closer is not None:
             closer()

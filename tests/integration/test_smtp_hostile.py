@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import os
 import re
+import signal
 import smtplib
 import socket
 from collections.abc import Iterator
@@ -470,3 +471,56 @@ def test_sender_rate_limit(database: Database, tmp_path: Path) -> None:
             assert last_record(gw).outcome == "ticket"
     finally:
         env.app.close()
+
+
+def _parser_pids(gw: Gateway) -> list[int]:
+    parsers = gw.server.handler.parsers  # type: ignore[attr-defined]
+    assert parsers is not None
+    return list(parsers._processes)
+
+
+def test_mail_is_parsed_in_parser_processes(gateway: Gateway) -> None:
+    """With `smtp.parse_processes` (default 2) MIME is parsed in other processes: the mail is
+    stored as usual and those processes exist, children of the gateway."""
+    assert gateway.env.app.settings.smtp.parse_processes == 2
+    code, _ = gateway.send(mail(REQ, [IT], "Parsed elsewhere", "body"), REQ, [IT])
+    assert code == 250
+    assert [t["subject"] for t in gateway.tickets()] == ["Parsed elsewhere"]
+    pids = _parser_pids(gateway)
+    assert pids and all(p != os.getpid() for p in pids)
+
+
+def test_dead_parser_process_is_451_then_replaced(gateway: Gateway) -> None:
+    """A parser process killed in the middle (out of memory, kill -9): the mail of that moment
+    is answered 451 (the MTA retries), nothing is stored twice, and new parser processes serve
+    the retry."""
+    assert gateway.send(mail(REQ, [IT], "First", "body"), REQ, [IT])[0] == 250
+    for pid in _parser_pids(gateway):
+        os.kill(pid, signal.SIGKILL)
+    retry = mail(REQ, [IT], "Second", "body")
+    codes = [gateway.send(retry, REQ, [IT])[0]]
+    # The pool notices the death on the next submission (451) or has already been replaced.
+    if codes[0] != 250:
+        assert codes[0] == 451
+        codes.append(gateway.send(retry, REQ, [IT])[0])
+    assert codes[-1] == 250
+    assert sorted(t["subject"] for t in gateway.tickets()) == ["First", "Second"]
+
+
+def test_parsing_in_process_when_configured(tmp_path: Path) -> None:
+    """`smtp.parse_processes = 0` parses in the gateway's own threads."""
+    from tests.conftest import serving
+
+    e = make_env(
+        Database("sqlite", f"sqlite:///{tmp_path}/tg.db"),
+        tmp_path / "install",
+        {"TICKETGATE__SMTP__PARSE_PROCESSES": "0"},
+    )
+    e.import_org(write_demo_org(tmp_path / "install"))
+    try:
+        with serving(e) as gw:
+            assert gw.server.handler.parsers is None  # type: ignore[attr-defined]
+            assert gw.send(mail(REQ, [IT], "In process", "body"), REQ, [IT])[0] == 250
+            assert [t["subject"] for t in gw.tickets()] == ["In process"]
+    finally:
+        e.app.close()
