@@ -77,8 +77,13 @@ class Directory:
             return [c for c in copies if c.id <= ticket.copies_upto]
         return copies
 
-    def forget_copies(self, ticket_id: int) -> None:
-        self._copies.pop(ticket_id, None)
+    def new_ticket(self, ticket_id: int) -> None:
+        """A ticket created in this unit has no copies yet: no need to ask the database."""
+        self._copies[ticket_id] = []
+
+    def forget_all(self) -> None:
+        self._top.clear()
+        self._copies.clear()
 
     def employee(self, addr: str) -> m.Employee | None:
         a = addr.strip().lower()

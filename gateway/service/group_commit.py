@@ -85,6 +85,9 @@ class GroupCommitIntake:
                         log.debug(
                             "mail %s retried outside the batch", cmd.message_id, exc_info=True
                         )
+                        # Its SAVEPOINT was rolled back: copies or history the unit cached
+                        # while applying it are gone from the database, so from the caches.
+                        u.forget_cached()
                         retry_alone.append((cmd, fut))
         except Exception as e:  # noqa: BLE001 - the commit failed: nobody's data is durable
             for _, fut in batch:

@@ -134,6 +134,9 @@ class Notifier:
                 out.append((e, roles))
         return out
 
+    def forget_all(self) -> None:
+        self._newest_history.clear()
+
     def history_added(self, row: m.StatusHistory) -> None:
         """The unit added a history entry: it is the newest one events of this ticket show."""
         self._newest_history[row.ticket_id] = row

@@ -171,32 +171,27 @@ class Unit:
     def add_copy(self, t: m.Ticket, kind: str, party: Party) -> bool:
         emp_id = party.id if party.kind is PartyKind.EMPLOYEE else None
         dep_id = party.id if party.kind is PartyKind.DEPARTMENT else None
-        exists = self.s.scalars(
-            select(m.TicketCopy).where(
-                m.TicketCopy.ticket_id == t.id,
-                m.TicketCopy.kind == kind,
-                m.TicketCopy.employee_id.is_(None)
-                if emp_id is None
-                else m.TicketCopy.employee_id == emp_id,
-                m.TicketCopy.department_id.is_(None)
-                if dep_id is None
-                else m.TicketCopy.department_id == dep_id,
-            )
-        ).first()
-        if exists is not None:
+        copies = self.d.copies(t.id)
+        if any(
+            c.kind == kind and c.employee_id == emp_id and c.department_id == dep_id for c in copies
+        ):
             return False
-        self.s.add(
-            m.TicketCopy(
-                ticket_id=t.id,
-                kind=kind,
-                employee_id=emp_id,
-                department_id=dep_id,
-                added_at=self.now,
-            )
+        row = m.TicketCopy(
+            ticket_id=t.id,
+            kind=kind,
+            employee_id=emp_id,
+            department_id=dep_id,
+            added_at=self.now,
         )
+        self.s.add(row)
         self.s.flush()
-        self.d.forget_copies(t.id)
+        copies.append(row)
         return True
+
+    def forget_cached(self) -> None:
+        """After a SAVEPOINT rollback: what the caches learnt inside it may no longer exist."""
+        self.d.forget_all()
+        self.notify.forget_all()
 
     # ---- raising ----------------------------------------------------------------------------
     def raise_ticket(
@@ -270,6 +265,7 @@ class Unit:
         )
         self.s.add(t)
         self.s.flush()
+        self.d.new_ticket(t.id)
         remark = ""
         if linked_ticket_id:
             remark = f"follows up TKT-{linked_ticket_id}"
