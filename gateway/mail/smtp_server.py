@@ -34,6 +34,15 @@ def _is_utf8(address: str) -> bool:
 class Intake(Protocol):
     def known_recipient(self, addr: str) -> str | None: ...
     def receive(self, cmd: ReceiveMail) -> IntakeResult: ...
+    def quarantine_failed(
+        self,
+        *,
+        raw: bytes,
+        envelope_from: str,
+        envelope_rcpts: list[str],
+        error: BaseException,
+        cmd: ReceiveMail | None = None,
+    ) -> IntakeResult: ...
 
 
 def parse_and_translate(
@@ -42,6 +51,21 @@ def parse_and_translate(
     """Bytes and envelope → the service's command. Pure: runs in a parser process or in-thread."""
     mail = parse_mail(raw, limits=limits)
     return translate(mail, envelope_from=sender, envelope_rcpts=rcpts, ctx=ctx)
+
+
+def _answer(result: IntakeResult) -> IntakeResult:
+    """The service's result with the SMTP reply text of an accepted mail."""
+    if result.code != 250:
+        return result
+    ref = f" {result.ticket_ref}" if result.ticket_ref else ""
+    return IntakeResult(
+        result.outcome,
+        result.rule,
+        result.ticket_ref,
+        250,
+        f"2.0.0 OK: {result.outcome}{ref}",
+        result.commands,
+    )
 
 
 class IntakeHandler:
@@ -121,12 +145,12 @@ class IntakeHandler:
         assert isinstance(raw, bytes)
         loop = asyncio.get_running_loop()
         mail_from = envelope.mail_from or ""
+        sender = "" if mail_from in ("<>", "") else mail_from
         rcpts = list(envelope.rcpt_tos)
         parsers = self.parsers
         if parsers is None:
-            result = await loop.run_in_executor(self.pool, self.process, raw, mail_from, rcpts)
+            result = await loop.run_in_executor(self.pool, self.process, raw, sender, rcpts)
             return f"{result.code} {result.text}"
-        sender = "" if mail_from in ("<>", "") else mail_from
         try:
             cmd = await loop.run_in_executor(
                 parsers, parse_and_translate, raw, sender, rcpts, self.limits, self.ctx
@@ -139,53 +163,62 @@ class IntakeHandler:
                 self.parsers = self._new_parsers()
             parsers.shutdown(wait=False, cancel_futures=True)
             return "451 4.3.0 Temporary processing failure, try again later"
-        except Exception:
-            log.exception("parsing failed for a message from %r", sender)
-            return "451 4.3.0 Temporary processing failure, try again later"
-        result = await loop.run_in_executor(self.pool, self.hand_over, cmd, sender)
+        except Exception as e:  # noqa: BLE001 - poison mail: quarantined, not lost
+            result = await loop.run_in_executor(
+                self.pool, self.quarantine, raw, sender, rcpts, e, None
+            )
+        else:
+            result = await loop.run_in_executor(self.pool, self.hand_over, raw, sender, rcpts, cmd)
         return f"{result.code} {result.text}"
 
-    def process(self, raw: bytes, mail_from: str, rcpts: list[str]) -> IntakeResult:
+    def process(self, raw: bytes, sender: str, rcpts: list[str]) -> IntakeResult:
         """Parse and translate in this thread, then hand over."""
-        sender = "" if mail_from in ("<>", "") else mail_from
         try:
             cmd = parse_and_translate(raw, sender, rcpts, self.limits, self.ctx)
-        except Exception:
-            log.exception("parsing failed for a message from %r", sender)
-            return IntakeResult(
-                "tempfail",
-                "parsing error",
-                code=451,
-                text="4.3.0 Temporary processing failure, try again later",
-            )
-        return self.hand_over(cmd, sender)
+        except Exception as e:  # noqa: BLE001 - poison mail: quarantined, not lost
+            return self.quarantine(raw, sender, rcpts, e, None)
+        return self.hand_over(raw, sender, rcpts, cmd)
 
-    def hand_over(self, cmd: ReceiveMail, sender: str) -> IntakeResult:
+    def hand_over(
+        self, raw: bytes, sender: str, rcpts: list[str], cmd: ReceiveMail
+    ) -> IntakeResult:
         """Give the command to the service; storage trouble becomes 451 (the MTA retries)."""
         try:
             result = self.intake.receive(cmd)
+        except Exception as e:  # noqa: BLE001 - storage → 451; anything else is poison mail
+            if is_storage_error(e):
+                log.warning("storage unavailable: %s", e)
+                return IntakeResult("tempfail", "storage unavailable", code=451, text=TEMPFAIL[4:])
+            return self.quarantine(raw, sender, rcpts, e, cmd)
+        return _answer(result)
+
+    def quarantine(
+        self,
+        raw: bytes,
+        sender: str,
+        rcpts: list[str],
+        error: BaseException,
+        cmd: ReceiveMail | None,
+    ) -> IntakeResult:
+        """Poison mail (parsing or applying it raised): kept in quarantine and accepted; only
+        when even that cannot be stored is the answer 451."""
+        log.error("mail from %r could not be processed; quarantined", sender, exc_info=error)
+        try:
+            result = self.intake.quarantine_failed(
+                raw=raw, envelope_from=sender, envelope_rcpts=rcpts, error=error, cmd=cmd
+            )
         except Exception as e:
             if is_storage_error(e):
                 log.warning("storage unavailable: %s", e)
                 return IntakeResult("tempfail", "storage unavailable", code=451, text=TEMPFAIL[4:])
-            log.exception("intake failed for a message from %r", sender)
+            log.exception("could not quarantine a mail from %r", sender)
             return IntakeResult(
                 "tempfail",
                 f"processing error: {type(e).__name__}",
                 code=451,
                 text="4.3.0 Temporary processing failure, try again later",
             )
-        if result.code == 250:
-            ref = f" {result.ticket_ref}" if result.ticket_ref else ""
-            return IntakeResult(
-                result.outcome,
-                result.rule,
-                result.ticket_ref,
-                250,
-                f"2.0.0 OK: {result.outcome}{ref}",
-                result.commands,
-            )
-        return result
+        return _answer(result)
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is "500 Error", which makes the sending MTA bounce the mail.

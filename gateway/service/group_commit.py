@@ -38,6 +38,24 @@ class GroupCommitIntake:
     def known_recipient(self, addr: str) -> str | None:
         return self.intake.known_recipient(addr)
 
+    def quarantine_failed(
+        self,
+        *,
+        raw: bytes,
+        envelope_from: str,
+        envelope_rcpts: list[str],
+        error: BaseException,
+        cmd: ReceiveMail | None = None,
+    ) -> IntakeResult:
+        # Rare, and after a failure: its own transaction, outside the batches.
+        return self.intake.quarantine_failed(
+            raw=raw,
+            envelope_from=envelope_from,
+            envelope_rcpts=envelope_rcpts,
+            error=error,
+            cmd=cmd,
+        )
+
     def receive(self, cmd: ReceiveMail) -> IntakeResult:
         fut: Future[IntakeResult] = Future()
         self._q.put((cmd, fut))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 
 from sqlalchemy import func, select
@@ -74,6 +75,52 @@ class MailIntake:
             if rec is None:
                 raise
             return IntakeResult("duplicate", f"duplicate of an accepted mail: {rec.rule}")
+
+    def quarantine_failed(
+        self,
+        *,
+        raw: bytes,
+        envelope_from: str,
+        envelope_rcpts: list[str],
+        error: BaseException,
+        cmd: ReceiveMail | None = None,
+    ) -> IntakeResult:
+        """Poison mail: parsing or applying it raised (a bug, or input nobody foresaw). It is
+        kept in quarantine with the error, in a transaction of its own, and accepted: a 451
+        would have the MTA retry the same failure for days and then bounce it. A re-delivery
+        is a duplicate of the quarantined record. Storage errors are not poison: they raise."""
+        sha = cmd.raw_sha256 if cmd is not None else hashlib.sha256(raw).hexdigest()
+        key = cmd.dedupe_key if cmd is not None else "raw:" + sha
+        error_text = f"{type(error).__name__}: {error}"[:500]
+        error_text = error_text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+        rule = f"quarantined: processing error ({type(error).__name__})"
+        with self.svc.unit() as u:
+            prior = u.s.scalars(
+                select(m.InboundMail).where(m.InboundMail.dedupe_key == key)
+            ).first()
+            if prior is not None:
+                return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior.rule}")
+            u.store_blob(sha, raw)
+            u.s.add(
+                m.InboundMail(
+                    dedupe_key=key,
+                    message_id=cmd.message_id if cmd is not None else None,
+                    sender=(cmd.from_email if cmd is not None else None) or envelope_from,
+                    channel=(cmd.channel if cmd is not None else Channel.EMAIL).value,
+                    outcome="quarantined",
+                    rule=rule,
+                    ticket_id=None,
+                    raw_sha256=sha,
+                    at=u.now,
+                    detail={
+                        "kind": "processing_error",
+                        "error": error_text,
+                        "stage": "apply" if cmd is not None else "parse",
+                        "envelope_rcpts": list(envelope_rcpts),
+                    },
+                )
+            )
+        return IntakeResult("quarantined", rule)
 
     # ------------------------------------------------------------------------------------------
     def _record(

@@ -200,6 +200,8 @@ class Walk:
         assert rec.outcome == outcome, (row.name, text, rec.outcome)
         if outcome == "quarantined":
             assert rec.rule.startswith("quarantined: ")
+            # Real mail must never be poison (a parser or service that raised hides behind 250).
+            assert not rec.rule.startswith("quarantined: processing error"), (row.name, rec.rule)
             assert (after.ticket, after.message, after.outbox) == (
                 before.ticket,
                 before.message,
