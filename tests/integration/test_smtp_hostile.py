@@ -533,3 +533,41 @@ def test_parsing_in_process_when_configured(tmp_path: Path) -> None:
             assert [t["subject"] for t in gw.tickets()] == ["In process"]
     finally:
         e.app.close()
+
+
+def test_smtp_smuggling_bare_lf_dot_does_not_end_data(gateway: Gateway) -> None:
+    """SMTP smuggling (CVE-2023-51764 family; aiosmtpd ≥ 1.4.5): `<LF>.<LF>` or `<LF>.<CR><LF>`
+    inside DATA is text, not the end of the mail — a second, smuggled transaction after it is
+    never run. Only `<CR><LF>.<CR><LF>` ends DATA: one mail, one ticket, one answer."""
+    smuggled = (
+        f"MAIL FROM:<{REQ}>\r\nRCPT TO:<{IT}>\r\nDATA\r\nFrom: {REQ}\r\nTo: {IT}\r\n"
+        "Subject: smuggled\r\n\r\nforged\r\n"
+    )
+    for end in ("\n.\n", "\n.\r\n", "\r.\r\n"):
+        before = count(gateway, m.Ticket)
+        body = (
+            f"From: {REQ}\r\nTo: {IT}\r\nSubject: carrier {end!r}\r\n"
+            f"Message-ID: <carrier-{next(_ids)}@client.example>\r\n\r\n"
+            f"first part{end}{smuggled}"
+        )
+        with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+            f = sock.makefile("rb")
+            assert f.readline().startswith(b"220")
+            for cmd in (
+                b"HELO client.example",
+                f"MAIL FROM:<{REQ}>".encode(),
+                f"RCPT TO:<{IT}>".encode(),
+                b"DATA",
+            ):
+                sock.sendall(cmd + b"\r\n")
+                assert f.readline()[:1] in (b"2", b"3")
+            sock.sendall(body.encode() + b"\r\n.\r\n")
+            assert f.readline().startswith(b"250")
+            sock.sendall(b"QUIT\r\n")
+            # Exactly one more answer (221 to QUIT): no answers to smuggled commands.
+            assert f.readline().startswith(b"221")
+            assert f.readline() == b""
+        assert count(gateway, m.Ticket) == before + 1
+        subjects = [t["subject"] for t in gateway.tickets()]
+        assert "smuggled" not in subjects
+        assert subjects[-1].startswith("carrier")
