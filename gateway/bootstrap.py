@@ -74,6 +74,7 @@ def build(settings: Settings, *, clock: Clock | None = None, need_secret: bool =
         options=ServiceOptions(
             reopen_window=timedelta(days=settings.mail.reopen_window_days),
             auto_mail_per_day=settings.mail.auto_mail_per_day,
+            auto_mail_per_ticket_hour=settings.mail.auto_mail_per_ticket_hour,
             default_department=settings.mail.default_department,
         ),
     )

@@ -84,6 +84,7 @@ class MailSettings:
     refuse_dmarc_fail: bool = True
     default_department: str = ""  # intake address used when no rule finds a target
     auto_mail_per_day: int = 40
+    auto_mail_per_ticket_hour: int = 10
 
 
 @dataclass(frozen=True)
@@ -510,7 +511,12 @@ def _validate(s: Settings) -> None:
             raise ConfigError(
                 f"{where}: [mail] {key}: {value!r} must be a plain local part (no @, + or spaces)"
             )
-    for key in ("token_days", "reopen_window_days", "auto_mail_per_day"):
+    for key in (
+        "token_days",
+        "reopen_window_days",
+        "auto_mail_per_day",
+        "auto_mail_per_ticket_hour",
+    ):
         positive(f"[mail] {key}", getattr(s.mail, key))
 
     one_of("[outbound] transport", s.outbound.transport, ("maildir", "smtp"))

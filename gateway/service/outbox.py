@@ -44,6 +44,7 @@ class OutboxService:
         identity: MailIdentity,
         tokens: ReplyTokens | None,
         auto_mail_per_day: int = 40,
+        auto_mail_per_ticket_hour: int = 10,
         max_attempts: int = 8,
         backoff_seconds: float = 30.0,
         backoff_max_seconds: float = 3600.0,
@@ -53,6 +54,7 @@ class OutboxService:
         self.identity = identity
         self.tokens = tokens
         self.auto_mail_per_day = auto_mail_per_day
+        self.auto_mail_per_ticket_hour = auto_mail_per_ticket_hour
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.backoff_max_seconds = backoff_max_seconds
@@ -97,6 +99,7 @@ class OutboxService:
                     tokens=self.tokens,
                     now=datetime.fromisoformat(ev.payload["at"]),
                     auto_mail_per_day=self.auto_mail_per_day,
+                    auto_mail_per_ticket_hour=self.auto_mail_per_ticket_hour,
                     directory=d,
                 )
                 try:

@@ -55,6 +55,7 @@ def parse_ref(ref: str) -> int:
 class ServiceOptions:
     reopen_window: timedelta = timedelta(days=7)
     auto_mail_per_day: int = 40
+    auto_mail_per_ticket_hour: int = 10
     default_department: str = ""
 
 
@@ -72,6 +73,7 @@ class Unit:
             tokens=svc.tokens,
             now=self.now,
             auto_mail_per_day=svc.options.auto_mail_per_day,
+            auto_mail_per_ticket_hour=svc.options.auto_mail_per_ticket_hour,
             directory=self.d,
         )
 
