@@ -88,7 +88,6 @@ def make_worker(app: App) -> DeliveryWorker:
         outbox,
         make_transport(app.settings),
         Renderer(templates_dir()),
-        envelope_from=app.identity.from_address,
         poll_seconds=o.poll_seconds,
     )
 

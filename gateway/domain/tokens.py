@@ -16,7 +16,10 @@ from datetime import UTC, date, datetime
 # encoded as lowercase base32 without padding. The tag is 80 bits (RFC 2104 §5 allows
 # truncation to no less than half the hash length only with care; 80 bits is Gitea's choice
 # and far beyond what an online guesser can try against an SMTP RCPT check).
-PURPOSES = ("reply", "feedback")
+# "bounce" tokens are VERP envelope senders: their participant field carries the outbox row
+# id of the one mail they were sent with, so that a bounce names the failed delivery even when
+# it quotes nothing of the original. New purposes are appended: the index is in the token.
+PURPOSES = ("reply", "feedback", "bounce")
 
 _VERSION = 1
 _TAG_BYTES = 10

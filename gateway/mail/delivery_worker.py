@@ -63,14 +63,12 @@ class DeliveryWorker:
         transport: Transport,
         renderer: Renderer,
         *,
-        envelope_from: str,
         poll_seconds: float = 1.0,
         batch: int = 20,
     ) -> None:
         self.outbox = outbox
         self.transport = transport
         self.renderer = renderer
-        self.envelope_from = envelope_from
         self.poll_seconds = poll_seconds
         self.batch = batch
         self._stop = threading.Event()
@@ -80,7 +78,9 @@ class DeliveryWorker:
         try:
             data = self.renderer.render(notice_from_payload(item.payload))
             self.transport.send(
-                envelope_from=self.envelope_from, recipient=item.recipient, data=data
+                envelope_from=self.outbox.envelope_sender(item),
+                recipient=item.recipient,
+                data=data,
             )
         except PermanentDeliveryError as e:
             log.warning("outbox %s to %s: permanent failure: %s", item.id, item.recipient, e)

@@ -505,17 +505,38 @@ class MailIntake:
         return IntakeResult("ticket", rule, f"TKT-{t.id}", commands=tuple(results))
 
     # ---- bounces ---------------------------------------------------------------------------------
+    def _verp_rows(self, u: Unit, cmd: ReceiveMail) -> list[m.Outbox]:
+        tokens, ident = self.svc.tokens, self.svc.identity
+        if tokens is None:
+            return []
+        found: list[m.Outbox] = []
+        for rcpt in cmd.envelope_rcpts:
+            tok = token_from_address(rcpt, local=ident.reply_local, domain=ident.domain)
+            claims = tokens.verify(tok, now=u.now) if tok is not None else None
+            if claims is None or claims.purpose != "bounce":
+                continue
+            row = u.s.get(m.Outbox, claims.participant_id)
+            if row is not None and (row.ticket_id or 0) == claims.ticket_id:
+                found.append(row)
+        return found
+
     def _bounce(self, u: Unit, cmd: ReceiveMail) -> None:
         """A bounce naming one of our Message-IDs marks that delivery failed (SPEC §2.5)."""
         q = cmd.quarantine
         assert q is not None
+        rows: dict[int, m.Outbox] = {}
         ids = set(q.original_message_ids) | set(cmd.references) | set(cmd.in_reply_to)
-        for mid in ids:
+        for mid in sorted(ids):
             row = u.s.scalars(select(m.Outbox).where(m.Outbox.message_id == mid)).first()
-            if row is None:
-                continue
+            if row is not None:
+                rows[row.id] = row
+        # VERP: sent to the envelope sender of one mail, a bounce names it even when it quotes
+        # nothing of the original (many MTAs and autoresponders quote nothing).
+        for row in self._verp_rows(u, cmd):
+            rows[row.id] = row
+        for row in rows.values():
             row.state = "bounced"
-            row.last_error = f"bounced: {', '.join(q.bounced_recipients) or 'recipient unknown'}"
+            row.last_error = f"bounced: {', '.join(q.bounced_recipients) or row.recipient}"
             if row.ticket_id:
                 t = u.s.get(m.Ticket, row.ticket_id)
                 if t is not None:

@@ -12,7 +12,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.domain.tokens import ReplyTokens
+from gateway.domain.tokens import ReplyTokens, reply_address
 from gateway.service.clock import Clock
 from gateway.service.directory import Directory
 from gateway.service.notify import MailIdentity, Notifier, retry_delay
@@ -33,6 +33,7 @@ class OutboxItem:
     message_id: str
     payload: dict[str, Any]
     attempts: int
+    ticket_id: int | None = None
 
 
 class OutboxService:
@@ -139,9 +140,30 @@ class OutboxService:
                 r.attempts += 1
                 r.next_attempt_at = now + LEASE
             return [
-                OutboxItem(r.id, r.kind, r.recipient, r.message_id, dict(r.payload), r.attempts)
+                OutboxItem(
+                    r.id,
+                    r.kind,
+                    r.recipient,
+                    r.message_id,
+                    dict(r.payload),
+                    r.attempts,
+                    r.ticket_id,
+                )
                 for r in rows
             ]
+
+    def envelope_sender(self, item: OutboxItem) -> str:
+        """VERP (RFC 5321 reverse path per mail): `<reply_local>+<bounce token>@<domain>`, the
+        token naming this outbox row; without a token key, the plain From address."""
+        if self.tokens is None:
+            return self.identity.from_address
+        token = self.tokens.issue(
+            ticket_id=item.ticket_id or 0,
+            participant_id=item.id,
+            purpose="bounce",
+            now=self.clock.now(),
+        )
+        return reply_address(self.identity.reply_local, token, self.identity.domain)
 
     def sent(self, item_id: int) -> None:
         with self.sessions() as s, s.begin():

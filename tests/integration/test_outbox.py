@@ -384,3 +384,43 @@ def test_bounces_mark_rows_and_suppress_automatic_mail(gateway: Gateway) -> None
     first_cancel, second_cancel = after[len(out) : seen], after[seen:]
     assert {rcpt(x) for x in first_cancel} == IT_MEMBERS
     assert {rcpt(x) for x in second_cancel} == IT_MEMBERS - {alice}
+
+
+def test_verp_envelope_sender_attributes_a_bounce_that_quotes_nothing(gateway: Gateway) -> None:
+    """Every mail leaves with its own envelope sender `reply+<bounce token>@domain` (VERP). A
+    bounce sent there that quotes nothing of the original (no Message-ID, no headers) still
+    marks exactly that mail `bounced`. A forged or altered token is refused at RCPT, and a
+    bounce token cannot be used to post on a ticket."""
+    alice = "alice@acme.example"
+    assert gateway.send(mail(REQ, [IT], "Desk lamp", "Flickers."), REQ, [IT])[0] == 250
+    ref = gateway.tickets()[-1]["ref"]
+    out = gateway.deliver()
+    to_alice = next(x for x in out if rcpt(x) == alice)
+    return_paths = {str(x["Return-Path"]).strip("<>") for x in out}
+    assert len(return_paths) == len(out)  # one envelope sender per mail
+    verp = str(to_alice["Return-Path"]).strip("<>")
+    assert verp.startswith("reply+") and verp.endswith("@tickets.acme.example")
+    assert verp != str(to_alice["Reply-To"])
+
+    quoting_nothing = (
+        "From: Mail Delivery System <MAILER-DAEMON@mx.elsewhere.example>\r\n"
+        f"To: {verp}\r\n"
+        "Subject: Undeliverable\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@mx.elsewhere.example>\r\n"
+        "\r\n"
+        "Your message could not be delivered. Mailbox full.\r\n"
+    ).encode()
+    forged = verp.replace("reply+", "reply+a", 1)
+    assert gateway.send(quoting_nothing, "", [forged])[0] == 550
+    assert gateway.send(quoting_nothing, "", [verp])[0] == 250
+    listed = json.loads(run_cli(gateway.env.env, "outbox", "list", "--json").stdout)
+    bounced = [x for x in listed if x["state"] == "bounced"]
+    assert [(x["ticket"], x["recipient"]) for x in bounced] == [(ref, alice)]
+    assert bounced[0]["message_id"] == str(to_alice["Message-ID"]).strip("<>")
+    assert any(alice in h["remark"] for h in gateway.ticket(ref)["history"])
+
+    # Alice (a participant) mailing the bounce address instead of the Reply-To: not a reply.
+    messages = len(gateway.ticket(ref)["messages"])
+    reply = mail(alice, [verp], "Re: Desk lamp", "I will bring a new bulb.")
+    gateway.send(reply, alice, [verp])
+    assert len(gateway.ticket(ref)["messages"]) == messages
