@@ -243,15 +243,16 @@ class Gateway:
 
 
 @contextmanager
-def serving(env: Env) -> Iterator[Gateway]:
-    """The SMTP intake of ``env`` on a free port of 127.0.0.1, stopped afterwards."""
+def serving(env: Env, handler: object = None) -> Iterator[Gateway]:
+    """The SMTP intake of ``env`` on a free port of 127.0.0.1, stopped afterwards; ``handler``
+    replaces the one `ticketgate run` builds (a test injecting faults)."""
     from gateway.mail.smtp_server import SmtpIntakeServer
     from gateway.runner import make_handler, make_intake, make_worker
 
     app = env.app
     port = free_port()
     server = SmtpIntakeServer(
-        make_handler(app, make_intake(app)),
+        handler or make_handler(app, make_intake(app)),  # type: ignore[arg-type]
         host="127.0.0.1",
         port=port,
         max_message_bytes=app.settings.smtp.max_message_bytes,
@@ -262,6 +263,35 @@ def serving(env: Env) -> Iterator[Gateway]:
         yield Gateway(env, port, server, make_worker(app))
     finally:
         server.stop()
+
+
+def intake_of_class(env: Env, cls: type) -> object:
+    """``make_intake``'s MailIntake, as an instance of the subclass ``cls`` (fault injection)."""
+    from gateway.runner import make_intake
+
+    plain = make_intake(env.app)
+    return cls(
+        env.app.service,
+        sender_rate_per_hour=plain.sender_rate_per_hour,
+        refuse_dmarc_fail=plain.refuse_dmarc_fail,
+    )
+
+
+def smtp_up_to_data(sock: object, sender: str, rcpt: str) -> object:
+    """On a fresh raw SMTP connection: read the banner, HELO, MAIL, RCPT, DATA (each answered
+    2xx/3xx); return the socket's reader for the answers that follow."""
+    f = sock.makefile("rb")  # type: ignore[attr-defined]
+    assert f.readline().startswith(b"220")
+    for cmd in (
+        b"HELO client.example",
+        f"MAIL FROM:<{sender}>".encode(),
+        f"RCPT TO:<{rcpt}>".encode(),
+        b"DATA",
+    ):
+        sock.sendall(cmd + b"\r\n")  # type: ignore[attr-defined]
+        reply = f.readline()
+        assert reply[:1] in (b"2", b"3"), reply
+    return f
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.mail.parse import ParseLimits, parse_mail
 from gateway.mail.translate import TranslateContext, translate
-from gateway.service.commands import IntakeResult, ReceiveMail
+from gateway.service.commands import FailedMail, IntakeResult, ReceiveMail
 from store.db import is_storage_error
 
 log = logging.getLogger("ticketgate.smtp")
@@ -34,15 +34,7 @@ def _is_utf8(address: str) -> bool:
 class Intake(Protocol):
     def known_recipient(self, addr: str) -> str | None: ...
     def receive(self, cmd: ReceiveMail) -> IntakeResult: ...
-    def quarantine_failed(
-        self,
-        *,
-        raw: bytes,
-        envelope_from: str,
-        envelope_rcpts: list[str],
-        error: BaseException,
-        cmd: ReceiveMail | None = None,
-    ) -> IntakeResult: ...
+    def quarantine_failed(self, failed: FailedMail) -> IntakeResult: ...
 
 
 def parse_and_translate(
@@ -205,7 +197,7 @@ class IntakeHandler:
         log.error("mail from %r could not be processed; quarantined", sender, exc_info=error)
         try:
             result = self.intake.quarantine_failed(
-                raw=raw, envelope_from=sender, envelope_rcpts=rcpts, error=error, cmd=cmd
+                FailedMail(raw, sender, tuple(rcpts), error, cmd)
             )
         except Exception as e:
             if is_storage_error(e):

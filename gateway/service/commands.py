@@ -91,6 +91,17 @@ class ReceiveMail:
 
 
 @dataclass(frozen=True)
+class FailedMail:
+    """A mail whose parsing (``cmd`` None) or processing raised: what poison quarantine keeps."""
+
+    raw: bytes
+    envelope_from: str
+    envelope_rcpts: tuple[str, ...]
+    error: BaseException
+    cmd: ReceiveMail | None = None
+
+
+@dataclass(frozen=True)
 class CommandResult:
     command: str
     applied: bool

@@ -17,7 +17,7 @@ import queue
 import threading
 from concurrent.futures import Future
 
-from gateway.service.commands import IntakeResult, ReceiveMail
+from gateway.service.commands import FailedMail, IntakeResult, ReceiveMail
 from gateway.service.intake import MailIntake
 
 log = logging.getLogger("ticketgate.intake")
@@ -38,23 +38,9 @@ class GroupCommitIntake:
     def known_recipient(self, addr: str) -> str | None:
         return self.intake.known_recipient(addr)
 
-    def quarantine_failed(
-        self,
-        *,
-        raw: bytes,
-        envelope_from: str,
-        envelope_rcpts: list[str],
-        error: BaseException,
-        cmd: ReceiveMail | None = None,
-    ) -> IntakeResult:
+    def quarantine_failed(self, failed: FailedMail) -> IntakeResult:
         # Rare, and after a failure: its own transaction, outside the batches.
-        return self.intake.quarantine_failed(
-            raw=raw,
-            envelope_from=envelope_from,
-            envelope_rcpts=envelope_rcpts,
-            error=error,
-            cmd=cmd,
-        )
+        return self.intake.quarantine_failed(failed)
 
     def receive(self, cmd: ReceiveMail) -> IntakeResult:
         fut: Future[IntakeResult] = Future()

@@ -12,7 +12,13 @@ from gateway.domain.lifecycle import TERMINAL, Channel, Priority, Role, Status
 from gateway.domain.routing import Party, PartyKind, route
 from gateway.domain.subjects import find_ticket_refs
 from gateway.domain.tokens import token_from_address
-from gateway.service.commands import CommandResult, CommandSpec, IntakeResult, ReceiveMail
+from gateway.service.commands import (
+    CommandResult,
+    CommandSpec,
+    FailedMail,
+    IntakeResult,
+    ReceiveMail,
+)
 from gateway.service.errors import UserFacingError
 from gateway.service.tickets import TicketService, Unit
 from store import models as m
@@ -76,19 +82,12 @@ class MailIntake:
                 raise
             return IntakeResult("duplicate", f"duplicate of an accepted mail: {rec.rule}")
 
-    def quarantine_failed(
-        self,
-        *,
-        raw: bytes,
-        envelope_from: str,
-        envelope_rcpts: list[str],
-        error: BaseException,
-        cmd: ReceiveMail | None = None,
-    ) -> IntakeResult:
+    def quarantine_failed(self, failed: FailedMail) -> IntakeResult:
         """Poison mail: parsing or applying it raised (a bug, or input nobody foresaw). It is
         kept in quarantine with the error, in a transaction of its own, and accepted: a 451
         would have the MTA retry the same failure for days and then bounce it. A re-delivery
         is a duplicate of the quarantined record. Storage errors are not poison: they raise."""
+        raw, error, cmd = failed.raw, failed.error, failed.cmd
         sha = cmd.raw_sha256 if cmd is not None else hashlib.sha256(raw).hexdigest()
         key = cmd.dedupe_key if cmd is not None else "raw:" + sha
         error_text = f"{type(error).__name__}: {error}"[:500]
@@ -105,7 +104,7 @@ class MailIntake:
                 m.InboundMail(
                     dedupe_key=key,
                     message_id=cmd.message_id if cmd is not None else None,
-                    sender=(cmd.from_email if cmd is not None else None) or envelope_from,
+                    sender=(cmd.from_email if cmd is not None else None) or failed.envelope_from,
                     channel=(cmd.channel if cmd is not None else Channel.EMAIL).value,
                     outcome="quarantined",
                     rule=rule,
@@ -116,7 +115,7 @@ class MailIntake:
                         "kind": "processing_error",
                         "error": error_text,
                         "stage": "apply" if cmd is not None else "parse",
-                        "envelope_rcpts": list(envelope_rcpts),
+                        "envelope_rcpts": list(failed.envelope_rcpts),
                     },
                 )
             )

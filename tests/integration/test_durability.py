@@ -11,7 +11,7 @@ from sqlalchemy import func, select, text
 
 from store import models as m
 from store.db import read_session
-from tests.conftest import Env, Gateway, crlf, mail
+from tests.conftest import Env, Gateway, crlf, mail, smtp_up_to_data
 
 REQ = "frank@acme.example"
 IT = "it@acme.example"
@@ -62,17 +62,7 @@ def test_commits_are_durable(env: Env) -> None:
 def _drop_after_dot(port: int, raw: bytes, *, before_closing=lambda: None) -> None:  # type: ignore[no-untyped-def]
     """Send a whole transaction, then close the socket without reading the answer to "."."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        f = sock.makefile("rb")
-        assert f.readline().startswith(b"220")
-        for cmd in (
-            b"HELO client.example",
-            f"MAIL FROM:<{REQ}>".encode(),
-            f"RCPT TO:<{IT}>".encode(),
-            b"DATA",
-        ):
-            sock.sendall(cmd + b"\r\n")
-            reply = f.readline()
-            assert reply[:1] in (b"2", b"3"), reply
+        smtp_up_to_data(sock, REQ, IT)
         body = crlf(raw).replace(b"\r\n.", b"\r\n..")
         sock.sendall(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
         before_closing()

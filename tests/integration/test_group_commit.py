@@ -5,13 +5,13 @@ from __future__ import annotations
 from concurrent.futures import Future
 from email.message import EmailMessage
 
-from gateway.runner import make_handler, make_intake
+from gateway.runner import make_handler
 from gateway.service.commands import IntakeResult, ReceiveMail
 from gateway.service.group_commit import GroupCommitIntake
 from gateway.service.intake import MailIntake
 from gateway.service.tickets import Unit
 from gateway.service.views import Views
-from tests.conftest import Env, mail
+from tests.conftest import Env, intake_of_class, mail
 
 REQ = "frank@acme.example"
 IT = "it@acme.example"
@@ -44,12 +44,8 @@ def test_rolled_back_mail_leaves_no_cached_copy(env: Env) -> None:
     had added: she is no participant yet, so the hijack rule opens a new ticket for her. A is
     then retried alone and applies."""
     app = env.app
-    plain = make_intake(app)
-    intake = FailOnceAfterApplying(
-        app.service,
-        sender_rate_per_hour=plain.sender_rate_per_hour,
-        refuse_dmarc_fail=plain.refuse_dmarc_fail,
-    )
+    intake = intake_of_class(env, FailOnceAfterApplying)
+    assert isinstance(intake, FailOnceAfterApplying)
     handler = make_handler(app, intake)
     handler.close()  # only its parse limits and context are used here
     gc = GroupCommitIntake(intake)

@@ -7,26 +7,24 @@ parser or service raise: such input would be fixed), over real SMTP, on SQLite a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import smtplib
-from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
 
 from sqlalchemy import func, select
 
-from gateway.mail.smtp_server import IntakeHandler, SmtpIntakeServer
+from gateway.mail.smtp_server import IntakeHandler
 from gateway.mail.translate import TranslateContext
-from gateway.runner import make_handler, make_intake, make_worker
+from gateway.runner import make_handler, make_intake
 from gateway.service.commands import IntakeResult, ReceiveMail
 from gateway.service.group_commit import GroupCommitIntake
 from gateway.service.intake import MailIntake
 from gateway.service.tickets import Unit
 from store import models as m
-from tests.conftest import Env, Gateway, crlf, free_port, mail, run_cli
+from tests.conftest import Env, Gateway, crlf, intake_of_class, mail, run_cli, serving
 
 REQ = "frank@acme.example"
 IT = "it@acme.example"
@@ -40,22 +38,6 @@ class FailsOnPoison(MailIntake):
         if "POISON" in cmd.subject:
             raise ValueError("injected: the service cannot handle this mail")
         return result
-
-
-@contextlib.contextmanager
-def serving_handler(env: Env, handler: IntakeHandler) -> Iterator[Gateway]:
-    server = SmtpIntakeServer(
-        handler,
-        host="127.0.0.1",
-        port=(port := free_port()),
-        max_message_bytes=env.app.settings.smtp.max_message_bytes,
-        hostname=env.app.identity.domain,
-    )
-    server.start()
-    try:
-        yield Gateway(env, port, server, make_worker(env.app))
-    finally:
-        server.stop()
 
 
 def _count(env: Env, model: type) -> int:
@@ -81,18 +63,14 @@ def _send(gw: Gateway, msg: EmailMessage) -> tuple[int, str]:
 
 def test_mail_that_breaks_the_service_is_quarantined(env: Env) -> None:
     app = env.app
-    plain = make_intake(app)
-    intake = FailsOnPoison(
-        app.service,
-        sender_rate_per_hour=plain.sender_rate_per_hour,
-        refuse_dmarc_fail=plain.refuse_dmarc_fail,
-    )
-    base = make_handler(app, plain)
+    intake = intake_of_class(env, FailsOnPoison)
+    assert isinstance(intake, FailsOnPoison)
+    base = make_handler(app, make_intake(app))
     handler = IntakeHandler(
         GroupCommitIntake(intake), ctx=base.ctx, limits=base.limits, parse_processes=2
     )
     base.close()
-    with serving_handler(env, handler) as gw:
+    with serving(env, handler) as gw:
         poison = mail(REQ, [IT], "POISON pill", "this mail makes the service raise")
         assert isinstance(poison, EmailMessage)
         code, text = _send(gw, poison)
@@ -139,7 +117,7 @@ def test_mail_that_breaks_the_parser_is_quarantined(env: Env, tmp_path: Path) ->
     broken = TranslateContext(own_domains=None, loop_token=base.ctx.loop_token)  # type: ignore[arg-type]
     handler = IntakeHandler(base.intake, ctx=broken, limits=base.limits, parse_processes=1)
     base.pool.shutdown()  # its intake now belongs to `handler`, which closes it
-    with serving_handler(env, handler) as gw:
+    with serving(env, handler) as gw:
         msg = mail(REQ, [IT], "Unparseable", "the parser gives up on this one")
         assert isinstance(msg, EmailMessage)
         code, text = _send(gw, msg)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import itertools
 import os
 import re
 import signal
 import smtplib
 import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage
@@ -22,10 +20,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from gateway.mail.smtp_server import SmtpIntakeServer
-from gateway.runner import make_handler, make_intake, make_worker
 from store import models as m
-from tests.conftest import Database, Env, Gateway, free_port, mail, make_env, write_demo_org
+from tests.conftest import (
+    Database,
+    Gateway,
+    mail,
+    make_env,
+    serving,
+    smtp_up_to_data,
+    write_demo_org,
+)
 
 REQ = "frank@acme.example"
 IT = "it@acme.example"
@@ -72,23 +76,6 @@ def transact(client: smtplib.SMTP, sender: str, data: bytes) -> tuple[int, str]:
 
 def as_bytes(msg: EmailMessage) -> bytes:
     return msg.as_bytes(policy=policy.SMTP)
-
-
-@contextlib.contextmanager
-def running_gateway(env: Env) -> Iterator[Gateway]:
-    """What the `gateway` fixture does, for an installation the test configured itself."""
-    server = SmtpIntakeServer(
-        make_handler(env.app, make_intake(env.app)),
-        host="127.0.0.1",
-        port=(port := free_port()),
-        max_message_bytes=env.app.settings.smtp.max_message_bytes,
-        hostname=env.app.identity.domain,
-    )
-    server.start()
-    try:
-        yield Gateway(env, port, server, make_worker(env.app))
-    finally:
-        server.stop()
 
 
 # ---- hostile mail, generated ---------------------------------------------------------------------
@@ -466,7 +453,7 @@ def test_sender_rate_limit(database: Database, tmp_path: Path) -> None:
     env = make_env(database, tmp_path / "install", {"TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "5"})
     env.import_org(write_demo_org(tmp_path / "install"))
     try:
-        with running_gateway(env) as gw:
+        with serving(env) as gw:
             for i in range(5):
                 assert gw.send(mail(REQ, [IT], f"mail {i}", "x"), REQ, [IT])[0] == 250
                 env.clock.advance(minutes=5)
@@ -518,8 +505,6 @@ def test_dead_parser_process_is_451_then_replaced(gateway: Gateway) -> None:
 
 def test_parsing_in_process_when_configured(tmp_path: Path) -> None:
     """`smtp.parse_processes = 0` parses in the gateway's own threads."""
-    from tests.conftest import serving
-
     e = make_env(
         Database("sqlite", f"sqlite:///{tmp_path}/tg.db"),
         tmp_path / "install",
@@ -551,16 +536,7 @@ def test_smtp_smuggling_bare_lf_dot_does_not_end_data(gateway: Gateway) -> None:
             f"first part{end}{smuggled}"
         )
         with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
-            f = sock.makefile("rb")
-            assert f.readline().startswith(b"220")
-            for cmd in (
-                b"HELO client.example",
-                f"MAIL FROM:<{REQ}>".encode(),
-                f"RCPT TO:<{IT}>".encode(),
-                b"DATA",
-            ):
-                sock.sendall(cmd + b"\r\n")
-                assert f.readline()[:1] in (b"2", b"3")
+            f = smtp_up_to_data(sock, REQ, IT)
             sock.sendall(body.encode() + b"\r\n.\r\n")
             assert f.readline().startswith(b"250")
             sock.sendall(b"QUIT\r\n")
