@@ -364,6 +364,19 @@ class MailIntake:
         return IntakeResult("message", rule, f"TKT-{t.id}", commands=tuple(results))
 
     # ---- a new ticket ----------------------------------------------------------------------------
+    def _default_target(self, u: Unit, sender: m.Employee, linked: int | None) -> Party | None:
+        old = u.s.get(m.Ticket, linked) if linked is not None else None
+        if old is not None:
+            # A follow-up to a closed ticket written to its reply address goes where the old one went.
+            if old.assignment_type == "INDIVIDUAL" and old.to_employee_id is not None:
+                return Party(PartyKind.EMPLOYEE, old.to_employee_id, old.org_id)
+            return Party(PartyKind.DEPARTMENT, old.to_department_id, old.org_id)
+        if self.svc.options.default_department:
+            dd = u.d.department(self.svc.options.default_department)
+            if dd is not None and dd[0].org_id == sender.org_id:
+                return Party(PartyKind.DEPARTMENT, dd[0].id, dd[0].org_id)
+        return None
+
     def _raise(
         self,
         u: Unit,
@@ -400,19 +413,11 @@ class MailIntake:
         to = resolve(cmd.to)
         cc = resolve(cmd.cc)
         env_only = resolve(tuple(a for a in cmd.envelope_rcpts if a.lower() not in visible))
-        default = None
-        old = u.s.get(m.Ticket, linked) if linked is not None else None
-        if old is not None:
-            # A follow-up to a closed ticket written to its reply address goes where the old one went.
-            if old.assignment_type == "INDIVIDUAL" and old.to_employee_id is not None:
-                default = Party(PartyKind.EMPLOYEE, old.to_employee_id, old.org_id)
-            else:
-                default = Party(PartyKind.DEPARTMENT, old.to_department_id, old.org_id)
-        elif self.svc.options.default_department:
-            dd = u.d.department(self.svc.options.default_department)
-            if dd is not None and dd[0].org_id == sender.org_id:
-                default = Party(PartyKind.DEPARTMENT, dd[0].id, dd[0].org_id)
-        routing = route(to=to, cc=cc, envelope_only=env_only, default=default, sender=me)
+        routing = route(to=to, cc=cc, envelope_only=env_only, default=None, sender=me)
+        if routing.target is None:
+            # Only now look up the fallback target (SPEC §2.2, last rule).
+            default = self._default_target(u, sender, linked)
+            routing = route(to=to, cc=cc, envelope_only=env_only, default=default, sender=me)
         if routing.target is None:
             return IntakeResult(
                 "refused",

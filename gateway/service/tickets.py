@@ -67,6 +67,7 @@ class Unit:
         self.s = session
         self.d = Directory(session)
         self.now = svc.clock.now()
+        self._stored_blobs: set[str] = set()
         self.notify = Notifier(
             session,
             identity=svc.identity,
@@ -119,9 +120,12 @@ class Unit:
         """Content-addressed: one statement, a no-op when the bytes are already stored.
 
         (Not the ORM: a look-up, an object and a flush for every attachment and raw mail was a
-        tenth of the intake writer's time.) No cache of what was stored: a SAVEPOINT rolled
-        back in a group-commit batch takes its blobs with it."""
+        tenth of the intake writer's time.) What this unit stored is remembered until a
+        SAVEPOINT rollback (`forget_cached`), which takes the blobs with it."""
+        if sha in self._stored_blobs:
+            return
         self.s.connection().execute(self._blob_insert.values(sha256=sha, size=len(data), data=data))
+        self._stored_blobs.add(sha)
 
     @property
     def _blob_insert(self) -> Any:
@@ -194,6 +198,7 @@ class Unit:
         """After a SAVEPOINT rollback: what the caches learnt inside it may no longer exist."""
         self.d.forget_all()
         self.notify.forget_all()
+        self._stored_blobs.clear()
 
     # ---- raising ----------------------------------------------------------------------------
     def raise_ticket(
