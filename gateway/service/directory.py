@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -11,6 +12,8 @@ from sqlalchemy.orm import Session
 from gateway.domain.lifecycle import AssignmentType, Role
 from gateway.domain.routing import Party, PartyKind
 from store import models as m
+
+_Row = TypeVar("_Row", bound=m.Base)
 
 
 def split_subaddress(addr: str) -> tuple[str, str]:
@@ -58,6 +61,12 @@ class Directory:
         # department's top level and the same ticket's copies over and over.
         self._top: dict[int, int | None] = {}
         self._copies: dict[int, list[m.TicketCopy]] = {}
+        # The session's identity map holds objects weakly: an organization or department looked
+        # up for one mail is gone by the next, and `Session.get` asks the database again.
+        # Organization rows are kept for the unit (a group-commit batch), strongly.
+        self._held: dict[tuple[type, int], object] = {}
+        # Address look-ups of this unit (employees, departments), for the same reason.
+        self._by_address: dict[tuple[str, str], object] = {}
 
     def copies(self, ticket_id: int) -> list[m.TicketCopy]:
         if ticket_id not in self._copies:
@@ -77,6 +86,14 @@ class Directory:
             return [c for c in copies if c.id <= ticket.copies_upto]
         return copies
 
+    def get(self, model: type[_Row], ident: int) -> _Row | None:
+        """``Session.get`` for organization rows (departments, categories, organizations),
+        held for the rest of the unit."""
+        key = (model, ident)
+        if key not in self._held:
+            self._held[key] = self.s.get(model, ident)
+        return self._held[key]  # type: ignore[return-value]
+
     def new_ticket(self, ticket_id: int) -> None:
         """A ticket created in this unit has no copies yet: no need to ask the database."""
         self._copies[ticket_id] = []
@@ -84,12 +101,19 @@ class Directory:
     def forget_all(self) -> None:
         self._top.clear()
         self._copies.clear()
+        self._held.clear()
+        self._by_address.clear()
 
     def employee(self, addr: str) -> m.Employee | None:
         a = addr.strip().lower()
-        return self.s.scalars(
-            select(m.Employee).where(or_(m.Employee.email == a, m.Employee.gateway_address == a))
-        ).first()
+        key = ("employee", a)
+        if key not in self._by_address:
+            self._by_address[key] = self.s.scalars(
+                select(m.Employee).where(
+                    or_(m.Employee.email == a, m.Employee.gateway_address == a)
+                )
+            ).first()
+        return self._by_address[key]  # type: ignore[return-value]
 
     def employee_by_id(self, emp_id: int) -> m.Employee:
         e = self.s.get(m.Employee, emp_id)
@@ -98,6 +122,12 @@ class Directory:
 
     def department(self, addr: str) -> tuple[m.Department, str] | None:
         a = addr.strip().lower()
+        key = ("department", a)
+        if key not in self._by_address:
+            self._by_address[key] = self._department(a)
+        return self._by_address[key]  # type: ignore[return-value]
+
+    def _department(self, a: str) -> tuple[m.Department, str] | None:
         d = self.s.scalars(select(m.Department).where(m.Department.address == a)).first()
         if d is not None:
             return d, ""

@@ -195,7 +195,7 @@ class MailIntake:
                 code=550,
                 text=f"5.7.1 {cmd.from_email} is {why} of an organization served here",
             )
-        org = u.s.get(m.Organization, sender.org_id)
+        org = u.d.get(m.Organization, sender.org_id)
         assert org is not None
         sender_domain = cmd.from_email.rsplit("@", 1)[-1]
         if (

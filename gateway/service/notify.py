@@ -175,7 +175,7 @@ class Notifier:
     def target_label(self, ticket: m.Ticket | TicketAt) -> str:
         if ticket.assignment_type == AssignmentType.INDIVIDUAL.value and ticket.to_employee_id:
             return self.d.employee_by_id(ticket.to_employee_id).name
-        dep = self.s.get(m.Department, ticket.to_department_id)
+        dep = self.d.get(m.Department, ticket.to_department_id)
         return dep.name if dep else ""
 
     def _allow_automatic(self, ticket_id: int, addresses: list[str]) -> set[str]:

@@ -111,6 +111,8 @@ class OutboxService:
                     raise
                 except Exception as e:
                     log.exception("outbox event %s: cannot fan out", ev.id)
+                    # Its SAVEPOINT was rolled back: forget what the look-ups learnt inside it.
+                    d.forget_all()
                     ev.state = "failed"
                     ev.last_error = f"{type(e).__name__}: {e}"[:2000]
                 ev.done_at = done_at

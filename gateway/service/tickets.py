@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -225,14 +224,14 @@ class Unit:
         if target.org_id != requester.org_id:
             raise ActionRefused("the target belongs to another organization")
         if target.kind is PartyKind.DEPARTMENT:
-            dep = self.s.get(m.Department, target.id)
+            dep = self.d.get(m.Department, target.id)
             assert dep is not None
             assignment, to_emp = AssignmentType.DEPARTMENT, None
         else:
             to_emp = self.d.employee_by_id(target.id)
             if not to_emp.active:
                 raise ActionRefused(f"{to_emp.email} is deactivated")
-            dep = self.s.get(m.Department, to_emp.department_id)
+            dep = self.d.get(m.Department, to_emp.department_id)
             assert dep is not None
             assignment = AssignmentType.INDIVIDUAL
         cat, sub = self.d.category(requester.org_id, category) if category else (None, None)
@@ -241,11 +240,11 @@ class Unit:
         if cat is None and sub_address:
             cat, sub = self.d.category(requester.org_id, sub_address)
         if cat is None and dep.default_category_id:
-            cat = self.s.get(m.Category, dep.default_category_id)
+            cat = self.d.get(m.Category, dep.default_category_id)
         prio = (priority or Priority.NORMAL.value).lower()
         if prio not in {p.value for p in Priority}:
             raise UserFacingError(f"unknown priority {priority!r} (low, normal, high, urgent)")
-        req_dep = self.s.get(m.Department, requester.department_id)
+        req_dep = self.d.get(m.Department, requester.department_id)
         assert req_dep is not None
         t = m.Ticket(
             org_id=requester.org_id,
@@ -396,9 +395,8 @@ class Unit:
 
     def _state(self, t: m.Ticket) -> tuple[object, ...]:
         """What an action can change on a ticket (besides messages), to tell a change from a no-op."""
-        copies = self.s.scalar(
-            select(func.count()).select_from(m.TicketCopy).where(m.TicketCopy.ticket_id == t.id)
-        )
+        # The unit's copies of the ticket: loaded once, kept current by `add_copy`.
+        copies = len(self.d.copies(t.id))
         return (
             t.status,
             t.owner_id,
