@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # appended: a tree named in PYTHONPATH (another commit) comes first
 
 from aiosmtpd.controller import Controller
 
