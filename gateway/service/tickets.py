@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,13 @@ def parse_ref(ref: str) -> int:
     if not mt:
         raise NotFound(f"not a ticket reference: {ref!r} (expected TKT-<n>)")
     return int(mt.group(1))
+
+
+@functools.cache
+def _blob_insert(dialect: str) -> Any:
+    """`INSERT INTO blobs … ON CONFLICT (sha256) DO NOTHING` in the dialect's own spelling."""
+    ins = pg_insert if dialect == "postgresql" else sqlite_insert
+    return ins(m.Blob).on_conflict_do_nothing(index_elements=[m.Blob.sha256])
 
 
 @dataclass(frozen=True)
@@ -123,14 +131,9 @@ class Unit:
         SAVEPOINT rollback (`forget_cached`), which takes the blobs with it."""
         if sha in self._stored_blobs:
             return
-        self.s.connection().execute(self._blob_insert.values(sha256=sha, size=len(data), data=data))
+        stmt = _blob_insert(self.s.get_bind().dialect.name)
+        self.s.connection().execute(stmt.values(sha256=sha, size=len(data), data=data))
         self._stored_blobs.add(sha)
-
-    @property
-    def _blob_insert(self) -> Any:
-        name = self.s.get_bind().dialect.name
-        ins = pg_insert if name == "postgresql" else sqlite_insert
-        return ins(m.Blob).on_conflict_do_nothing(index_elements=[m.Blob.sha256])
 
     def add_message(
         self,
