@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, select
 
 from store import models as m
@@ -99,7 +100,9 @@ class Installation:
 
 
 @contextlib.contextmanager
-def installation(database: Database, tmp_path: Path) -> Iterator[Installation]:
+def installation(
+    database: Database, tmp_path: Path, extra: dict[str, str] | None = None
+) -> Iterator[Installation]:
     folder = tmp_path / "install"
     folder.mkdir()
     smtp_port = free_port()
@@ -117,6 +120,7 @@ def installation(database: Database, tmp_path: Path) -> Iterator[Installation]:
         "TICKETGATE__MAIL__SECRET": "kill9-secret-0123456789abcdef",
         "TICKETGATE__OUTBOUND__TRANSPORT": "maildir",
         "TICKETGATE__OUTBOUND__MAILDIR": str(folder / "outbox"),
+        **(extra or {}),
     }
     inst = Installation(folder, env, smtp_port)
     r = inst.cli("init", "--demo")
@@ -141,13 +145,16 @@ def message(i: int) -> tuple[str, str, bytes]:
 class Client(threading.Thread):
     """Sends the stream; a mail counts as delivered only on 250, anything else is retried."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(
+        self, port: int, mails: range = range(TOTAL), deadline_s: float = DEADLINE
+    ) -> None:
         super().__init__(name="mail-client", daemon=True)
         self.port = port
+        self.mails = mails
         self.acked: set[int] = set()
         self.refused: dict[int, str] = {}
         self.retries = 0
-        self.deadline = time.monotonic() + DEADLINE
+        self.deadline = time.monotonic() + deadline_s
         self.lock = threading.Lock()
 
     def acked_count(self) -> int:
@@ -155,7 +162,7 @@ class Client(threading.Thread):
             return len(self.acked)
 
     def run(self) -> None:
-        pending = list(range(TOTAL))
+        pending = list(self.mails)
         smtp: smtplib.SMTP | None = None
         while pending and time.monotonic() < self.deadline:
             i = pending[0]
@@ -213,30 +220,81 @@ def test_kill9_mid_stream_loses_and_duplicates_nothing(database: Database, tmp_p
         assert client.acked == set(range(TOTAL))
         assert client.retries > 0, "the kill did not interrupt the stream"
 
-        engine = create_engine(database.url)
-        try:
-            with engine.connect() as c:
-                roots = Counter(
-                    c.scalars(
-                        select(m.Ticket.root_message_id).where(
-                            m.Ticket.root_message_id.like("kill9-%")
-                        )
-                    )
-                )
-                records = Counter(
-                    c.scalars(
-                        select(m.InboundMail.message_id).where(
-                            m.InboundMail.message_id.like("kill9-%")
-                        )
-                    )
-                )
-        finally:
-            engine.dispose()
-        expected = {f"kill9-{i}@client.example" for i in range(TOTAL)}
-        assert set(roots) == expected and set(records) == expected
-        assert [mid for mid, n in roots.items() if n != 1] == []
-        assert [mid for mid, n in records.items() if n != 1] == []
+        roots = assert_stored_once(database, TOTAL)
         print(
             f"\nkill -9 after {acked_at_kill} acknowledgements; {client.retries} retries; "
             f"{sum(roots.values())} tickets"
+        )
+
+
+def assert_stored_once(database: Database, total: int) -> Counter[str]:
+    """Every Message-ID of the stream is one ticket and one processing record."""
+    engine = create_engine(database.url)
+    try:
+        with engine.connect() as c:
+            roots = Counter(
+                c.scalars(
+                    select(m.Ticket.root_message_id).where(m.Ticket.root_message_id.like("kill9-%"))
+                )
+            )
+            records = Counter(
+                c.scalars(
+                    select(m.InboundMail.message_id).where(m.InboundMail.message_id.like("kill9-%"))
+                )
+            )
+            events = Counter(
+                (t, k) for t, k in c.execute(select(m.OutboxEvent.ticket_id, m.OutboxEvent.kind))
+            )
+    finally:
+        engine.dispose()
+    expected = {f"kill9-{i}@client.example" for i in range(total)}
+    assert set(roots) == expected and set(records) == expected
+    assert [mid for mid, n in roots.items() if n != 1] == []
+    assert [mid for mid, n in records.items() if n != 1] == []
+    # Each ticket's acknowledgement and notice were queued exactly once, with the ticket.
+    assert {k for k in events} == {(t, k) for t, _ in events for k in ("ack", "new_ticket")}
+    assert [key for key, n in events.items() if n != 1] == []
+    assert len({t for t, _ in events}) == total
+    return roots
+
+
+@pytest.mark.faults
+def test_kill9_three_times_under_concurrent_load(database: Database, tmp_path: Path) -> None:
+    """The long run (`make test-faults`): 1,000 mails over 8 concurrent retrying clients (so
+    the group-commit writer works in batches and parser processes are busy), the whole process
+    group killed with SIGKILL three times at different points, restarted each time: every
+    Message-ID is stored exactly once, and its notification events once."""
+    total, clients, kills = 1000, 8, (150, 450, 750)
+    # 125 mails from each of 8 senders within minutes: above the default flood guard (120 an
+    # hour), which would rightly quarantine the last ones.
+    extra = {"TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "100000"}
+    with installation(database, tmp_path, extra) as inst:
+        inst.start()
+        senders = [
+            Client(inst.smtp_port, range(i, total, clients), deadline_s=600) for i in range(clients)
+        ]
+        for c in senders:
+            c.start()
+
+        def acked() -> int:
+            return sum(c.acked_count() for c in senders)
+
+        deadline = time.monotonic() + 600
+        for threshold in kills:
+            while acked() < threshold:
+                assert any(c.is_alive() for c in senders) and time.monotonic() < deadline, (
+                    f"stream stalled at {acked()} before the kill at {threshold}"
+                )
+                time.sleep(0.005)
+            inst.kill9()
+            inst.start()
+        for c in senders:
+            c.join(max(1.0, deadline - time.monotonic()))
+        assert not any(c.is_alive() for c in senders), f"clients did not finish: {acked()} acked"
+        assert all(c.refused == {} for c in senders)
+        assert set().union(*(c.acked for c in senders)) == set(range(total))
+        assert sum(c.retries for c in senders) > 0
+        roots = assert_stored_once(database, total)
+        print(
+            f"\n3 kills; {sum(c.retries for c in senders)} retries; {sum(roots.values())} tickets"
         )
