@@ -12,8 +12,8 @@ from typing import Protocol
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.mail.parse import ParseLimits, parse_mail
-from gateway.mail.translate import TranslateContext, translate
+from gateway.mail.parse import ParseLimits
+from gateway.mail.translate import TranslateContext, parse_and_translate
 from gateway.service.commands import FailedMail, IntakeResult, ReceiveMail
 from store.db import is_storage_error
 
@@ -35,14 +35,6 @@ class Intake(Protocol):
     def known_recipient(self, addr: str) -> str | None: ...
     def receive(self, cmd: ReceiveMail) -> IntakeResult: ...
     def quarantine_failed(self, failed: FailedMail) -> IntakeResult: ...
-
-
-def parse_and_translate(
-    raw: bytes, sender: str, rcpts: list[str], limits: ParseLimits, ctx: TranslateContext
-) -> ReceiveMail:
-    """Bytes and envelope → the service's command. Pure: runs in a parser process or in-thread."""
-    mail = parse_mail(raw, limits=limits)
-    return translate(mail, envelope_from=sender, envelope_rcpts=rcpts, ctx=ctx)
 
 
 def _answer(result: IntakeResult) -> IntakeResult:
@@ -90,7 +82,7 @@ class IntakeHandler:
             return None
         ctx = multiprocessing.get_context("forkserver")
         # The fork server imports the parser once; each parser process forks from it ready.
-        ctx.set_forkserver_preload([__name__])
+        ctx.set_forkserver_preload(["gateway.mail.translate"])
         return ProcessPoolExecutor(self.parse_processes, mp_context=ctx)
 
     async def handle_MAIL(

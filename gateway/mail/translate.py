@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from gateway.domain.lifecycle import Channel
 from gateway.mail.commands import split_commands
-from gateway.mail.parse import InboundMail
+from gateway.mail.parse import InboundMail, ParseLimits, parse_mail
 from gateway.mail.rules import RuleContext, classify, suppresses_auto_reply
 from gateway.service.commands import AttachmentData, CommandSpec, Quarantine, ReceiveMail
 
@@ -113,3 +113,12 @@ def translate(
         device=device_details(mail, ctx.trusted_authserv_ids),
         defects=mail.defects,
     )
+
+
+def parse_and_translate(
+    raw: bytes, sender: str, rcpts: Sequence[str], limits: ParseLimits, ctx: TranslateContext
+) -> ReceiveMail:
+    """Raw bytes and envelope → the service's command; what every mail channel does first.
+    Pure (no I/O): it runs in a parser process or in the caller's thread."""
+    mail = parse_mail(raw, limits=limits)
+    return translate(mail, envelope_from=sender, envelope_rcpts=list(rcpts), ctx=ctx)

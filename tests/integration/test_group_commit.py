@@ -52,7 +52,7 @@ def test_rolled_back_mail_leaves_no_cached_copy(env: Env) -> None:
     try:
 
         def cmd(msg: EmailMessage, sender: str, rcpts: list[str]) -> ReceiveMail:
-            from gateway.mail.smtp_server import parse_and_translate
+            from gateway.mail.translate import parse_and_translate
 
             return parse_and_translate(msg.as_bytes(), sender, rcpts, handler.limits, handler.ctx)
 
