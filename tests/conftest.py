@@ -89,13 +89,9 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 def sqlite_gateway(tmp_path: Path) -> Iterator[Gateway]:
     """The demo installation on SQLite only, served over SMTP: for tests about SQLite itself
     (its file made unreachable) or too long to repeat on every backend (the whole corpus)."""
-    e = make_env(Database("sqlite", f"sqlite:///{tmp_path}/tg.db"), tmp_path / "install")
-    e.import_org(write_demo_org(tmp_path / "install"))
-    try:
-        with serving(e) as gw:
-            yield gw
-    finally:
-        e.app.close()
+    db = Database("sqlite", f"sqlite:///{tmp_path}/tg.db")
+    with demo_env(db, tmp_path / "install") as e, serving(e) as gw:
+        yield gw
 
 
 def write_demo_org(folder: Path) -> Path:
@@ -144,15 +140,22 @@ def make_env(db: Database, folder: Path, extra: dict[str, str] | None = None) ->
     return Env(folder, env, app, clock)
 
 
-@pytest.fixture
-def env(database: Database, tmp_path: Path) -> Iterator[Env]:
-    """The demo organisation on a migrated database, with a test clock."""
-    e = make_env(database, tmp_path / "install")
-    e.import_org(write_demo_org(tmp_path / "install"))
+@contextmanager
+def demo_env(db: Database, folder: Path, extra: dict[str, str] | None = None) -> Iterator[Env]:
+    """`make_env` with the demo organisation imported; the app is closed afterwards."""
+    e = make_env(db, folder, extra)
     try:
+        e.import_org(write_demo_org(folder))
         yield e
     finally:
         e.app.close()
+
+
+@pytest.fixture
+def env(database: Database, tmp_path: Path) -> Iterator[Env]:
+    """The demo organisation on a migrated database, with a test clock."""
+    with demo_env(database, tmp_path / "install") as e:
+        yield e
 
 
 def run_cli(

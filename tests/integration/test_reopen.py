@@ -158,24 +158,18 @@ def test_loop_breaker_caps_automatic_mail_per_address_and_day(
 def test_loop_breaker_hourly_cap_is_configurable(database: Database, tmp_path: Path) -> None:
     """`mail.auto_mail_per_ticket_hour = 3`: the ack and two refusals reach the requester within
     the hour, the rest of the refusals do not; every message is still stored."""
-    from tests.conftest import serving
+    from tests.conftest import demo_env, serving
 
-    env = make_env(
-        database, tmp_path / "install", {"TICKETGATE__MAIL__AUTO_MAIL_PER_TICKET_HOUR": "3"}
-    )
-    try:
-        env.import_org(write_demo_org(tmp_path / "install"))
+    extra = {"TICKETGATE__MAIL__AUTO_MAIL_PER_TICKET_HOUR": "3"}
+    with demo_env(database, tmp_path / "install", extra) as env, serving(env) as gw:
         assert env.app.settings.mail.auto_mail_per_ticket_hour == 3
-        with serving(env) as gw:
-            assert gw.send(mail(REQ, [IT], "Mouse", "It squeaks."), REQ, [IT])[0] == 250
-            ref = gw.tickets()[-1]["ref"]
-            out = gw.deliver()
-            ack = next(x for x in out if rcpt(x) == REQ)
-            for i in range(5):
-                env.clock.advance(minutes=1)
-                reply_to(gw, REQ, ack, f"#deliver\nplease, attempt {i}")
-            assert len(gw.ticket(ref)["messages"]) == 6
-            later = gw.deliver()[len(out) :]
-            assert len([x for x in later if rcpt(x) == REQ]) == 2  # 3 with the ack
-    finally:
-        env.app.close()
+        assert gw.send(mail(REQ, [IT], "Mouse", "It squeaks."), REQ, [IT])[0] == 250
+        ref = gw.tickets()[-1]["ref"]
+        out = gw.deliver()
+        ack = next(x for x in out if rcpt(x) == REQ)
+        for i in range(5):
+            env.clock.advance(minutes=1)
+            reply_to(gw, REQ, ack, f"#deliver\nplease, attempt {i}")
+        assert len(gw.ticket(ref)["messages"]) == 6
+        later = gw.deliver()[len(out) :]
+        assert len([x for x in later if rcpt(x) == REQ]) == 2  # 3 with the ack

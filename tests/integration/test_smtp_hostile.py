@@ -24,11 +24,10 @@ from store import models as m
 from tests.conftest import (
     Database,
     Gateway,
+    demo_env,
     mail,
-    make_env,
     serving,
     smtp_up_to_data,
-    write_demo_org,
 )
 
 REQ = "frank@acme.example"
@@ -450,23 +449,19 @@ def test_own_mail_coming_back_is_quarantined(gateway: Gateway) -> None:
 def test_sender_rate_limit(database: Database, tmp_path: Path) -> None:
     """With 5 mails an hour allowed, the 6th from one sender is quarantined (rate limit), not a
     ticket; an hour later the sender gets tickets again."""
-    env = make_env(database, tmp_path / "install", {"TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "5"})
-    env.import_org(write_demo_org(tmp_path / "install"))
-    try:
-        with serving(env) as gw:
-            for i in range(5):
-                assert gw.send(mail(REQ, [IT], f"mail {i}", "x"), REQ, [IT])[0] == 250
-                env.clock.advance(minutes=5)
-            assert count(gw, m.Ticket) == 5
-            assert gw.send(mail(REQ, [IT], "mail 6", "x"), REQ, [IT])[0] == 250
-            rec = last_record(gw)
-            assert rec.outcome == "quarantined" and "rate limit" in rec.rule, rec.rule
-            assert count(gw, m.Ticket) == 5
-            env.clock.advance(hours=1)
-            assert gw.send(mail(REQ, [IT], "mail 7", "x"), REQ, [IT])[0] == 250
-            assert last_record(gw).outcome == "ticket"
-    finally:
-        env.app.close()
+    extra = {"TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "5"}
+    with demo_env(database, tmp_path / "install", extra) as env, serving(env) as gw:
+        for i in range(5):
+            assert gw.send(mail(REQ, [IT], f"mail {i}", "x"), REQ, [IT])[0] == 250
+            env.clock.advance(minutes=5)
+        assert count(gw, m.Ticket) == 5
+        assert gw.send(mail(REQ, [IT], "mail 6", "x"), REQ, [IT])[0] == 250
+        rec = last_record(gw)
+        assert rec.outcome == "quarantined" and "rate limit" in rec.rule, rec.rule
+        assert count(gw, m.Ticket) == 5
+        env.clock.advance(hours=1)
+        assert gw.send(mail(REQ, [IT], "mail 7", "x"), REQ, [IT])[0] == 250
+        assert last_record(gw).outcome == "ticket"
 
 
 def _parser_pids(gw: Gateway) -> list[int]:
@@ -505,19 +500,12 @@ def test_dead_parser_process_is_451_then_replaced(gateway: Gateway) -> None:
 
 def test_parsing_in_process_when_configured(tmp_path: Path) -> None:
     """`smtp.parse_processes = 0` parses in the gateway's own threads."""
-    e = make_env(
-        Database("sqlite", f"sqlite:///{tmp_path}/tg.db"),
-        tmp_path / "install",
-        {"TICKETGATE__SMTP__PARSE_PROCESSES": "0"},
-    )
-    e.import_org(write_demo_org(tmp_path / "install"))
-    try:
-        with serving(e) as gw:
-            assert gw.server.handler.parsers is None  # type: ignore[attr-defined]
-            assert gw.send(mail(REQ, [IT], "In process", "body"), REQ, [IT])[0] == 250
-            assert [t["subject"] for t in gw.tickets()] == ["In process"]
-    finally:
-        e.app.close()
+    db = Database("sqlite", f"sqlite:///{tmp_path}/tg.db")
+    extra = {"TICKETGATE__SMTP__PARSE_PROCESSES": "0"}
+    with demo_env(db, tmp_path / "install", extra) as e, serving(e) as gw:
+        assert gw.server.handler.parsers is None  # type: ignore[attr-defined]
+        assert gw.send(mail(REQ, [IT], "In process", "body"), REQ, [IT])[0] == 250
+        assert [t["subject"] for t in gw.tickets()] == ["In process"]
 
 
 def test_smtp_smuggling_bare_lf_dot_does_not_end_data(gateway: Gateway) -> None:

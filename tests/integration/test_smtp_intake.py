@@ -164,19 +164,17 @@ def test_auto_reply_and_bounce_quarantined(gateway: Gateway) -> None:
 @pytest.fixture
 def trusting_gateway(env, tmp_path):  # type: ignore[no-untyped-def]
     """A second installation on the same database that trusts `mx.acme.example`'s A-R."""
-    from tests.conftest import Database, make_env, serving, write_demo_org
+    from tests.conftest import Database, demo_env, serving
 
-    env2 = make_env(
-        Database("x", env.app.settings.database.url),
-        tmp_path / "trusting",
-        {"TICKETGATE__MAIL__TRUSTED_AUTHSERV_IDS": "mx.acme.example"},
-    )
-    env2.import_org(write_demo_org(tmp_path / "trusting"))
-    try:
-        with serving(env2) as gw:
-            yield gw
-    finally:
-        env2.app.close()
+    with (
+        demo_env(
+            Database("x", env.app.settings.database.url),
+            tmp_path / "trusting",
+            {"TICKETGATE__MAIL__TRUSTED_AUTHSERV_IDS": "mx.acme.example"},
+        ) as env2,
+        serving(env2) as gw,
+    ):
+        yield gw
 
 
 def test_dmarc_fail_from_own_domain_refused(trusting_gateway: Gateway) -> None:
