@@ -147,7 +147,8 @@ class Ticket(Base):
     status: Mapped[str] = mapped_column(String(32), default=Status.RAISED.value, index=True)
     escalation_level: Mapped[int] = mapped_column(Integer, default=0)
     linked_ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
-    root_message_id: Mapped[str | None] = mapped_column(String(998))
+    # threading rule 2 looks a Message-ID up here: indexed so a reply costs O(1), not a scan
+    root_message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     closed_at: Mapped[datetime | None]
@@ -239,6 +240,9 @@ class InboundMail(Base):
     """The processing record of every inbound mail (SPEC §2.3), and its dedupe key."""
 
     __tablename__ = "inbound_mail"
+    # the per-sender rate limit counts one sender's mails of the last hour: without the pair
+    # the count walked every mail of that hour (the intake profile's costliest statement)
+    __table_args__ = (Index("ix_inbound_mail_sender_at", "sender", "at"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     dedupe_key: Mapped[str] = mapped_column(String(128), unique=True)
     message_id: Mapped[str | None] = mapped_column(String(998), index=True)
