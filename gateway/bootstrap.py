@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config import ConfigError, Settings
 from gateway.domain.tokens import ReplyTokens
 from gateway.service.clock import Clock, SystemClock
+from gateway.service.intake import MailIntake
 from gateway.service.notify import MailIdentity
 from gateway.service.tickets import ServiceOptions, TicketService
 from store import models as m
@@ -79,3 +80,11 @@ def build(settings: Settings, *, clock: Clock | None = None, need_secret: bool =
         ),
     )
     return App(settings, engine, sessions, service, tokens, identity)
+
+
+def make_intake(app: App) -> MailIntake:
+    return MailIntake(
+        app.service,
+        sender_rate_per_hour=app.settings.smtp.sender_rate_per_hour,
+        refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
+    )

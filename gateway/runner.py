@@ -12,8 +12,9 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from gateway.bootstrap import App, build
+from gateway.bootstrap import App, build, make_intake
 from gateway.config import Settings
+from gateway.intake_writer import IntakeWriterProcess
 from gateway.mail.delivery import MaildirTransport, SmtpRelayTransport, Transport
 from gateway.mail.delivery_worker import DeliveryWorker
 from gateway.mail.outbound import Renderer, templates_dir
@@ -44,18 +45,13 @@ def make_transport(settings: Settings) -> Transport:
     raise ValueError(f"outbound.transport: unknown transport {o.transport!r} (smtp or maildir)")
 
 
-def make_intake(app: App) -> MailIntake:
-    return MailIntake(
-        app.service,
-        sender_rate_per_hour=app.settings.smtp.sender_rate_per_hour,
-        refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
-    )
-
-
-def make_handler(app: App, intake: MailIntake) -> IntakeHandler:
+def make_handler(app: App, intake: MailIntake, *, writer_process: bool = False) -> IntakeHandler:
     s = app.settings.smtp
+    front: GroupCommitIntake | IntakeWriterProcess = (
+        IntakeWriterProcess(app.settings, intake) if writer_process else GroupCommitIntake(intake)
+    )
     return IntakeHandler(
-        GroupCommitIntake(intake),
+        front,
         ctx=TranslateContext(
             own_domains=frozenset({app.identity.domain}),
             loop_token=app.identity.loop_token,
@@ -146,7 +142,7 @@ def run(settings: Settings) -> int:
         if settings.smtp.enabled:
             intake = make_intake(app)
             server = SmtpIntakeServer(
-                make_handler(app, intake),
+                make_handler(app, intake, writer_process=settings.smtp.writer_process),
                 host=settings.smtp.host,
                 port=settings.smtp.port,
                 max_message_bytes=settings.smtp.max_message_bytes,

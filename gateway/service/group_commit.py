@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 
 from gateway.service.commands import FailedMail, IntakeResult, ReceiveMail
@@ -28,9 +29,17 @@ _STOP = object()
 class GroupCommitIntake:
     """Same interface as `MailIntake.receive`, batched through one writer thread."""
 
-    def __init__(self, intake: MailIntake, *, max_batch: int = 64) -> None:
+    def __init__(
+        self, intake: MailIntake, *, max_batch: int = 64, max_batch_ms: float = 10.0
+    ) -> None:
         self.intake = intake
         self.max_batch = max_batch
+        # A batch holds about this much work. Every session of a batch is answered at once,
+        # and with no cap all sessions came back at once too, the writer idle in between
+        # (8 sessions in lockstep): a smaller batch keeps the others' mails coming while this
+        # one is written, and bounds how long a session waits for other sessions' mails.
+        self.max_batch_seconds = max_batch_ms / 1000
+        self._per_mail = 0.001  # seconds per mail, a moving average of the batches written
         self._q: queue.Queue[object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="intake-writer", daemon=True)
         self._thread.start()
@@ -43,21 +52,28 @@ class GroupCommitIntake:
         return self.intake.quarantine_failed(failed)
 
     def receive(self, cmd: ReceiveMail) -> IntakeResult:
+        return self.submit(cmd).result()
+
+    def submit(self, cmd: ReceiveMail) -> Future[IntakeResult]:
+        """Queue one mail; the future is resolved after the commit of its batch."""
         fut: Future[IntakeResult] = Future()
         self._q.put((cmd, fut))
-        return fut.result()
+        return fut
 
     def close(self) -> None:
         self._q.put(_STOP)
         self._thread.join(timeout=30)
 
     def _take_batch(self) -> tuple[list[tuple[ReceiveMail, Future[IntakeResult]]], bool]:
+        """The next batch: the oldest mail and what else is waiting, up to the size that the
+        time budget allows at the writer's recent pace (at least one mail)."""
         first = self._q.get()
         if first is _STOP:
             return [], True
+        cap = max(1, min(self.max_batch, int(self.max_batch_seconds / self._per_mail)))
         batch = [first]
         stop = False
-        while len(batch) < self.max_batch:
+        while len(batch) < cap:
             try:
                 item = self._q.get_nowait()
             except queue.Empty:
@@ -72,7 +88,10 @@ class GroupCommitIntake:
         while True:
             batch, stop = self._take_batch()
             if batch:
+                started = time.monotonic()
                 self._apply(batch)
+                per_mail = (time.monotonic() - started) / len(batch)
+                self._per_mail = 0.8 * self._per_mail + 0.2 * per_mail
             if stop:
                 return
 

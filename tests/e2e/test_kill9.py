@@ -85,6 +85,18 @@ class Installation:
             assert time.monotonic() < deadline, "`ticketgate run` did not listen in 30 s"
             time.sleep(0.05)
 
+    def writer_pid(self) -> int:
+        """The pid of the intake writer, the `run` process's spawned child (smtp.writer_process)."""
+        assert self.proc is not None
+        kids = [
+            int(pid)
+            for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
+            for pid in (task / "children").read_text().split()
+        ]
+        found = [k for k in kids if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()]
+        assert len(found) == 1, f"expected one intake writer among {kids}"
+        return found[0]
+
     def kill9(self) -> None:
         assert self.proc is not None and self.proc.poll() is None
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -225,6 +237,48 @@ def test_kill9_mid_stream_loses_and_duplicates_nothing(database: Database, tmp_p
             f"\nkill -9 after {acked_at_kill} acknowledgements; {client.retries} retries; "
             f"{sum(roots.values())} tickets"
         )
+
+
+def test_kill9_of_the_intake_writer_alone(database: Database, tmp_path: Path) -> None:
+    """Only the writer child is killed mid-stream: `run` stays up, the mails it held are
+    answered 451 and retried, a new writer takes over, and every mail is stored exactly once."""
+    with installation(database, tmp_path) as inst:
+        inst.start()
+        first = inst.writer_pid()
+        client = Client(inst.smtp_port)
+        client.start()
+        deadline = time.monotonic() + DEADLINE
+        while client.acked_count() < KILL_AFTER:
+            assert client.is_alive() and time.monotonic() < deadline, "stream stalled"
+            time.sleep(0.005)
+        os.kill(first, signal.SIGKILL)
+        client.join(max(1.0, deadline - time.monotonic()))
+        assert not client.is_alive(), f"client did not finish: {client.acked_count()} acknowledged"
+        assert inst.proc is not None and inst.proc.poll() is None, "`run` died with its writer"
+        assert inst.writer_pid() != first
+        assert client.refused == {}
+        assert client.acked == set(range(TOTAL))
+        assert_stored_once(database, TOTAL)
+        assert f"the intake writer (pid {first}) stopped" in inst.log.read_text()
+
+
+def test_sigterm_stops_run_and_its_writer(database: Database, tmp_path: Path) -> None:
+    """SIGTERM to the process group: `run` and its writer child exit 0 within seconds, and a
+    mail acknowledged just before is stored."""
+    with installation(database, tmp_path) as inst:
+        inst.start()
+        writer = inst.writer_pid()
+        sender, dept, data = message(0)
+        with smtplib.SMTP("127.0.0.1", inst.smtp_port, timeout=10) as smtp:
+            assert smtp.sendmail(sender, [dept], data) == {}
+        assert inst.proc is not None
+        os.killpg(inst.proc.pid, signal.SIGTERM)
+        assert inst.proc.wait(15) == 0
+        assert (
+            not Path(f"/proc/{writer}").exists()
+            or b"Z" in Path(f"/proc/{writer}/stat").read_bytes().split(b")")[-1][:3]
+        ), "the writer outlived `run`"
+        assert_stored_once(database, 1)
 
 
 def assert_stored_once(database: Database, total: int) -> Counter[str]:

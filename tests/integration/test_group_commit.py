@@ -1,7 +1,10 @@
-"""Group commit: one mail failing inside a batch leaves no trace in what the others see."""
+"""Group commit: one mail failing inside a batch leaves no trace in what the others see; the
+time budget bounds a batch."""
 
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import Future
 from email.message import EmailMessage
 
@@ -91,3 +94,65 @@ def test_rolled_back_mail_leaves_no_cached_copy(env: Env) -> None:
     assert views[ref]["copies"]["rc"] == [GRACE]
     assert [m["body"] for m in views[ref]["messages"]][-1] == "Grace knows this printer."
     assert [m["body"] for m in views[rb.ticket_ref]["messages"]] == ["I can look at it tomorrow."]
+
+
+class HeldFirst(MailIntake):
+    """Records which unit (transaction) applied each mail; the first mail waits for a signal,
+    so that the test can queue the others meanwhile."""
+
+    release: threading.Event
+    units: list[Unit]  # held, so that no two units share an id()
+
+    def apply(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
+        if not self.units:
+            assert self.release.wait(30)
+        self.units.append(u)
+        return super().apply(u, cmd)
+
+
+def _batch_sizes(env: Env, max_batch_ms: float) -> list[int]:
+    """Eight mails from eight senders, seven queued while the first is being written: the
+    sizes of the transactions that wrote them, in order."""
+    app = env.app
+    intake = intake_of_class(env, HeldFirst)
+    assert isinstance(intake, HeldFirst)
+    intake.release, intake.units = threading.Event(), []
+    handler = make_handler(app, intake)
+    handler.close()  # only its parse limits and context are used here
+    from gateway.mail.translate import parse_and_translate
+
+    senders = [REQ, GRACE, "henry@acme.example", "irene@acme.example"] * 2
+    cmds = []
+    for i, sender in enumerate(senders):
+        msg = mail(sender, [IT], f"Batch mail {i}", f"Body {i}.")
+        assert isinstance(msg, EmailMessage)
+        cmds.append(parse_and_translate(msg.as_bytes(), sender, [IT], handler.limits, handler.ctx))
+    gc = GroupCommitIntake(intake, max_batch_ms=max_batch_ms)
+    try:
+        futures = [gc.submit(cmds[0])]
+        deadline = time.monotonic() + 10
+        while not gc._q.empty():  # the writer took the first mail and waits in it
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        futures += [gc.submit(c) for c in cmds[1:]]
+        intake.release.set()
+        results = [f.result(timeout=30) for f in futures]
+    finally:
+        gc.close()
+    assert [r.outcome for r in results] == ["ticket"] * 8
+    sizes: dict[int, int] = {}
+    for unit in intake.units:
+        sizes[id(unit)] = sizes.get(id(unit), 0) + 1
+    return list(sizes.values())
+
+
+def test_batch_takes_what_waits_within_its_time_budget(env: Env) -> None:
+    """A generous budget: the seven mails that queued while the first was written share one
+    transaction (one fsync)."""
+    assert _batch_sizes(env, max_batch_ms=60_000) == [1, 7]
+
+
+def test_batch_budget_bounds_the_batch(env: Env) -> None:
+    """A budget below one mail's writing time: every mail is its own transaction, so no session
+    waits for others' mails (and sessions do not come back in lockstep)."""
+    assert _batch_sizes(env, max_batch_ms=0.001) == [1] * 8
