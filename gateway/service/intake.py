@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.lifecycle import TERMINAL, Channel, Priority, Role, Status
@@ -19,10 +20,20 @@ from gateway.service.commands import (
     IntakeResult,
     ReceiveMail,
 )
+from gateway.service.directory import Directory
 from gateway.service.errors import UserFacingError
 from gateway.service.tickets import TicketService, Unit
 from store import models as m
 from store.db import read_session
+
+# Processing records are written, and looked up by dedupe key, without the ORM's overhead.
+_INSERT_RECORD = insert(m.InboundMail)
+_PRIOR = select(m.InboundMail.ticket_id, m.InboundMail.rule).where(
+    m.InboundMail.dedupe_key == bindparam("key")
+)
+
+# How long a recipient found at RCPT TO is taken as known without asking the database again.
+RECIPIENT_TTL = 30.0
 
 # Commands that are raise-time parameters when they arrive with a new ticket.
 _RAISE_PARAMS = {"category", "priority", "cc", "bcc"}
@@ -41,6 +52,23 @@ class MailIntake:
         self.svc = service
         self.sender_rate_per_hour = sender_rate_per_hour
         self.refuse_dmarc_fail = refuse_dmarc_fail
+        # Addresses RCPT TO found to be ours, with when: asked again within RECIPIENT_TTL they
+        # cost no database read. Only "yes" is remembered: a 550 is final for the sending MTA,
+        # so an address added by `org import` must be accepted at once; one removed is at
+        # worst accepted for RECIPIENT_TTL and then routed (or refused) by the writer.
+        self._known: dict[str, tuple[str, float]] = {}
+        # The sender's mails of the last hour, counted up to the limit only (index on sender,
+        # at): a flood costs no more per mail. Built once: statement building is not free.
+        window = (
+            select(m.InboundMail.id)
+            .where(
+                m.InboundMail.sender == bindparam("sender"),
+                m.InboundMail.at >= bindparam("since"),
+            )
+            .limit(sender_rate_per_hour)
+            .subquery()
+        )
+        self._recent = select(func.count()).select_from(window)
 
     def known_recipient(self, addr: str) -> str | None:
         """RCPT TO check: 'department' | 'employee' | 'reply' | 'postmaster' | None."""
@@ -55,18 +83,23 @@ class MailIntake:
             return "reply" if self.svc.tokens.verify(tok, now=self.svc.now()) else None
         if a == self.svc.identity.from_address:
             return "reply"
+        known = self._known.get(a)
+        if known is not None and time.monotonic() - known[1] < RECIPIENT_TTL:
+            return known[0]
         with read_session(self.svc.sessions) as s:
-            from gateway.service.directory import Directory
-
             d = Directory(s)
-            if d.department(a) is not None:
-                return "department"
-            e = d.employee(a)
-            if e is not None and e.gateway_address == a:
-                return "employee"
-            if e is not None:
-                return "employee"
-        return None
+            kind = (
+                "department"
+                if d.department(a) is not None
+                else "employee"
+                if d.employee(a) is not None
+                else None
+            )
+        if kind is not None:
+            if len(self._known) >= 10_000:
+                self._known.clear()
+            self._known[a] = (kind, time.monotonic())
+        return kind
 
     def receive(self, cmd: ReceiveMail) -> IntakeResult:
         try:
@@ -139,27 +172,25 @@ class MailIntake:
                 d.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
                 for d in cmd.defects[:50]
             ]
-        u.s.add(
-            m.InboundMail(
-                dedupe_key=cmd.dedupe_key,
-                message_id=cmd.message_id,
-                sender=cmd.from_email or cmd.envelope_from or "",
-                channel=cmd.channel.value,
-                outcome=outcome,
-                rule=rule,
-                ticket_id=ticket_id,
-                raw_sha256=cmd.raw_sha256,
-                at=u.now,
-                detail={k: v for k, v in detail.items()},
-            )
+        u.s.connection().execute(
+            _INSERT_RECORD,
+            {
+                "dedupe_key": cmd.dedupe_key,
+                "message_id": cmd.message_id,
+                "sender": cmd.from_email or cmd.envelope_from or "",
+                "channel": cmd.channel.value,
+                "outcome": outcome,
+                "rule": rule,
+                "ticket_id": ticket_id,
+                "raw_sha256": cmd.raw_sha256,
+                "at": u.now,
+                "detail": dict(detail),
+            },
         )
-        u.s.flush()
 
     def apply(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
         """Decide and write one mail inside the caller's unit of work (no commit here)."""
-        prior = u.s.scalars(
-            select(m.InboundMail).where(m.InboundMail.dedupe_key == cmd.dedupe_key)
-        ).first()
+        prior = u.s.connection().execute(_PRIOR, {"key": cmd.dedupe_key}).first()
         if prior is not None:
             ref = f"TKT-{prior.ticket_id}" if prior.ticket_id else None
             return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior.rule}", ref)
@@ -212,13 +243,8 @@ class MailIntake:
         trusted = cmd.dmarc in (None, "pass")
         since = u.now - timedelta(hours=1)
         recent = (
-            u.s.scalar(
-                select(func.count())
-                .select_from(m.InboundMail)
-                .where(m.InboundMail.sender == cmd.from_email, m.InboundMail.at >= since)
-            )
-            or 0
-        )
+            u.s.connection().execute(self._recent, {"sender": cmd.from_email, "since": since})
+        ).scalar_one()
         if recent >= self.sender_rate_per_hour:
             rule = f"quarantined: rate limit ({self.sender_rate_per_hour} mails an hour from one sender)"
             self._record(u, cmd, "quarantined", rule, None, kind="rate_limit")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -27,6 +27,7 @@ AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_req
 # Loop breaker per (ticket, recipient), after Zammad's notification_email.rb (≤10 mails in
 # 10 min … 100 in 10 h): a ticket that ping-pongs with an autoresponder stops mailing it.
 TICKET_RECIPIENT_WINDOW = timedelta(hours=1)
+_INSERT_EVENT = insert(m.OutboxEvent)
 
 _HINTS: dict[Role, tuple[str, ...]] = {
     Role.ASSIGNEE: (
@@ -106,7 +107,7 @@ class Notifier:
         self.auto_mail_per_day = auto_mail_per_day
         self.auto_mail_per_ticket_hour = auto_mail_per_ticket_hour
         # Per ticket: the newest status_history row of this unit, or its id looked up once.
-        self._newest_history: dict[int, m.StatusHistory | int] = {}
+        self._newest_history: dict[int, int] = {}
 
     def participants(self, ticket: m.Ticket | TicketAt) -> list[tuple[m.Employee, frozenset[Role]]]:
         """Every active person on the ticket with their roles, requester first."""
@@ -137,16 +138,12 @@ class Notifier:
     def forget_all(self) -> None:
         self._newest_history.clear()
 
-    def history_added(self, row: m.StatusHistory) -> None:
+    def history_added(self, ticket_id: int, row_id: int) -> None:
         """The unit added a history entry: it is the newest one events of this ticket show."""
-        self._newest_history[row.ticket_id] = row
+        self._newest_history[ticket_id] = row_id
 
     def _newest_history_id(self, ticket_id: int) -> int:
         newest = self._newest_history.get(ticket_id)
-        if isinstance(newest, m.StatusHistory):
-            if newest.id is None:
-                self.s.flush()
-            return newest.id
         if newest is None:
             newest = int(
                 self.s.scalar(
@@ -249,7 +246,7 @@ class Notifier:
         in_reply_to: str | None = None,
         applied: tuple[CommandResult, ...] = (),
         extra: dict[str, str] | None = None,
-    ) -> m.OutboxEvent:
+    ) -> None:
         """Record one notification event; the delivery worker fans it out (``fan_out``)."""
         copies = self.d.copies(ticket.id)
         payload: dict[str, Any] = {
@@ -281,16 +278,19 @@ class Notifier:
             "extra": dict(extra or {}),
             "at": self.now.isoformat(),
         }
-        event = m.OutboxEvent(
-            ticket_id=ticket.id,
-            kind=kind,
-            payload=payload,
-            state="pending",
-            last_error="",
-            created_at=self.now,
+        # A Core INSERT: the unit never reads the event back (see tickets._INSERT_HISTORY).
+        self.s.connection().execute(
+            _INSERT_EVENT,
+            {
+                "ticket_id": ticket.id,
+                "kind": kind,
+                "payload": payload,
+                "state": "pending",
+                "last_error": "",
+                "created_at": self.now,
+                "done_at": None,
+            },
         )
-        self.s.add(event)
-        return event
 
     # ---- in the delivery worker ------------------------------------------------------------------
     def fan_out(self, event: m.OutboxEvent) -> list[m.Outbox]:

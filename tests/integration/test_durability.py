@@ -166,3 +166,35 @@ def test_rcpt_check_does_not_queue_for_the_write_lock(sqlite_gateway: Gateway) -
         cur.execute("COMMIT")
     finally:
         writer.close()
+
+
+def test_rcpt_check_remembers_our_addresses_not_unknown_ones(env: Env) -> None:
+    """A recipient found once is taken as known for a while without a database read (RCPT TO
+    is on every mail's path); an unknown address is asked every time, so an address added by
+    `org import` is never refused with the final 550 from a stale answer."""
+    from sqlalchemy import event
+
+    from gateway.runner import make_intake
+
+    intake = make_intake(env.app)
+    statements: list[str] = []
+
+    def _count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(env.app.engine, "before_cursor_execute", _count)
+    try:
+        assert intake.known_recipient("it@acme.example") == "department"
+        assert intake.known_recipient("frank@acme.example") == "employee"
+        first = len(statements)
+        assert first > 0
+        assert intake.known_recipient("IT@acme.example") == "department"
+        assert intake.known_recipient("frank@acme.example") == "employee"
+        assert len(statements) == first, statements[first:]
+        assert intake.known_recipient("nobody@acme.example") is None
+        after_unknown = len(statements)
+        assert after_unknown > first
+        assert intake.known_recipient("nobody@acme.example") is None
+        assert len(statements) > after_unknown
+    finally:
+        event.remove(env.app.engine, "before_cursor_execute", _count)
