@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import signal
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -63,7 +64,8 @@ class IntakeWriterProcess:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._closed = False
-        self._link: _Link | None = self._start()
+        self._link: _Link | None = None
+        self._start()
 
     @property
     def pid(self) -> int | None:
@@ -78,22 +80,26 @@ class IntakeWriterProcess:
         return self.local.quarantine_failed(failed)
 
     def receive(self, cmd: ReceiveMail) -> IntakeResult:
+        return self.submit(cmd).result()
+
+    def submit(self, cmd: ReceiveMail) -> Future[IntakeResult]:
+        """Hand one mail to the writer; the future holds its answer, after its batch's commit.
+        Never waits for a writer to start: while there is none, the answer is a storage error
+        (451), and the MTA retries."""
         fut: Future[IntakeResult] = Future()
         with self._lock:
-            if self._closed:
-                raise StorageUnavailable("intake is shutting down")
             link = self._link
-            if link is None or not link.alive:
-                link = self._link = self._start()
+            if self._closed or link is None or not link.alive:
+                fut.set_exception(StorageUnavailable("the intake writer is (re)starting"))
+                return fut
             rid = next(self._ids)
             link.pending[rid] = fut
             try:
                 link.conn.send((rid, cmd))
             except (OSError, ValueError) as e:
                 link.pending.pop(rid, None)
-                link.alive = False
-                raise StorageUnavailable(f"intake writer unreachable: {e}") from e
-        return fut.result()
+                fut.set_exception(StorageUnavailable(f"intake writer unreachable: {e}"))
+        return fut
 
     def close(self) -> None:
         with self._lock:
@@ -112,7 +118,8 @@ class IntakeWriterProcess:
             link.proc.kill()
             link.proc.join(5)
 
-    def _start(self) -> _Link:
+    def _start(self) -> None:
+        """Start a writer process and make it the one mails go to."""
         parent_end, child_end = self._mp.Pipe()
         proc = self._mp.Process(
             target=serve, args=(self.settings, child_end), name="ticketgate-intake-writer"
@@ -131,11 +138,18 @@ class IntakeWriterProcess:
             parent_end.close()
             raise StorageUnavailable(f"the intake writer did not start: {ready!r}")
         link = _Link(parent_end, proc)
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                self._link = link
+        if closed:  # `close` came while this one started
+            parent_end.send(None)
+            proc.join(30)
+            return
         threading.Thread(
             target=self._read, args=(link,), name="intake-writer-answers", daemon=True
         ).start()
         log.info("intake writer started (pid %s)", proc.pid)
-        return link
 
     def _read(self, link: _Link) -> None:
         while True:
@@ -166,6 +180,24 @@ class IntakeWriterProcess:
             )
         for fut in pending.values():
             fut.set_exception(StorageUnavailable("the intake writer stopped before answering"))
+        if not closing:
+            self._restart()
+
+    def _restart(self) -> None:
+        """Start a new writer in place of a dead one; retried while it fails to start."""
+        delay = 0.1
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+            try:
+                self._start()
+            except StorageUnavailable:
+                log.exception("could not start a new intake writer; trying again")
+                time.sleep(delay)  # backoff between attempts to start a process
+                delay = min(delay * 2, 5.0)
+                continue
+            return
 
 
 # ---- the child -----------------------------------------------------------------------------

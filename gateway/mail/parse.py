@@ -279,7 +279,8 @@ def _parse_addresses(
             defects.append(f"{name}: header too long to parse safely")
             return None
         try:
-            parsed = policy.default.header_factory(name, value)
+            # memoised: the same senders and department addresses come again and again
+            parsed = _parsed_header(name, value)
         except Exception as exc:  # noqa: BLE001 - header parser bugs (e.g. bpo-44637)
             defects.append(f"{name}: unparseable ({type(exc).__name__})")
             return None

@@ -32,6 +32,9 @@ def _is_utf8(address: str) -> bool:
 
 
 class Intake(Protocol):
+    """What the handler needs of the service. A batching intake also offers
+    ``submit(cmd) -> concurrent.futures.Future[IntakeResult]``, which the handler then awaits."""
+
     def known_recipient(self, addr: str) -> str | None: ...
     def receive(self, cmd: ReceiveMail) -> IntakeResult: ...
     def quarantine_failed(self, failed: FailedMail) -> IntakeResult: ...
@@ -152,7 +155,19 @@ class IntakeHandler:
                 self.pool, self.quarantine, raw, sender, rcpts, e, None
             )
         else:
-            result = await loop.run_in_executor(self.pool, self.hand_over, raw, sender, rcpts, cmd)
+            submit = getattr(self.intake, "submit", None)
+            if submit is None:
+                result = await loop.run_in_executor(
+                    self.pool, self.hand_over, raw, sender, rcpts, cmd
+                )
+            else:
+                # The writer answers through a future: no thread of ours waits for it.
+                try:
+                    result = _answer(await asyncio.wrap_future(submit(cmd)))
+                except Exception as e:  # noqa: BLE001 - storage → 451; anything else is poison
+                    result = await loop.run_in_executor(
+                        self.pool, self.failed, raw, sender, rcpts, cmd, e
+                    )
         return f"{result.code} {result.text}"
 
     def process(self, raw: bytes, sender: str, rcpts: list[str]) -> IntakeResult:
@@ -170,11 +185,17 @@ class IntakeHandler:
         try:
             result = self.intake.receive(cmd)
         except Exception as e:  # noqa: BLE001 - storage → 451; anything else is poison mail
-            if is_storage_error(e):
-                log.warning("storage unavailable: %s", e)
-                return IntakeResult("tempfail", "storage unavailable", code=451, text=TEMPFAIL[4:])
-            return self.quarantine(raw, sender, rcpts, e, cmd)
+            return self.failed(raw, sender, rcpts, cmd, e)
         return _answer(result)
+
+    def failed(
+        self, raw: bytes, sender: str, rcpts: list[str], cmd: ReceiveMail, error: Exception
+    ) -> IntakeResult:
+        """Applying the mail raised: storage trouble is a 451; anything else is poison mail."""
+        if is_storage_error(error):
+            log.warning("storage unavailable: %s", error)
+            return IntakeResult("tempfail", "storage unavailable", code=451, text=TEMPFAIL[4:])
+        return self.quarantine(raw, sender, rcpts, error, cmd)
 
     def quarantine(
         self,

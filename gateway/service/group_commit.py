@@ -20,10 +20,15 @@ from concurrent.futures import Future
 
 from gateway.service.commands import FailedMail, IntakeResult, ReceiveMail
 from gateway.service.intake import MailIntake
+from store.db import is_storage_error
 
 log = logging.getLogger("ticketgate.intake")
 
 _STOP = object()
+
+
+class _MailFailed(Exception):
+    """A mail raised while its batch was written together: the batch is rolled back."""
 
 
 class GroupCommitIntake:
@@ -96,6 +101,41 @@ class GroupCommitIntake:
                 return
 
     def _apply(self, batch: list[tuple[ReceiveMail, Future[IntakeResult]]]) -> None:
+        """Write ``batch`` in one transaction; answer each mail only after the commit.
+
+        First without SAVEPOINTs: two statements and the ORM's bookkeeping per mail were a
+        fifth of the writer's time (benchmarks/intake_writer.py: 1.6 → 1.3 ms a mail). If a
+        mail raises, that whole transaction is rolled back, and the batch is written again
+        with a SAVEPOINT per mail so that only the failing mail is set aside."""
+        try:
+            results = self._apply_together(batch)
+        except _MailFailed:
+            self._apply_each(batch)
+            return
+        except Exception as e:  # noqa: BLE001 - storage trouble or the commit failed
+            for _, fut in batch:
+                fut.set_exception(e)
+            return
+        for (_, fut), res in zip(batch, results, strict=True):
+            fut.set_result(res)
+
+    def _apply_together(
+        self, batch: list[tuple[ReceiveMail, Future[IntakeResult]]]
+    ) -> list[IntakeResult]:
+        results: list[IntakeResult] = []
+        with self.intake.svc.unit() as u:
+            for cmd, _ in batch:
+                try:
+                    results.append(self.intake.apply(u, cmd))
+                except Exception as e:
+                    if is_storage_error(e):
+                        raise  # every mail of the batch gets it (451): none is durable
+                    log.debug("mail %s failed in its batch", cmd.message_id, exc_info=True)
+                    raise _MailFailed from e
+        return results
+
+    def _apply_each(self, batch: list[tuple[ReceiveMail, Future[IntakeResult]]]) -> None:
+        """The batch again, each mail in its SAVEPOINT; a failing one is retried alone."""
         done: list[tuple[Future[IntakeResult], IntakeResult]] = []
         retry_alone: list[tuple[ReceiveMail, Future[IntakeResult]]] = []
         try:

@@ -23,14 +23,18 @@ GRACE = "grace@acme.example"  # not in IT, not on the ticket until frank's #cc a
 
 class FailOnceAfterApplying(MailIntake):
     """Fault injection: the mail with this Message-ID is applied, then its processing fails
-    (as a constraint violation or a bug after the writes would), once."""
+    (as a constraint violation or a bug after the writes would) while it is written in a
+    batch: in the batch written together, and again in its SAVEPOINT; alone it succeeds."""
 
     fail_message_id: str | None = None
+    failures_left = 2
 
     def apply(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
         result = super().apply(u, cmd)
         if cmd.message_id is not None and cmd.message_id == self.fail_message_id:
-            self.fail_message_id = None
+            self.failures_left -= 1
+            if self.failures_left == 0:
+                self.fail_message_id = None
             raise RuntimeError("injected failure after the writes")
         return result
 
@@ -156,3 +160,39 @@ def test_batch_budget_bounds_the_batch(env: Env) -> None:
     """A budget below one mail's writing time: every mail is its own transaction, so no session
     waits for others' mails (and sessions do not come back in lockstep)."""
     assert _batch_sizes(env, max_batch_ms=0.001) == [1] * 8
+
+
+def test_batch_without_failures_is_written_without_savepoints(env: Env) -> None:
+    """Mails that all apply are written in one transaction with no SAVEPOINT statements (they
+    are only for setting aside a failing mail), and each is stored once."""
+    from sqlalchemy import event
+
+    from gateway.mail.translate import parse_and_translate
+
+    app = env.app
+    intake = intake_of_class(env, MailIntake)
+    assert isinstance(intake, MailIntake)
+    handler = make_handler(app, intake)
+    handler.close()
+    cmds = []
+    for i, sender in enumerate([REQ, GRACE, "henry@acme.example"]):
+        msg = mail(sender, [IT], f"Together {i}", f"Body {i}.")
+        assert isinstance(msg, EmailMessage)
+        cmds.append(parse_and_translate(msg.as_bytes(), sender, [IT], handler.limits, handler.ctx))
+    statements: list[str] = []
+
+    def _seen(*args: object) -> None:
+        statements.append(str(args[2]).split()[0].upper())
+
+    gc = GroupCommitIntake(intake)
+    event.listen(app.engine, "before_cursor_execute", _seen)
+    try:
+        results = _apply(gc, cmds)
+    finally:
+        event.remove(app.engine, "before_cursor_execute", _seen)
+        gc.close()
+    assert [r.outcome for r in results] == ["ticket"] * 3
+    assert "SAVEPOINT" not in statements and "RELEASE" not in statements
+    with app.sessions() as s:
+        subjects = [t.subject for t in Views(s).tickets()]
+    assert sorted(subjects) == ["Together 0", "Together 1", "Together 2"]
