@@ -319,3 +319,13 @@ class SuppressedAddress(Base):
     hard_bounces: Mapped[int] = mapped_column(Integer, default=0)
     suppressed: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[datetime]
+
+
+class DirectoryVersion(Base):
+    """One row: bumped by every change to organization rows (`org import`; later the Slack
+    user mapping), so that a writer process may keep those rows between transactions and
+    knows when it may not."""
+
+    __tablename__ = "directory_version"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, default=0)

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import Future
 
 from gateway.service.commands import FailedMail, IntakeResult, ReceiveMail
+from gateway.service.directory import DirectoryCache
 from gateway.service.intake import MailIntake
 from store.db import is_storage_error
 
@@ -45,6 +46,8 @@ class GroupCommitIntake:
         # one is written, and bounds how long a session waits for other sessions' mails.
         self.max_batch_seconds = max_batch_ms / 1000
         self._per_mail = 0.001  # seconds per mail, a moving average of the batches written
+        # Organization rows kept from batch to batch (the writer thread's own).
+        self._directory = DirectoryCache()
         self._q: queue.Queue[object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="intake-writer", daemon=True)
         self._thread.start()
@@ -123,7 +126,7 @@ class GroupCommitIntake:
         self, batch: list[tuple[ReceiveMail, Future[IntakeResult]]]
     ) -> list[IntakeResult]:
         results: list[IntakeResult] = []
-        with self.intake.svc.unit() as u:
+        with self.intake.svc.unit(self._directory) as u:
             for cmd, _ in batch:
                 try:
                     results.append(self.intake.apply(u, cmd))
@@ -139,7 +142,7 @@ class GroupCommitIntake:
         done: list[tuple[Future[IntakeResult], IntakeResult]] = []
         retry_alone: list[tuple[ReceiveMail, Future[IntakeResult]]] = []
         try:
-            with self.intake.svc.unit() as u:
+            with self.intake.svc.unit(self._directory) as u:
                 for cmd, fut in batch:
                     try:
                         with u.s.begin_nested():

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.service.errors import OrgFileError
@@ -272,4 +272,18 @@ def import_org(s: Session, path: Path, *, mail_domain: str) -> ImportReport:
         else:
             u.set(emp, **fields)
     s.flush()
+    if u.created or u.updated:
+        bump_directory_version(s)
     return ImportReport(organization=org.name, created=u.created, updated=u.updated)
+
+
+def bump_directory_version(s: Session) -> None:
+    """Organization rows changed: writers holding them (`DirectoryCache`) must drop them."""
+    bumped = s.execute(
+        update(m.DirectoryVersion)
+        .where(m.DirectoryVersion.id == 1)
+        .values(version=m.DirectoryVersion.version + 1)
+    )
+    if getattr(bumped, "rowcount", 1) == 0:  # a schema made without the migrations' row
+        s.add(m.DirectoryVersion(id=1, version=1))
+        s.flush()

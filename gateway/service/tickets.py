@@ -37,7 +37,7 @@ from gateway.service.commands import (
     CommandSpec,
     RaiseTicket,
 )
-from gateway.service.directory import Directory
+from gateway.service.directory import Directory, DirectoryCache
 from gateway.service.errors import ActionRefused, NotFound, UserFacingError
 from gateway.service.notify import MailIdentity, Notifier, status_kind
 from store import models as m
@@ -79,10 +79,14 @@ class ServiceOptions:
 class Unit:
     """One unit of work: a session inside one transaction, with the helpers a handler needs."""
 
-    def __init__(self, svc: TicketService, session: Session) -> None:
+    def __init__(
+        self, svc: TicketService, session: Session, cache: DirectoryCache | None = None
+    ) -> None:
         self.svc = svc
         self.s = session
-        self.d = Directory(session)
+        if cache is not None:
+            cache.sync(session)
+        self.d = Directory(session, cache)
         self.now = svc.clock.now()
         self._stored_blobs: set[str] = set()
         self.notify = Notifier(
@@ -595,10 +599,17 @@ class TicketService:
         self.options = options
 
     @contextmanager
-    def unit(self) -> Iterator[Unit]:
-        """A transaction: committed when the block ends, rolled back on any exception."""
-        with self.sessions() as s, s.begin():
-            yield Unit(self, s)
+    def unit(self, cache: DirectoryCache | None = None) -> Iterator[Unit]:
+        """A transaction: committed when the block ends, rolled back on any exception.
+        ``cache``: organization rows kept from earlier transactions of the same thread."""
+        try:
+            with self.sessions() as s, s.begin():
+                yield Unit(self, s, cache)
+        except BaseException:
+            if cache is not None:
+                # A rollback expires what the session loaded: held rows would be unreadable.
+                cache.clear()
+            raise
 
     # ---- commands from the CLI (and Slack) ---------------------------------------------------
     def raise_ticket(self, cmd: RaiseTicket) -> str:

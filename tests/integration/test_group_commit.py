@@ -7,6 +7,7 @@ import threading
 import time
 from concurrent.futures import Future
 from email.message import EmailMessage
+from pathlib import Path
 
 from gateway.runner import make_handler
 from gateway.service.commands import IntakeResult, ReceiveMail
@@ -196,3 +197,44 @@ def test_batch_without_failures_is_written_without_savepoints(env: Env) -> None:
     with app.sessions() as s:
         subjects = [t.subject for t in Views(s).tickets()]
     assert sorted(subjects) == ["Together 0", "Together 1", "Together 2"]
+
+
+def test_writer_sees_an_org_import_at_its_next_batch(env: Env, tmp_path: Path) -> None:
+    """The writer keeps organization rows from batch to batch; `org import` deactivating a
+    sender bumps the directory version, and the sender's next mail is refused."""
+    from gateway.demo import DEMO_EMPLOYEES_CSV, DEMO_ORG_TOML
+    from gateway.mail.translate import parse_and_translate
+    from gateway.service.org_import import import_org
+
+    app = env.app
+    intake = intake_of_class(env, MailIntake)
+    assert isinstance(intake, MailIntake)
+    handler = make_handler(app, intake)
+    handler.close()
+    sender = "irene@acme.example"
+
+    def cmd(subject: str) -> ReceiveMail:
+        msg = mail(sender, [IT], subject, "Body.")
+        assert isinstance(msg, EmailMessage)
+        return parse_and_translate(msg.as_bytes(), sender, [IT], handler.limits, handler.ctx)
+
+    gc = GroupCommitIntake(intake)
+    try:
+        [before] = _apply(gc, [cmd("Before the import")])
+        folder = tmp_path / "org"
+        folder.mkdir()
+        csv = "email,name,branch,department,role,active\n" + "".join(
+            line + (",false\n" if line.startswith(sender) else ",\n")
+            for line in DEMO_EMPLOYEES_CSV.strip().splitlines()[1:]
+        )
+        (folder / "employees.csv").write_text(csv, encoding="utf-8")
+        (folder / "org.toml").write_text(DEMO_ORG_TOML, encoding="utf-8")
+        with app.sessions() as s, s.begin():
+            report = import_org(s, folder / "org.toml", mail_domain=app.settings.mail.domain)
+        assert report.updated == 1
+        [after] = _apply(gc, [cmd("After the import")])
+    finally:
+        gc.close()
+    assert before.outcome == "ticket"
+    assert (after.outcome, after.code) == ("refused", 550), after
+    assert "deactivated" in after.text
