@@ -95,8 +95,10 @@ class Relay:
                     pass
 
 
-@pytest.fixture
-def relayed(tmp_path: Path) -> Iterator[tuple[Gateway, Relay]]:
+@pytest.fixture(params=[False, True], ids=["writer-thread", "writer-process"])
+def relayed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Gateway, Relay]]:
+    from gateway.runner import make_handler, make_intake
+
     if not PG_URL:
         pytest.skip("TICKETGATE_TEST_POSTGRES_URL is not set (.ci/run always sets it)")
     u = make_url(PG_URL)
@@ -107,7 +109,9 @@ def relayed(tmp_path: Path) -> Iterator[tuple[Gateway, Relay]]:
         env = make_env(Database("postgres", with_search_path(url, schema)), tmp_path / "pg")
         env.import_org(write_demo_org(tmp_path / "pg"))
         try:
-            with serving(env) as gw:
+            # writer-process: the writer child (as `ticketgate run` has it) loses PostgreSQL
+            handler = make_handler(env.app, make_intake(env.app), writer_process=request.param)
+            with serving(env, handler) as gw:
                 yield gw, relay
         finally:
             relay.down()
