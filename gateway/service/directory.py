@@ -74,7 +74,7 @@ class DirectoryCache:
 
     def sync(self, session: Session) -> None:
         """At the start of a transaction: drop everything if the directory changed."""
-        version = int(session.execute(_DIRECTORY_VERSION).scalar() or 0)
+        version = int(session.connection().execute(_DIRECTORY_VERSION).scalar() or 0)
         if version != self.version:
             self.clear()
             self.version = version

@@ -32,6 +32,13 @@ _PRIOR = select(m.InboundMail.ticket_id, m.InboundMail.rule).where(
     m.InboundMail.dedupe_key == bindparam("key")
 )
 
+# Threading rule 2: a Message-ID we sent, one we received, or a ticket's root (in that order).
+_BY_MESSAGE_ID = (
+    select(m.Outbox.ticket_id).where(m.Outbox.message_id == bindparam("mid")).limit(1),
+    select(m.Message.ticket_id).where(m.Message.message_id == bindparam("mid")).limit(1),
+    select(m.Ticket.id).where(m.Ticket.root_message_id == bindparam("mid")).limit(1),
+)
+
 # How long a recipient found at RCPT TO is taken as known without asking the database again.
 RECIPIENT_TTL = 30.0
 
@@ -287,12 +294,9 @@ class MailIntake:
         return None, "new ticket: no rule matched"
 
     def _ticket_for_message_id(self, u: Unit, mid: str) -> int | None:
-        for query in (
-            select(m.Outbox.ticket_id).where(m.Outbox.message_id == mid),
-            select(m.Message.ticket_id).where(m.Message.message_id == mid),
-            select(m.Ticket.id).where(m.Ticket.root_message_id == mid),
-        ):
-            found = u.s.scalar(query.limit(1))
+        conn = u.s.connection()
+        for query in _BY_MESSAGE_ID:
+            found = conn.execute(query, {"mid": mid}).scalar()
             if found is not None:
                 return int(found)
         return None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -28,6 +28,9 @@ AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_req
 # 10 min … 100 in 10 h): a ticket that ping-pongs with an autoresponder stops mailing it.
 TICKET_RECIPIENT_WINDOW = timedelta(hours=1)
 _INSERT_EVENT = insert(m.OutboxEvent)
+_NEWEST_HISTORY = select(func.max(m.StatusHistory.id)).where(
+    m.StatusHistory.ticket_id == bindparam("t")
+)
 
 _HINTS: dict[Role, tuple[str, ...]] = {
     Role.ASSIGNEE: (
@@ -145,15 +148,8 @@ class Notifier:
     def _newest_history_id(self, ticket_id: int) -> int:
         newest = self._newest_history.get(ticket_id)
         if newest is None:
-            newest = int(
-                self.s.scalar(
-                    select(func.coalesce(func.max(m.StatusHistory.id), 0)).where(
-                        m.StatusHistory.ticket_id == ticket_id
-                    )
-                )
-                or 0
-            )
-            self._newest_history[ticket_id] = newest
+            found = self.s.connection().execute(_NEWEST_HISTORY, {"t": ticket_id}).scalar()
+            newest = self._newest_history[ticket_id] = int(found or 0)
         return newest
 
     def history_lines(self, ticket_id: int, upto: int) -> list[dict[str, str]]:
