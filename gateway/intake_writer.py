@@ -33,7 +33,7 @@ from typing import Any
 from gateway.bootstrap import build, make_intake
 from gateway.config import Settings
 from gateway.service.commands import FailedMail, IntakeResult, ReceiveMail
-from gateway.service.group_commit import GroupCommitIntake
+from gateway.service.group_commit import GroupCommitIntake, answer
 from gateway.service.intake import MailIntake
 from store.db import StorageUnavailable, is_storage_error
 
@@ -162,9 +162,9 @@ class IntakeWriterProcess:
             if fut is None:
                 continue
             if ok:
-                fut.set_result(payload)
+                answer(fut, payload)
             else:
-                fut.set_exception(StorageUnavailable(payload))
+                answer(fut, error=StorageUnavailable(payload))
         with self._lock:
             link.alive = False
             pending, link.pending = link.pending, {}
@@ -179,7 +179,7 @@ class IntakeWriterProcess:
                 len(pending),
             )
         for fut in pending.values():
-            fut.set_exception(StorageUnavailable("the intake writer stopped before answering"))
+            answer(fut, error=StorageUnavailable("the intake writer stopped before answering"))
         if not closing:
             self._restart()
 

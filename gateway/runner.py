@@ -64,6 +64,7 @@ def make_handler(app: App, intake: MailIntake, *, writer_process: bool = False) 
             max_total_attachment_bytes=s.max_total_attachment_bytes,
         ),
         parse_processes=s.parse_processes,
+        parse_inline_max_bytes=s.parse_inline_max_bytes,
     )
 
 

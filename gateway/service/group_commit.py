@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 
 from gateway.service.commands import FailedMail, IntakeResult, ReceiveMail
 from gateway.service.directory import DirectoryCache
@@ -26,6 +26,25 @@ from store.db import is_storage_error
 log = logging.getLogger("ticketgate.intake")
 
 _STOP = object()
+
+
+def answer(
+    fut: Future[IntakeResult],
+    result: IntakeResult | None = None,
+    *,
+    error: BaseException | None = None,
+) -> None:
+    """Resolve a waiting session's future, unless the session gave up on it: a client that
+    hangs up right after its "." cancels the wait (aiosmtpd drops the session), and setting
+    a cancelled future raises, which must not end the writer. The mail is written either
+    way; the MTA's retry is then a duplicate."""
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+    except InvalidStateError:
+        pass  # the session gave up: nobody is left to answer
 
 
 class _MailFailed(Exception):
@@ -117,10 +136,10 @@ class GroupCommitIntake:
             return
         except Exception as e:  # noqa: BLE001 - storage trouble or the commit failed
             for _, fut in batch:
-                fut.set_exception(e)
+                answer(fut, error=e)
             return
         for (_, fut), res in zip(batch, results, strict=True):
-            fut.set_result(res)
+            answer(fut, res)
 
     def _apply_together(
         self, batch: list[tuple[ReceiveMail, Future[IntakeResult]]]
@@ -158,14 +177,14 @@ class GroupCommitIntake:
         except Exception as e:  # noqa: BLE001 - the commit failed: nobody's data is durable
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_exception(e)
+                    answer(fut, error=e)
             return
         for fut, res in done:
-            fut.set_result(res)
+            answer(fut, res)
         # A mail that failed inside the batch gets its own transaction: a dedupe race or a
         # real error then surfaces with the ordinary handling (duplicate, 451, …).
         for cmd, fut in retry_alone:
             try:
-                fut.set_result(self.intake.receive(cmd))
+                answer(fut, self.intake.receive(cmd))
             except Exception as e:  # noqa: BLE001 - handed to the waiting SMTP session
-                fut.set_exception(e)
+                answer(fut, error=e)

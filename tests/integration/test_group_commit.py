@@ -238,3 +238,35 @@ def test_writer_sees_an_org_import_at_its_next_batch(env: Env, tmp_path: Path) -
     assert before.outcome == "ticket"
     assert (after.outcome, after.code) == ("refused", 550), after
     assert "deactivated" in after.text
+
+
+def test_a_session_that_gave_up_does_not_stop_the_writer(env: Env) -> None:
+    """A client hanging up right after its "." cancels its wait (aiosmtpd drops the session):
+    the writer still writes that mail, answers the others, and goes on with the next batch."""
+    from gateway.mail.translate import parse_and_translate
+
+    app = env.app
+    intake = intake_of_class(env, MailIntake)
+    assert isinstance(intake, MailIntake)
+    handler = make_handler(app, intake)
+    handler.close()
+
+    def cmd(sender: str, subject: str) -> ReceiveMail:
+        msg = mail(sender, [IT], subject, "Body.")
+        assert isinstance(msg, EmailMessage)
+        return parse_and_translate(msg.as_bytes(), sender, [IT], handler.limits, handler.ctx)
+
+    gc = GroupCommitIntake(intake)
+    try:
+        gave_up: Future[IntakeResult] = Future()
+        assert gave_up.cancel()
+        kept: Future[IntakeResult] = Future()
+        gc._apply([(cmd(REQ, "Hung up after the dot"), gave_up), (cmd(GRACE, "Waited"), kept)])
+        assert kept.result(timeout=30).outcome == "ticket"
+        later = gc.submit(cmd("henry@acme.example", "Next batch")).result(timeout=30)
+        assert later.outcome == "ticket"
+    finally:
+        gc.close()
+    with app.sessions() as s:
+        subjects = sorted(t.subject for t in Views(s).tickets())
+    assert subjects == ["Hung up after the dot", "Next batch", "Waited"]

@@ -470,25 +470,47 @@ def _parser_pids(gw: Gateway) -> list[int]:
     return list(parsers._processes)
 
 
+def _big_mail(subject: str) -> EmailMessage:
+    """A mail over `smtp.parse_inline_max_bytes` (64 KiB): it is parsed in a parser process."""
+    msg = mail(REQ, [IT], subject, "body")
+    assert isinstance(msg, EmailMessage)
+    msg.add_attachment(bytes(range(256)) * 400, maintype="application", subtype="pdf",
+                       filename="scan.pdf")  # fmt: skip
+    return msg
+
+
 def test_mail_is_parsed_in_parser_processes(gateway: Gateway) -> None:
-    """With `smtp.parse_processes` (default 2) MIME is parsed in other processes: the mail is
-    stored as usual and those processes exist, children of the gateway."""
+    """With `smtp.parse_processes` (default 2) a mail over `smtp.parse_inline_max_bytes` is
+    parsed in other processes: it is stored as usual and those processes exist, children of
+    the gateway."""
     assert gateway.env.app.settings.smtp.parse_processes == 2
-    code, _ = gateway.send(mail(REQ, [IT], "Parsed elsewhere", "body"), REQ, [IT])
+    code, _ = gateway.send(_big_mail("Parsed elsewhere"), REQ, [IT])
     assert code == 250
-    assert [t["subject"] for t in gateway.tickets()] == ["Parsed elsewhere"]
+    [t] = gateway.tickets()
+    assert t["subject"] == "Parsed elsewhere"
+    assert [a["name"] for a in t["messages"][0]["attachments"]] == ["scan.pdf"]
     pids = _parser_pids(gateway)
     assert pids and all(p != os.getpid() for p in pids)
+
+
+def test_small_mail_is_parsed_in_the_gateway(gateway: Gateway) -> None:
+    """A mail up to `smtp.parse_inline_max_bytes` is parsed in the gateway's own threads (the
+    hand-off to another process costs more than its parse): no parser process is started."""
+    assert gateway.env.app.settings.smtp.parse_inline_max_bytes == 65536
+    code, _ = gateway.send(mail(REQ, [IT], "Parsed here", "body"), REQ, [IT])
+    assert code == 250
+    assert [t["subject"] for t in gateway.tickets()] == ["Parsed here"]
+    assert _parser_pids(gateway) == []
 
 
 def test_dead_parser_process_is_451_then_replaced(gateway: Gateway) -> None:
     """A parser process killed in the middle (out of memory, kill -9): the mail of that moment
     is answered 451 (the MTA retries), nothing is stored twice, and new parser processes serve
     the retry."""
-    assert gateway.send(mail(REQ, [IT], "First", "body"), REQ, [IT])[0] == 250
+    assert gateway.send(_big_mail("First"), REQ, [IT])[0] == 250
     for pid in _parser_pids(gateway):
         os.kill(pid, signal.SIGKILL)
-    retry = mail(REQ, [IT], "Second", "body")
+    retry = _big_mail("Second")
     codes = [gateway.send(retry, REQ, [IT])[0]]
     # The pool notices the death on the next submission (451) or has already been replaced.
     if codes[0] != 250:
