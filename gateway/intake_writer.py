@@ -75,6 +75,9 @@ class IntakeWriterProcess:
     def known_recipient(self, addr: str) -> str | None:
         return self.local.known_recipient(addr)
 
+    def remembered_recipient(self, addr: str) -> str | None:
+        return self.local.remembered_recipient(addr)
+
     def quarantine_failed(self, failed: FailedMail) -> IntakeResult:
         # A mail that could not be parsed: rare, its own transaction, from this process.
         return self.local.quarantine_failed(failed)

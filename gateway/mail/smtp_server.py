@@ -115,9 +115,14 @@ class IntakeHandler:
     ) -> str:
         if not _is_utf8(address):
             return "550 5.1.1 Bad destination mailbox address"
-        loop = asyncio.get_running_loop()
+        # Most recipients are answered on the loop (a token, or an address seen recently);
+        # only the others cost a database read in a pool thread.
+        remembered = getattr(self.intake, "remembered_recipient", None)
+        kind = remembered(address) if remembered is not None else None
         try:
-            kind = await loop.run_in_executor(self.pool, self.intake.known_recipient, address)
+            if kind is None:
+                loop = asyncio.get_running_loop()
+                kind = await loop.run_in_executor(self.pool, self.intake.known_recipient, address)
         except Exception as e:
             if is_storage_error(e):
                 return TEMPFAIL

@@ -74,6 +74,9 @@ class GroupCommitIntake:
     def known_recipient(self, addr: str) -> str | None:
         return self.intake.known_recipient(addr)
 
+    def remembered_recipient(self, addr: str) -> str | None:
+        return self.intake.remembered_recipient(addr)
+
     def quarantine_failed(self, failed: FailedMail) -> IntakeResult:
         # Rare, and after a failure: its own transaction, outside the batches.
         return self.intake.quarantine_failed(failed)

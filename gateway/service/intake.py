@@ -77,13 +77,15 @@ class MailIntake:
         )
         self._recent = select(func.count()).select_from(window)
 
-    def known_recipient(self, addr: str) -> str | None:
-        """RCPT TO check: 'department' | 'employee' | 'reply' | 'postmaster' | None."""
+    def remembered_recipient(self, addr: str) -> str | None:
+        """RCPT TO where no database is needed: postmaster, our own address, a valid reply
+        token, or an address found within RECIPIENT_TTL. None: ask `known_recipient`."""
         a = addr.strip().lower()
-        domain = self.svc.identity.domain
         if a.split("@")[0] == "postmaster":
             return "postmaster"
-        tok = token_from_address(a, local=self.svc.identity.reply_local, domain=domain)
+        tok = token_from_address(
+            a, local=self.svc.identity.reply_local, domain=self.svc.identity.domain
+        )
         if tok is not None:
             if self.svc.tokens is None:
                 return None
@@ -93,6 +95,15 @@ class MailIntake:
         known = self._known.get(a)
         if known is not None and time.monotonic() - known[1] < RECIPIENT_TTL:
             return known[0]
+        return None
+
+    def known_recipient(self, addr: str) -> str | None:
+        """RCPT TO check: 'department' | 'employee' | 'reply' | 'postmaster' | None."""
+        kind = self.remembered_recipient(addr)
+        a = addr.strip().lower()
+        ident = self.svc.identity
+        if kind is not None or token_from_address(a, local=ident.reply_local, domain=ident.domain):
+            return kind  # a reply address is decided by its token alone
         with read_session(self.svc.sessions) as s:
             d = Directory(s)
             kind = (

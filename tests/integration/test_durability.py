@@ -196,5 +196,10 @@ def test_rcpt_check_remembers_our_addresses_not_unknown_ones(env: Env) -> None:
         assert after_unknown > first
         assert intake.known_recipient("nobody@acme.example") is None
         assert len(statements) > after_unknown
+        # The SMTP handler asks on its event loop first: only what was found is remembered.
+        assert intake.remembered_recipient("hr@acme.example") is None
+        assert intake.remembered_recipient("nobody@acme.example") is None
+        assert intake.remembered_recipient("It@acme.example") == "department"
+        assert intake.remembered_recipient("postmaster@tickets.acme.example") == "postmaster"
     finally:
         event.remove(env.app.engine, "before_cursor_execute", _count)
