@@ -67,11 +67,6 @@ class IntakeWriterProcess:
         self._link: _Link | None = None
         self._start()
 
-    @property
-    def pid(self) -> int | None:
-        link = self._link
-        return link.proc.pid if link is not None and link.alive else None
-
     def known_recipient(self, addr: str) -> str | None:
         return self.local.known_recipient(addr)
 
