@@ -1,10 +1,12 @@
 """Group commit for mail intake: concurrent mails share one transaction and one fsync.
 
 Each SMTP session hands its command to a single writer thread and waits. The writer takes
-everything queued (up to a batch size), applies each mail inside its own SAVEPOINT — so one
-failing mail never spoils the others — commits once, and only then answers every waiting
-session. A session is answered 250 only after its own data is durable; a failed commit answers
-every mail of the batch with the error (the SMTP layer turns storage errors into 451).
+what is queued (up to about 10 ms of work at its recent pace), applies the mails in one
+transaction, commits once, and only then answers every waiting session. If a mail raises,
+that transaction is rolled back and the batch applied again with a SAVEPOINT per mail, so one
+failing mail never spoils the others (it is retried alone). A session is answered 250 only
+after its own data is durable; a failed commit answers every mail of the batch with the error
+(the SMTP layer turns storage errors into 451).
 
 Why: with one transaction per mail, SQLite writers queue on the database lock (its busy handler
 sleeps, which showed up as a p99 of 1.5 s) and every mail pays its own fsync.
