@@ -80,30 +80,14 @@ class MailIntake:
     def remembered_recipient(self, addr: str) -> str | None:
         """RCPT TO where no database is needed: postmaster, our own address, a valid reply
         token, or an address found within RECIPIENT_TTL. None: ask `known_recipient`."""
-        a = addr.strip().lower()
-        if a.split("@")[0] == "postmaster":
-            return "postmaster"
-        tok = token_from_address(
-            a, local=self.svc.identity.reply_local, domain=self.svc.identity.domain
-        )
-        if tok is not None:
-            if self.svc.tokens is None:
-                return None
-            return "reply" if self.svc.tokens.verify(tok, now=self.svc.now()) else None
-        if a == self.svc.identity.from_address:
-            return "reply"
-        known = self._known.get(a)
-        if known is not None and time.monotonic() - known[1] < RECIPIENT_TTL:
-            return known[0]
-        return None
+        return self._without_database(addr.strip().lower())[1]
 
     def known_recipient(self, addr: str) -> str | None:
         """RCPT TO check: 'department' | 'employee' | 'reply' | 'postmaster' | None."""
-        kind = self.remembered_recipient(addr)
         a = addr.strip().lower()
-        ident = self.svc.identity
-        if kind is not None or token_from_address(a, local=ident.reply_local, domain=ident.domain):
-            return kind  # a reply address is decided by its token alone
+        decided, kind = self._without_database(a)
+        if decided:
+            return kind
         with read_session(self.svc.sessions) as s:
             d = Directory(s)
             kind = (
@@ -119,6 +103,22 @@ class MailIntake:
             self._known[a] = (kind, time.monotonic())
         return kind
 
+    def _without_database(self, a: str) -> tuple[bool, str | None]:
+        """(decided, kind) for a lower-cased address; not decided: the directory must say."""
+        ident = self.svc.identity
+        if a.split("@")[0] == "postmaster":
+            return True, "postmaster"
+        tok = token_from_address(a, local=ident.reply_local, domain=ident.domain)
+        if tok is not None:  # a reply address is decided by its token alone
+            valid = self.svc.tokens is not None and self.svc.tokens.verify(tok, now=self.svc.now())
+            return True, "reply" if valid else None
+        if a == ident.from_address:
+            return True, "reply"
+        known = self._known.get(a)
+        if known is not None and time.monotonic() - known[1] < RECIPIENT_TTL:
+            return True, known[0]
+        return False, None
+
     def receive(self, cmd: ReceiveMail) -> IntakeResult:
         try:
             with self.svc.unit() as u:
@@ -126,9 +126,7 @@ class MailIntake:
         except IntegrityError:
             # Two deliveries of one message raced; the other one committed it first.
             with read_session(self.svc.sessions) as s:
-                rec = s.scalars(
-                    select(m.InboundMail).where(m.InboundMail.dedupe_key == cmd.dedupe_key)
-                ).first()
+                rec = s.connection().execute(_PRIOR, {"key": cmd.dedupe_key}).first()
             if rec is None:
                 raise
             return IntakeResult("duplicate", f"duplicate of an accepted mail: {rec.rule}")
@@ -145,9 +143,7 @@ class MailIntake:
         error_text = error_text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
         rule = f"quarantined: processing error ({type(error).__name__})"
         with self.svc.unit() as u:
-            prior = u.s.scalars(
-                select(m.InboundMail).where(m.InboundMail.dedupe_key == key)
-            ).first()
+            prior = u.s.connection().execute(_PRIOR, {"key": key}).first()
             if prior is not None:
                 return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior.rule}")
             u.store_blob(sha, raw)
