@@ -6,7 +6,7 @@ the same writer alone (`benchmarks/intake_writer.py`); the difference went to pa
 interpreter lock back and forth with the event loop and the executor threads, and the process
 was pinned at one core while the other was half idle.
 
-The child builds its own App from the same Settings and runs `GroupCommitIntake`; the parent
+The child builds its own App from the same Settings and writes with `GroupCommitIntake`; the parent
 sends it each parsed mail over a pipe and waits for the answer. Durability is unchanged: the
 child answers a mail only after the commit of its batch. If the child dies, every mail waiting
 on it is answered 451 (committed or not, the MTA's retry is then a duplicate or stored once)
@@ -22,9 +22,8 @@ import multiprocessing
 import signal
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from functools import partial
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -199,16 +198,27 @@ class IntakeWriterProcess:
 
 
 # ---- the child -----------------------------------------------------------------------------
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(0)
+class _Stop(Exception):
+    """SIGTERM while the child waits for mail."""
 
 
 def serve(settings: Settings, conn: Connection) -> None:
-    """The child's main: apply each mail received on `conn` through group commit, answer it."""
-    # Ctrl-C reaches the whole process group: the parent stops us by closing the pipe. SIGTERM
-    # ends the loop below, so what is queued is still applied before the process exits.
+    """The child's main: read the mails waiting on `conn`, write them as one group-commit batch,
+    answer each after the commit, and again.
+
+    One thread does it all: with a reader thread handing mails to a writer thread, the two
+    passed the interpreter lock back and forth for every mail (py-spy, 2026-11-26)."""
+    # Ctrl-C reaches the whole process group: the parent stops us by closing the pipe.
+    # SIGTERM while a batch is written lets it finish (and be answered) first.
+    state = {"busy": False, "stop": False}
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        state["stop"] = True
+        if not state["busy"]:
+            raise _Stop
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGTERM, on_term)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -218,16 +228,12 @@ def serve(settings: Settings, conn: Connection) -> None:
     except Exception as e:  # noqa: BLE001 - told to the parent, which answers 451
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         return
-    writer = GroupCommitIntake(intake)
-    poison = ThreadPoolExecutor(1, thread_name_prefix="intake-poison")
-    send_lock = threading.Lock()
 
     def send(message: tuple[int, bool, object]) -> None:
-        with send_lock:
-            try:
-                conn.send(message)
-            except (OSError, ValueError):
-                pass  # the parent is gone; the MTA's retry will be a duplicate
+        try:
+            conn.send(message)
+        except (OSError, ValueError):
+            pass  # the parent is gone; the MTA's retry will be a duplicate
 
     def quarantine(rid: int, cmd: ReceiveMail, error: BaseException) -> None:
         log.error("mail %s could not be processed; quarantined", cmd.message_id, exc_info=error)
@@ -248,28 +254,38 @@ def serve(settings: Settings, conn: Connection) -> None:
             )
         send((rid, True, result))
 
-    def finished(rid: int, cmd: ReceiveMail, fut: Future[IntakeResult]) -> None:
-        error = fut.exception()
-        if error is None:
-            send((rid, True, fut.result()))
-        elif is_storage_error(error):
-            send((rid, False, f"{type(error).__name__}: {error}"))
-        else:
-            # Poison mail: kept in quarantine, off the writer thread that runs this callback.
-            poison.submit(quarantine, rid, cmd, error)
-
+    writer = GroupCommitIntake(intake, thread=False)
     conn.send((_READY,))
     try:
-        while True:
+        while not state["stop"]:
             try:
-                item = conn.recv()
-            except (EOFError, OSError):
-                break  # the parent died or closed the pipe
+                item = conn.recv()  # the first mail of a batch: wait for it
+            except (EOFError, OSError, _Stop):
+                break  # the parent died or closed the pipe, or SIGTERM
+            state["busy"] = True
             if item is None:
                 break
-            rid, cmd = item
-            writer.submit(cmd).add_done_callback(partial(finished, rid, cmd))
+            batch: list[tuple[int, ReceiveMail]] = [item]
+            cap = writer.batch_cap()
+            try:
+                while len(batch) < cap and conn.poll():
+                    item = conn.recv()
+                    if item is None:
+                        state["stop"] = True
+                        break
+                    batch.append(item)
+            except (EOFError, OSError):
+                state["stop"] = True  # write what was read; nobody may be left to answer
+            futures: list[Future[IntakeResult]] = [Future() for _ in batch]
+            writer.write([(cmd, fut) for (_, cmd), fut in zip(batch, futures, strict=True)])
+            for (rid, cmd), fut in zip(batch, futures, strict=True):
+                error = fut.exception()
+                if error is None:
+                    send((rid, True, fut.result()))
+                elif is_storage_error(error):
+                    send((rid, False, f"{type(error).__name__}: {error}"))
+                else:
+                    quarantine(rid, cmd, error)  # poison mail: kept, and answered 250
+            state["busy"] = False
     finally:
-        writer.close()
-        poison.shutdown(wait=True)
         app.close()
