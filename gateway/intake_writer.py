@@ -16,6 +16,7 @@ that could not even be parsed stay in the parent.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import multiprocessing
@@ -48,16 +49,30 @@ class _Link:
     conn: Connection
     proc: BaseProcess
     alive: bool = True
-    pending: dict[int, Future[IntakeResult]] = field(default_factory=dict)
+    # A session on the event loop waits on an asyncio future, anyone else on a concurrent one.
+    pending: dict[int, Future[IntakeResult] | asyncio.Future[IntakeResult]] = field(
+        default_factory=dict
+    )
 
 
 class IntakeWriterProcess:
     """The SMTP handler's `Intake`, with `receive` done by a child process."""
 
-    def __init__(self, settings: Settings, local: MailIntake, *, start_timeout: float = 60.0):
+    def __init__(
+        self,
+        settings: Settings,
+        local: MailIntake,
+        *,
+        start_timeout: float = 60.0,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ):
         self.settings = settings
         self.local = local
         self.start_timeout = start_timeout
+        # The SMTP server's event loop, when given: the writer's answers are read there
+        # (`add_reader`) and resolve the sessions' futures directly. A reader thread instead
+        # woke the loop once per mail and passed the interpreter lock back and forth with it.
+        self._loop = loop
         # spawn: this process has threads and open database connections a fork would copy.
         self._mp = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
@@ -84,11 +99,27 @@ class IntakeWriterProcess:
         Never waits for a writer to start: while there is none, the answer is a storage error
         (451), and the MTA retries."""
         fut: Future[IntakeResult] = Future()
+        self._send(cmd, fut)
+        return fut
+
+    async def submit_async(self, cmd: ReceiveMail) -> IntakeResult:
+        """`submit` for a session on the event loop: the answer, after its batch's commit. If
+        the session is dropped meanwhile, the mail keeps its place in the batch."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            return await asyncio.wrap_future(self.submit(cmd))
+        fut: asyncio.Future[IntakeResult] = loop.create_future()
+        self._send(cmd, fut)
+        return await fut
+
+    def _send(
+        self, cmd: ReceiveMail, fut: Future[IntakeResult] | asyncio.Future[IntakeResult]
+    ) -> None:
         with self._lock:
             link = self._link
             if self._closed or link is None or not link.alive:
                 fut.set_exception(StorageUnavailable("the intake writer is (re)starting"))
-                return fut
+                return
             rid = next(self._ids)
             link.pending[rid] = fut
             try:
@@ -96,7 +127,6 @@ class IntakeWriterProcess:
             except (OSError, ValueError) as e:
                 link.pending.pop(rid, None)
                 fut.set_exception(StorageUnavailable(f"intake writer unreachable: {e}"))
-        return fut
 
     def close(self) -> None:
         with self._lock:
@@ -143,25 +173,63 @@ class IntakeWriterProcess:
             parent_end.send(None)
             proc.join(30)
             return
-        threading.Thread(
-            target=self._read, args=(link,), name="intake-writer-answers", daemon=True
-        ).start()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._watch, link)
+        else:
+            threading.Thread(
+                target=self._read, args=(link,), name="intake-writer-answers", daemon=True
+            ).start()
         log.info("intake writer started (pid %s)", proc.pid)
 
+    def _watch(self, link: _Link) -> None:
+        """On the event loop: read the writer's answers whenever its pipe is readable."""
+        assert self._loop is not None
+        try:
+            self._loop.add_reader(link.conn.fileno(), self._readable, link)
+        except (OSError, ValueError):  # the pipe is already closed: the writer is gone
+            threading.Thread(target=self._lost, args=(link,), daemon=True).start()
+
+    def _readable(self, link: _Link) -> None:
+        """On the event loop: every answer waiting in the pipe; at its end, the writer died."""
+        assert self._loop is not None
+        try:
+            while link.conn.poll():
+                self._resolve(link, *link.conn.recv())
+        except (EOFError, OSError):
+            self._loop.remove_reader(link.conn.fileno())
+            # Joining the dead process and starting a new one block: not on the loop.
+            threading.Thread(
+                target=self._lost, args=(link,), name="intake-writer-restart", daemon=True
+            ).start()
+
     def _read(self, link: _Link) -> None:
+        """A thread reading the writer's answers (no event loop given)."""
         while True:
             try:
                 rid, ok, payload = link.conn.recv()
             except (EOFError, OSError):
                 break
-            with self._lock:
-                fut = link.pending.pop(rid, None)
-            if fut is None:
-                continue
-            if ok:
-                answer(fut, payload)
-            else:
-                answer(fut, error=StorageUnavailable(payload))
+            self._resolve(link, rid, ok, payload)
+        self._lost(link)
+
+    def _resolve(self, link: _Link, rid: int, ok: bool, payload: Any) -> None:
+        with self._lock:
+            fut = link.pending.pop(rid, None)
+        if fut is None:
+            return
+        if isinstance(fut, asyncio.Future):
+            if not fut.done():  # else the session was dropped: nobody is left to answer
+                if ok:
+                    fut.set_result(payload)
+                else:
+                    fut.set_exception(StorageUnavailable(payload))
+        elif ok:
+            answer(fut, payload)
+        else:
+            answer(fut, error=StorageUnavailable(payload))
+
+    def _lost(self, link: _Link) -> None:
+        """The writer's pipe ended: everyone still waiting gets 451, and a new writer starts."""
         with self._lock:
             link.alive = False
             pending, link.pending = link.pending, {}
@@ -176,7 +244,14 @@ class IntakeWriterProcess:
                 len(pending),
             )
         for fut in pending.values():
-            answer(fut, error=StorageUnavailable("the intake writer stopped before answering"))
+            error = StorageUnavailable("the intake writer stopped before answering")
+            if isinstance(fut, asyncio.Future):
+                try:
+                    fut.get_loop().call_soon_threadsafe(_fail, fut, error)
+                except RuntimeError:
+                    pass  # the loop is closed: its sessions are gone
+            else:
+                answer(fut, error=error)
         if not closing:
             self._restart()
 
@@ -195,6 +270,11 @@ class IntakeWriterProcess:
                 delay = min(delay * 2, 5.0)
                 continue
             return
+
+
+def _fail(fut: asyncio.Future[IntakeResult], error: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(error)
 
 
 # ---- the child -----------------------------------------------------------------------------

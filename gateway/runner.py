@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import signal
@@ -45,10 +46,20 @@ def make_transport(settings: Settings) -> Transport:
     raise ValueError(f"outbound.transport: unknown transport {o.transport!r} (smtp or maildir)")
 
 
-def make_handler(app: App, intake: MailIntake, *, writer_process: bool = False) -> IntakeHandler:
+def make_handler(
+    app: App,
+    intake: MailIntake,
+    *,
+    writer_process: bool = False,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> IntakeHandler:
+    """The SMTP handler; with `writer_process`, mails are written by a child process whose
+    answers are read on `loop` (the SMTP server's event loop) when given."""
     s = app.settings.smtp
     front: GroupCommitIntake | IntakeWriterProcess = (
-        IntakeWriterProcess(app.settings, intake) if writer_process else GroupCommitIntake(intake)
+        IntakeWriterProcess(app.settings, intake, loop=loop)
+        if writer_process
+        else GroupCommitIntake(intake)
     )
     return IntakeHandler(
         front,
@@ -142,12 +153,15 @@ def run(settings: Settings) -> int:
     try:
         if settings.smtp.enabled:
             intake = make_intake(app)
+            # One event loop for the SMTP sessions and the intake writer's answers.
+            loop = asyncio.new_event_loop()
             server = SmtpIntakeServer(
-                make_handler(app, intake, writer_process=settings.smtp.writer_process),
+                make_handler(app, intake, writer_process=settings.smtp.writer_process, loop=loop),
                 host=settings.smtp.host,
                 port=settings.smtp.port,
                 max_message_bytes=settings.smtp.max_message_bytes,
                 hostname=settings.smtp.hostname or app.identity.domain,
+                loop=loop,
             )
             server.start()
             started.append(server)

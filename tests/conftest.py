@@ -246,9 +246,10 @@ class Gateway:
 
 
 @contextmanager
-def serving(env: Env, handler: object = None) -> Iterator[Gateway]:
+def serving(env: Env, handler: object = None, loop: object = None) -> Iterator[Gateway]:
     """The SMTP intake of ``env`` on a free port of 127.0.0.1, stopped afterwards; ``handler``
-    replaces the one `ticketgate run` builds (a test injecting faults)."""
+    replaces the one `ticketgate run` builds (a test injecting faults); ``loop`` is the event
+    loop the server runs on (the one the handler's writer process answers on)."""
     from gateway.mail.smtp_server import SmtpIntakeServer
     from gateway.runner import make_handler, make_intake, make_worker
 
@@ -260,6 +261,7 @@ def serving(env: Env, handler: object = None) -> Iterator[Gateway]:
         port=port,
         max_message_bytes=app.settings.smtp.max_message_bytes,
         hostname=app.identity.domain,
+        loop=loop,  # type: ignore[arg-type]
     )
     server.start()
     try:

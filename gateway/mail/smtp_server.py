@@ -35,7 +35,8 @@ def _is_utf8(address: str) -> bool:
 
 class Intake(Protocol):
     """What the handler needs of the service. A batching intake also offers
-    ``submit(cmd) -> concurrent.futures.Future[IntakeResult]``, which the handler then awaits."""
+    ``submit(cmd) -> concurrent.futures.Future[IntakeResult]`` or ``async submit_async(cmd)``,
+    which the handler then awaits."""
 
     def known_recipient(self, addr: str) -> str | None: ...
     def receive(self, cmd: ReceiveMail) -> IntakeResult: ...
@@ -169,21 +170,26 @@ class IntakeHandler:
                 self.pool, self.quarantine, raw, sender, rcpts, e, None
             )
         else:
+            submit_async = getattr(self.intake, "submit_async", None)
             submit = getattr(self.intake, "submit", None)
-            if submit is None:
-                result = await loop.run_in_executor(
-                    self.pool, self.hand_over, raw, sender, rcpts, cmd
-                )
-            else:
-                # The writer answers through a future: no thread of ours waits for it. Shielded:
-                # a session dropped meanwhile (aiosmtpd cancels this task) must not cancel the
-                # mail's place in the writer's batch.
-                try:
+            try:
+                if submit_async is not None:
+                    # The writer process answers on this loop; a session dropped meanwhile
+                    # leaves the mail its place in the batch.
+                    result = _answer(await submit_async(cmd))
+                elif submit is not None:
+                    # The writer answers through a future: no thread of ours waits for it.
+                    # Shielded: a session dropped meanwhile (aiosmtpd cancels this task) must
+                    # not cancel the mail's place in the writer's batch.
                     result = _answer(await asyncio.shield(asyncio.wrap_future(submit(cmd))))
-                except Exception as e:  # noqa: BLE001 - storage → 451; anything else is poison
+                else:
                     result = await loop.run_in_executor(
-                        self.pool, self.failed, raw, sender, rcpts, cmd, e
+                        self.pool, self.hand_over, raw, sender, rcpts, cmd
                     )
+            except Exception as e:  # noqa: BLE001 - storage → 451; anything else is poison
+                result = await loop.run_in_executor(
+                    self.pool, self.failed, raw, sender, rcpts, cmd, e
+                )
         return f"{result.code} {result.text}"
 
     def hand_over(
@@ -275,11 +281,19 @@ class SmtpIntakeServer:
     """Runs the handler on host:port with SIZE advertised (552 over the limit)."""
 
     def __init__(
-        self, handler: IntakeHandler, *, host: str, port: int, max_message_bytes: int, hostname: str
+        self,
+        handler: IntakeHandler,
+        *,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        hostname: str,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.handler = handler
         self.controller = _Controller(
             handler,
+            loop=loop,
             hostname=host,
             port=port,
             server_hostname=hostname,

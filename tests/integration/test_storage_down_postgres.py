@@ -5,6 +5,7 @@ restore, so the shared server itself keeps running for the other tests."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -95,7 +96,10 @@ class Relay:
                     pass
 
 
-@pytest.fixture(params=[False, True], ids=["writer-thread", "writer-process"])
+@pytest.fixture(
+    params=["thread", "process", "process-on-loop"],
+    ids=["writer-thread", "writer-process", "writer-process-answers-on-loop"],
+)
 def relayed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Gateway, Relay]]:
     from gateway.runner import make_handler, make_intake
 
@@ -109,10 +113,19 @@ def relayed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Ga
         env = make_env(Database("postgres", with_search_path(url, schema)), tmp_path / "pg")
         env.import_org(write_demo_org(tmp_path / "pg"))
         try:
-            # writer-process: the writer child (as `ticketgate run` has it) loses PostgreSQL
-            handler = make_handler(env.app, make_intake(env.app), writer_process=request.param)
-            with serving(env, handler) as gw:
+            # writer-process: the writer child loses PostgreSQL; on-loop: its answers are read
+            # on the SMTP server's event loop, as `ticketgate run` has it
+            loop = asyncio.new_event_loop() if request.param == "process-on-loop" else None
+            handler = make_handler(
+                env.app,
+                make_intake(env.app),
+                writer_process=request.param != "thread",
+                loop=loop,
+            )
+            with serving(env, handler, loop) as gw:
                 yield gw, relay
+            if loop is not None:
+                loop.close()
         finally:
             relay.down()
             env.app.close()
