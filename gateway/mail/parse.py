@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import email.feedparser
 import hashlib
 import re
 import unicodedata
@@ -25,6 +26,28 @@ T = TypeVar("T")
 
 _LINESEP = re.compile(r"\n|\r")  # what EmailPolicy.header_fetch_parse removes
 
+# A Content-Type of plain tokens and parameters: nothing to decode (no encoded words, no
+# comments, no escapes, ASCII only).
+_PLAIN_CONTENT_TYPE = re.compile(
+    r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+"
+    r"(?:[ \t]*;[ \t]*[A-Za-z0-9!#$&^_.+-]+=(?:\"[ !#-\[\]-~]+\"|[A-Za-z0-9!#$&^_.+=-]+))*"
+    r"[ \t]*"
+)
+_PARAM_NAME = re.compile(r";[ \t]*([A-Za-z0-9!#$&^_.+-]+)=")
+
+
+def _is_plain_content_type(value: str) -> bool:
+    """A Content-Type that every reader here gets the same answers from as text as from the
+    parsed header (tests/unit/test_parse_shortcuts.py): plain tokens and non-empty quoted
+    parameters, no encoded words, comments, escapes, RFC 2231, non-ASCII, trailing ";" or
+    repeated parameter names (the parsed header keeps the last, the text reads the first)."""
+    if "=?" in value or not _PLAIN_CONTENT_TYPE.fullmatch(value):
+        return False
+    if value.count(";") > 1:
+        names = [n.lower() for n in _PARAM_NAME.findall(value)]
+        return len(names) == len(set(names))
+    return True
+
 
 @lru_cache(maxsize=512)
 def _parsed_header(name: str, value: str) -> Any:
@@ -36,13 +59,75 @@ class _IntakePolicy(policy.EmailPolicy):
 
     The feed parser and our walk ask every part for its Content-Type several times, and the
     modern policy parses the header again on each call: that was 45 % of parsing a typical
-    mail (py-spy, 2026-11-26). Parsed headers are read-only values, so one can be shared."""
+    mail (py-spy, 2026-11-26). Parsed headers are read-only values, so one can be shared.
+
+    A plain Content-Type (`_is_plain_content_type`) is handed out as its text: the
+    multipart one is new in every mail (its boundary), so the memo never had it, and every
+    reader of it here (`get_content_type`, `get_param`, `get_boundary`, the feed parser)
+    only reads it as text, and answers the same from such a value as from its header object."""
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
         if hasattr(value, "name") or len(value) > 4096:
             return super().header_fetch_parse(name, value)
-        return _parsed_header(name, _LINESEP.sub("", value))
+        value = _LINESEP.sub("", value)
+        if name.lower() == "content-type" and _is_plain_content_type(value):
+            return value
+        return _parsed_header(name, value)
 
+
+# email.feedparser compiles a regular expression for every multipart boundary it meets, and
+# a boundary is new in every mail: compiling it was a fifth of parsing a typical mail
+# (cProfile, 2026-11-26). The pattern only asks "does this line start with the separator,
+# and what follows it"; `_BoundaryLine` answers that without compiling anything.
+_FEEDPARSER_BOUNDARY = (
+    "(?P<sep>",
+    r")(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$",
+)
+_BOUNDARY_TAIL = re.compile(r"(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$")
+_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+class _BoundaryLine:
+    """`re.compile('(?P<sep>' + re.escape(separator) + tail)` as the feed parser uses it:
+    `match(line)` gives the groups `end`, `ws` and `linesep` of the same match."""
+
+    __slots__ = ("separator", "start")
+
+    def __init__(self, separator: str) -> None:
+        self.separator = separator
+        self.start = len(separator)
+
+    def match(self, line: str) -> re.Match[str] | None:
+        if line.startswith(self.separator):
+            return _BOUNDARY_TAIL.match(line, self.start)
+        return None
+
+
+class _FeedParserRe:
+    """The `re` module as email.feedparser sees it: the same, except for boundary patterns.
+    Any other pattern, or a boundary pattern of another shape (a future Python), is compiled
+    by `re` as before."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(re, name)
+
+    @staticmethod
+    def compile(pattern: Any, flags: int = 0) -> Any:
+        head, tail = _FEEDPARSER_BOUNDARY
+        if (
+            flags == 0
+            and isinstance(pattern, str)
+            and pattern.startswith(head)
+            and pattern.endswith(tail)
+        ):
+            escaped = pattern[len(head) : -len(tail)]
+            separator = _UNESCAPE.sub(r"\1", escaped)
+            if re.escape(separator) == escaped:
+                return _BoundaryLine(separator)
+        return re.compile(pattern, flags)
+
+
+email.feedparser.re = _FeedParserRe()  # type: ignore[attr-defined]
 
 _POLICY = _IntakePolicy()
 
