@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from gateway.domain.lifecycle import AssignmentType, Role
 from gateway.domain.routing import Party, PartyKind
 from store import models as m
+from store.prepared import Prepared
 
 _Row = TypeVar("_Row", bound=m.Base)
 
@@ -52,7 +53,7 @@ class TicketAt:
     copies_upto: int
 
 
-_DIRECTORY_VERSION = select(m.DirectoryVersion.version).where(m.DirectoryVersion.id == 1)
+_DIRECTORY_VERSION = Prepared(select(m.DirectoryVersion.version).where(m.DirectoryVersion.id == 1))
 
 
 class DirectoryCache:
@@ -74,7 +75,7 @@ class DirectoryCache:
 
     def sync(self, session: Session) -> None:
         """At the start of a transaction: drop everything if the directory changed."""
-        version = int(session.connection().execute(_DIRECTORY_VERSION).scalar() or 0)
+        version = int(_DIRECTORY_VERSION(session.connection(), {}) or 0)
         if version != self.version:
             self.clear()
             self.version = version

@@ -6,7 +6,7 @@ import hashlib
 import time
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from gateway.domain.lifecycle import TERMINAL, Channel, Priority, Role, Status
@@ -25,18 +25,32 @@ from gateway.service.errors import UserFacingError
 from gateway.service.tickets import TicketService, Unit
 from store import models as m
 from store.db import read_session
+from store.prepared import Prepared
 
-# Processing records are written, and looked up by dedupe key, without the ORM's overhead.
-_INSERT_RECORD = insert(m.InboundMail)
-_PRIOR = select(m.InboundMail.ticket_id, m.InboundMail.rule).where(
-    m.InboundMail.dedupe_key == bindparam("key")
+# Processing records are written, and looked up by dedupe key, without the ORM's overhead
+# (and prepared: store/prepared.py).
+_INSERT_RECORD = Prepared(insert(m.InboundMail))
+_PRIOR = Prepared(
+    select(m.InboundMail.ticket_id, m.InboundMail.rule).where(
+        m.InboundMail.dedupe_key == bindparam("key")
+    )
 )
 
+
+def _prior(conn: Connection, key: str) -> tuple[int | None, str] | None:
+    """The processing record of an earlier delivery of this mail: (ticket id, rule)."""
+    rows = _PRIOR.rows(conn, {"key": key})
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
 # Threading rule 2: a Message-ID we sent, one we received, or a ticket's root (in that order).
-_BY_MESSAGE_ID = (
-    select(m.Outbox.ticket_id).where(m.Outbox.message_id == bindparam("mid")).limit(1),
-    select(m.Message.ticket_id).where(m.Message.message_id == bindparam("mid")).limit(1),
-    select(m.Ticket.id).where(m.Ticket.root_message_id == bindparam("mid")).limit(1),
+_BY_MESSAGE_ID = tuple(
+    Prepared(q)
+    for q in (
+        select(m.Outbox.ticket_id).where(m.Outbox.message_id == bindparam("mid")).limit(1),
+        select(m.Message.ticket_id).where(m.Message.message_id == bindparam("mid")).limit(1),
+        select(m.Ticket.id).where(m.Ticket.root_message_id == bindparam("mid")).limit(1),
+    )
 )
 
 # How long a recipient found at RCPT TO is taken as known without asking the database again.
@@ -75,7 +89,7 @@ class MailIntake:
             .limit(sender_rate_per_hour)
             .subquery()
         )
-        self._recent = select(func.count()).select_from(window)
+        self._recent = Prepared(select(func.count()).select_from(window))
 
     def remembered_recipient(self, addr: str) -> str | None:
         """RCPT TO where no database is needed: postmaster, our own address, a valid reply
@@ -126,10 +140,10 @@ class MailIntake:
         except IntegrityError:
             # Two deliveries of one message raced; the other one committed it first.
             with read_session(self.svc.sessions) as s:
-                rec = s.connection().execute(_PRIOR, {"key": cmd.dedupe_key}).first()
+                rec = _prior(s.connection(), cmd.dedupe_key)
             if rec is None:
                 raise
-            return IntakeResult("duplicate", f"duplicate of an accepted mail: {rec.rule}")
+            return IntakeResult("duplicate", f"duplicate of an accepted mail: {rec[1]}")
 
     def quarantine_failed(self, failed: FailedMail) -> IntakeResult:
         """Poison mail: parsing or applying it raised (a bug, or input nobody foresaw). It is
@@ -143,9 +157,9 @@ class MailIntake:
         error_text = error_text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
         rule = f"quarantined: processing error ({type(error).__name__})"
         with self.svc.unit() as u:
-            prior = u.s.connection().execute(_PRIOR, {"key": key}).first()
+            prior = _prior(u.s.connection(), key)
             if prior is not None:
-                return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior.rule}")
+                return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior[1]}")
             u.store_blob(sha, raw)
             u.s.add(
                 m.InboundMail(
@@ -186,8 +200,8 @@ class MailIntake:
                 d.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
                 for d in cmd.defects[:50]
             ]
-        u.s.connection().execute(
-            _INSERT_RECORD,
+        _INSERT_RECORD(
+            u.s.connection(),
             {
                 "dedupe_key": cmd.dedupe_key,
                 "message_id": cmd.message_id,
@@ -204,10 +218,10 @@ class MailIntake:
 
     def apply(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
         """Decide and write one mail inside the caller's unit of work (no commit here)."""
-        prior = u.s.connection().execute(_PRIOR, {"key": cmd.dedupe_key}).first()
+        prior = _prior(u.s.connection(), cmd.dedupe_key)
         if prior is not None:
-            ref = f"TKT-{prior.ticket_id}" if prior.ticket_id else None
-            return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior.rule}", ref)
+            ref = f"TKT-{prior[0]}" if prior[0] else None
+            return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior[1]}", ref)
         # SPEC §2.5: automatic mail is recognised before the sender check and kept, never answered.
         q = cmd.quarantine
         if q is not None:
@@ -256,9 +270,7 @@ class MailIntake:
             )
         trusted = cmd.dmarc in (None, "pass")
         since = u.now - timedelta(hours=1)
-        recent = (
-            u.s.connection().execute(self._recent, {"sender": cmd.from_email, "since": since})
-        ).scalar_one()
+        recent = int(self._recent(u.s.connection(), {"sender": cmd.from_email, "since": since}))
         if recent >= self.sender_rate_per_hour:
             rule = f"quarantined: rate limit ({self.sender_rate_per_hour} mails an hour from one sender)"
             self._record(u, cmd, "quarantined", rule, None, kind="rate_limit")
@@ -303,7 +315,7 @@ class MailIntake:
     def _ticket_for_message_id(self, u: Unit, mid: str) -> int | None:
         conn = u.s.connection()
         for query in _BY_MESSAGE_ID:
-            found = conn.execute(query, {"mid": mid}).scalar()
+            found = query(conn, {"mid": mid})
             if found is not None:
                 return int(found)
         return None

@@ -20,6 +20,7 @@ from gateway.domain.visibility import sees_hidden
 from gateway.service.commands import CommandResult
 from gateway.service.directory import Directory, TicketAt
 from store import models as m
+from store.prepared import Prepared
 
 # Kinds that are automatic mail in the sense of RFC 3834 (counted by the loop breaker).
 AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_request", "refusal"})
@@ -27,9 +28,9 @@ AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_req
 # Loop breaker per (ticket, recipient), after Zammad's notification_email.rb (≤10 mails in
 # 10 min … 100 in 10 h): a ticket that ping-pongs with an autoresponder stops mailing it.
 TICKET_RECIPIENT_WINDOW = timedelta(hours=1)
-_INSERT_EVENT = insert(m.OutboxEvent)
-_NEWEST_HISTORY = select(func.max(m.StatusHistory.id)).where(
-    m.StatusHistory.ticket_id == bindparam("t")
+_INSERT_EVENT = Prepared(insert(m.OutboxEvent))
+_NEWEST_HISTORY = Prepared(
+    select(func.max(m.StatusHistory.id)).where(m.StatusHistory.ticket_id == bindparam("t"))
 )
 
 _HINTS: dict[Role, tuple[str, ...]] = {
@@ -148,7 +149,7 @@ class Notifier:
     def _newest_history_id(self, ticket_id: int) -> int:
         newest = self._newest_history.get(ticket_id)
         if newest is None:
-            found = self.s.connection().execute(_NEWEST_HISTORY, {"t": ticket_id}).scalar()
+            found = _NEWEST_HISTORY(self.s.connection(), {"t": ticket_id})
             newest = self._newest_history[ticket_id] = int(found or 0)
         return newest
 
@@ -275,8 +276,8 @@ class Notifier:
             "at": self.now.isoformat(),
         }
         # A Core INSERT: the unit never reads the event back (see tickets._INSERT_HISTORY).
-        self.s.connection().execute(
-            _INSERT_EVENT,
+        _INSERT_EVENT(
+            self.s.connection(),
             {
                 "ticket_id": ticket.id,
                 "kind": kind,

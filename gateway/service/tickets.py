@@ -41,6 +41,7 @@ from gateway.service.directory import Directory, DirectoryCache
 from gateway.service.errors import ActionRefused, NotFound, UserFacingError
 from gateway.service.notify import MailIdentity, Notifier, status_kind
 from store import models as m
+from store.prepared import Prepared
 
 REF_RE = re.compile(r"^\s*TKT-(\d+)\s*$", re.IGNORECASE)
 
@@ -55,17 +56,17 @@ def parse_ref(ref: str) -> int:
 # Rows a unit only writes (history, messages, attachments, copies) are Core INSERTs, not ORM
 # objects: a flush per object was a third of the intake writer's time (cProfile, 2026-11-26),
 # the INSERT itself a tenth of that. The ids come back by RETURNING where someone needs them.
-_INSERT_HISTORY = insert(m.StatusHistory).returning(m.StatusHistory.id)
-_INSERT_MESSAGE = insert(m.Message).returning(m.Message.id)
-_INSERT_ATTACHMENT = insert(m.Attachment)
-_INSERT_COPY = insert(m.TicketCopy).returning(m.TicketCopy.id)
+_INSERT_HISTORY = Prepared(insert(m.StatusHistory).returning(m.StatusHistory.id))
+_INSERT_MESSAGE = Prepared(insert(m.Message).returning(m.Message.id))
+_INSERT_ATTACHMENT = Prepared(insert(m.Attachment))
+_INSERT_COPY = Prepared(insert(m.TicketCopy).returning(m.TicketCopy.id))
 
 
 @functools.cache
 def _blob_insert(dialect: str) -> Any:
     """`INSERT INTO blobs … ON CONFLICT (sha256) DO NOTHING` in the dialect's own spelling."""
     ins = pg_insert if dialect == "postgresql" else sqlite_insert
-    return ins(m.Blob).on_conflict_do_nothing(index_elements=[m.Blob.sha256])
+    return Prepared(ins(m.Blob).on_conflict_do_nothing(index_elements=[m.Blob.sha256]))
 
 
 @dataclass(frozen=True)
@@ -124,22 +125,18 @@ class Unit:
         channel: Channel,
         remark: str = "",
     ) -> None:
-        row_id = (
-            self.s.connection()
-            .execute(
-                _INSERT_HISTORY,
-                {
-                    "ticket_id": t.id,
-                    "status": t.status,
-                    "action": action,
-                    "actor_id": actor.id if actor else None,
-                    "actor_label": actor.email if actor else "system",
-                    "at": self.now,
-                    "channel": channel.value,
-                    "remark": remark,
-                },
-            )
-            .scalar_one()
+        row_id = _INSERT_HISTORY(
+            self.s.connection(),
+            {
+                "ticket_id": t.id,
+                "status": t.status,
+                "action": action,
+                "actor_id": actor.id if actor else None,
+                "actor_label": actor.email if actor else "system",
+                "at": self.now,
+                "channel": channel.value,
+                "remark": remark,
+            },
         )
         self.notify.history_added(t.id, int(row_id))
 
@@ -151,8 +148,8 @@ class Unit:
         SAVEPOINT rollback (`forget_cached`), which takes the blobs with it."""
         if sha in self._stored_blobs:
             return
-        stmt = _blob_insert(self.s.get_bind().dialect.name)
-        self.s.connection().execute(stmt, {"sha256": sha, "size": len(data), "data": data})
+        conn = self.s.connection()
+        _blob_insert(conn.dialect.name)(conn, {"sha256": sha, "size": len(data), "data": data})
         self._stored_blobs.add(sha)
 
     def add_message(
@@ -182,23 +179,20 @@ class Unit:
             "slack_ts": None,
         }
         conn = self.s.connection()
-        msg_id = int(conn.execute(_INSERT_MESSAGE, values).scalar_one())
+        msg_id = int(_INSERT_MESSAGE(conn, values))
         for a in attachments:
             self.store_blob(a.sha256, a.data)
-        if attachments:
-            conn.execute(
-                _INSERT_ATTACHMENT,
-                [
-                    {
-                        "message_id": msg_id,
-                        "sha256": a.sha256,
-                        "filename": a.filename,
-                        "content_type": a.content_type,
-                        "size": len(a.data),
-                        "inline": a.inline,
-                    }
-                    for a in attachments
-                ],
+        for a in attachments:
+            _INSERT_ATTACHMENT(
+                conn,
+                {
+                    "message_id": msg_id,
+                    "sha256": a.sha256,
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "size": len(a.data),
+                    "inline": a.inline,
+                },
             )
         return m.Message(id=msg_id, **values)  # what was stored; not in the session
 
@@ -217,7 +211,7 @@ class Unit:
             "department_id": dep_id,
             "added_at": self.now,
         }
-        row_id = int(self.s.connection().execute(_INSERT_COPY, values).scalar_one())
+        row_id = int(_INSERT_COPY(self.s.connection(), values))
         copies.append(
             m.TicketCopy(id=row_id, **values)
         )  # for this unit's cache; not in the session

@@ -1,0 +1,133 @@
+"""`store.prepared.Prepared` stores and reads exactly what `Connection.execute` does, inside
+the caller's transaction, and raises the same SQLAlchemy exceptions (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import bindparam, func, insert, literal_column, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from store import models as m
+from store.db import is_storage_error
+from store.prepared import Prepared
+from tests.conftest import Env
+
+_RECORD = insert(m.InboundMail)
+_PREPARED_RECORD = Prepared(_RECORD)
+_BLOB = insert(m.Blob)
+
+
+def _record(key: str, at: datetime) -> dict[str, object]:
+    return {
+        "dedupe_key": key,
+        "message_id": "<a@b>",
+        "sender": "frank@acme.example",
+        "channel": "email",
+        "outcome": "ticket",
+        "rule": "new ticket: no rule matched",
+        "ticket_id": None,
+        "raw_sha256": None,
+        "at": at,
+        "detail": {"defects": ["ä", "x" * 10], "n": 1, "ok": True, "none": None},
+    }
+
+
+def test_insert_stores_what_execute_stores(env: Env) -> None:
+    """Time zones, JSON, NULLs and text come back the same either way."""
+    at = datetime(2026, 11, 26, 9, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+    with env.app.engine.begin() as conn:
+        conn.execute(_RECORD, _record("by-execute", at))
+        _PREPARED_RECORD(conn, _record("by-prepared", at))
+    with env.app.sessions() as s:
+        rows = {
+            r.dedupe_key: r for r in s.scalars(select(m.InboundMail).order_by(m.InboundMail.id))
+        }
+    a, b = rows["by-execute"], rows["by-prepared"]
+    for column in m.InboundMail.__table__.columns:
+        if column.key not in ("id", "dedupe_key"):
+            assert getattr(a, column.key) == getattr(b, column.key), column.key
+    assert b.at == at and b.at.tzinfo is not None
+    assert b.detail["defects"] == ["ä", "x" * 10]
+
+
+def test_bytes_and_returning(env: Env) -> None:
+    """Binary data is stored as given; an INSERT … RETURNING hands back the new id."""
+    data = bytes(range(256)) * 4
+    with env.app.engine.begin() as conn:
+        Prepared(_BLOB)(conn, {"sha256": "f" * 64, "size": len(data), "data": data})
+        new_id = Prepared(insert(m.InboundMail).returning(m.InboundMail.id))(
+            conn, _record("returning", datetime.now(UTC))
+        )
+    with env.app.sessions() as s:
+        blob = s.get(m.Blob, "f" * 64)
+        assert blob is not None and blob.data == data
+        record = s.get(m.InboundMail, new_id)
+        assert record is not None and record.dedupe_key == "returning"
+
+
+def test_select_with_a_limit_held_by_the_statement(env: Env) -> None:
+    window = (
+        select(m.InboundMail.id)
+        .where(m.InboundMail.sender == bindparam("sender"), m.InboundMail.at >= bindparam("since"))
+        .limit(2)
+        .subquery()
+    )
+    count = Prepared(select(func.count()).select_from(window))
+    now = datetime.now(UTC)
+    with env.app.engine.begin() as conn:
+        for i in range(4):
+            _PREPARED_RECORD(conn, _record(f"k{i}", now - timedelta(minutes=i)))
+        # inside the same transaction: the rows just written are seen
+        assert count(conn, {"sender": "frank@acme.example", "since": now - timedelta(hours=1)}) == 2
+        assert count(conn, {"sender": "frank@acme.example", "since": now}) == 1
+        assert count(conn, {"sender": "nobody@acme.example", "since": now}) == 0
+        rows = Prepared(
+            select(m.InboundMail.dedupe_key, m.InboundMail.rule).where(
+                m.InboundMail.dedupe_key == bindparam("key")
+            )
+        ).rows(conn, {"key": "k3"})
+    assert rows == [("k3", "new ticket: no rule matched")]
+
+
+def test_rolled_back_with_the_transaction(env: Env) -> None:
+    now = datetime.now(UTC)
+    with pytest.raises(RuntimeError), env.app.engine.begin() as conn:
+        _PREPARED_RECORD(conn, _record("gone", now))
+        raise RuntimeError("rollback")
+    with env.app.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(m.InboundMail)).scalar_one() == 0
+
+
+def test_driver_errors_are_sqlalchemy_errors(env: Env) -> None:
+    """The same exception classes as `Connection.execute`: a duplicate key is an
+    IntegrityError (not "storage unavailable"), SQL the database refuses is its DBAPIError."""
+    now = datetime.now(UTC)
+    with env.app.engine.begin() as conn:
+        _PREPARED_RECORD(conn, _record("once", now))
+    with env.app.engine.connect() as conn, pytest.raises(IntegrityError) as caught:
+        _PREPARED_RECORD(conn, _record("once", now))
+    assert not is_storage_error(caught.value)
+    assert caught.value.orig is not None  # the driver's own exception is kept
+
+    broken = select(literal_column("no_such_column")).select_from(m.InboundMail.__table__)
+    with env.app.engine.connect() as conn, pytest.raises(DBAPIError) as by_execute:
+        conn.execute(broken)
+    with env.app.engine.connect() as conn, pytest.raises(DBAPIError) as by_prepared:
+        Prepared(broken)(conn, {})
+    assert type(by_prepared.value) is type(by_execute.value)
+
+
+def test_a_column_left_out_is_refused_not_defaulted(env: Env) -> None:
+    """Column defaults are not filled in: leaving out a column that has one is an error when
+    the statement is compiled, not a silently different row."""
+    values = {
+        "message_id": 1,
+        "sha256": "a" * 64,
+        "filename": "a.txt",
+        "content_type": "text/plain",
+        "size": 1,
+    }  # no "inline", which has a default
+    with env.app.engine.connect() as conn, pytest.raises(ValueError, match="defaults"):
+        Prepared(insert(m.Attachment))(conn, values)
