@@ -157,7 +157,7 @@ class MailIntake:
         error_text = error_text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
         rule = f"quarantined: processing error ({type(error).__name__})"
         with self.svc.unit() as u:
-            prior = _prior(u.s.connection(), key)
+            prior = _prior(u.conn, key)
             if prior is not None:
                 return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior[1]}")
             u.store_blob(sha, raw)
@@ -201,7 +201,7 @@ class MailIntake:
                 for d in cmd.defects[:50]
             ]
         _INSERT_RECORD(
-            u.s.connection(),
+            u.conn,
             {
                 "dedupe_key": cmd.dedupe_key,
                 "message_id": cmd.message_id,
@@ -218,7 +218,7 @@ class MailIntake:
 
     def apply(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
         """Decide and write one mail inside the caller's unit of work (no commit here)."""
-        prior = _prior(u.s.connection(), cmd.dedupe_key)
+        prior = _prior(u.conn, cmd.dedupe_key)
         if prior is not None:
             ref = f"TKT-{prior[0]}" if prior[0] else None
             return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior[1]}", ref)
@@ -270,7 +270,7 @@ class MailIntake:
             )
         trusted = cmd.dmarc in (None, "pass")
         since = u.now - timedelta(hours=1)
-        recent = int(self._recent(u.s.connection(), {"sender": cmd.from_email, "since": since}))
+        recent = int(self._recent(u.conn, {"sender": cmd.from_email, "since": since}))
         if recent >= self.sender_rate_per_hour:
             rule = f"quarantined: rate limit ({self.sender_rate_per_hour} mails an hour from one sender)"
             self._record(u, cmd, "quarantined", rule, None, kind="rate_limit")
@@ -313,7 +313,7 @@ class MailIntake:
         return None, "new ticket: no rule matched"
 
     def _ticket_for_message_id(self, u: Unit, mid: str) -> int | None:
-        conn = u.s.connection()
+        conn = u.conn
         for query in _BY_MESSAGE_ID:
             found = query(conn, {"mid": mid})
             if found is not None:
