@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+import queue
 import signal
 import threading
 import time
@@ -286,8 +287,9 @@ def serve(settings: Settings, conn: Connection) -> None:
     """The child's main: read the mails waiting on `conn`, write them as one group-commit batch,
     answer each after the commit, and again.
 
-    One thread does it all: with a reader thread handing mails to a writer thread, the two
-    passed the interpreter lock back and forth for every mail (py-spy, 2026-11-26)."""
+    One thread reads and writes: with a reader thread handing mails to a writer thread, the
+    two passed the interpreter lock back and forth for every mail (py-spy, 2026-11-26). The
+    answers of a batch go out through a sender thread (see below)."""
     # Ctrl-C reaches the whole process group: the parent stops us by closing the pipe.
     # SIGTERM while a batch is written lets it finish (and be answered) first.
     state = {"busy": False, "stop": False}
@@ -309,13 +311,22 @@ def serve(settings: Settings, conn: Connection) -> None:
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         return
 
-    def send(message: tuple[int, bool, object]) -> None:
-        try:
-            conn.send(message)
-        except (OSError, ValueError):
-            pass  # the parent is gone; the MTA's retry will be a duplicate
+    # Answers leave through a thread of their own. The parent sends mails from its event loop,
+    # which is also where it reads answers: if this thread blocked on a full answer pipe while
+    # the parent's loop blocked on a full mail pipe (a big mail), each would wait for the
+    # other for ever. This thread only reads mails and writes batches, so it always drains
+    # the mail pipe; the sender takes one list of answers per batch (no hand-off per mail).
+    outbox: queue.SimpleQueue[list[tuple[int, bool, object]] | None] = queue.SimpleQueue()
 
-    def quarantine(rid: int, cmd: ReceiveMail, error: BaseException) -> None:
+    def send_answers() -> None:
+        while (answers := outbox.get()) is not None:
+            for message in answers:
+                try:
+                    conn.send(message)
+                except (OSError, ValueError):
+                    pass  # the parent is gone; the MTA's retry will be a duplicate
+
+    def quarantine(rid: int, cmd: ReceiveMail, error: BaseException) -> tuple[int, bool, object]:
         log.error("mail %s could not be processed; quarantined", cmd.message_id, exc_info=error)
         try:
             result = intake.quarantine_failed(
@@ -323,8 +334,7 @@ def serve(settings: Settings, conn: Connection) -> None:
             )
         except Exception as e:
             if is_storage_error(e):
-                send((rid, False, f"{type(e).__name__}: {e}"))
-                return
+                return (rid, False, f"{type(e).__name__}: {e}")
             log.exception("could not quarantine mail %s", cmd.message_id)
             result = IntakeResult(
                 "tempfail",
@@ -332,9 +342,11 @@ def serve(settings: Settings, conn: Connection) -> None:
                 code=451,
                 text="4.3.0 Temporary processing failure, try again later",
             )
-        send((rid, True, result))
+        return (rid, True, result)
 
     writer = GroupCommitIntake(intake, thread=False)
+    sender = threading.Thread(target=send_answers, name="intake-writer-answers", daemon=True)
+    sender.start()
     conn.send((_READY,))
     try:
         while not state["stop"]:
@@ -358,14 +370,18 @@ def serve(settings: Settings, conn: Connection) -> None:
                 state["stop"] = True  # write what was read; nobody may be left to answer
             futures: list[Future[IntakeResult]] = [Future() for _ in batch]
             writer.write([(cmd, fut) for (_, cmd), fut in zip(batch, futures, strict=True)])
+            answers: list[tuple[int, bool, object]] = []
             for (rid, cmd), fut in zip(batch, futures, strict=True):
                 error = fut.exception()
                 if error is None:
-                    send((rid, True, fut.result()))
+                    answers.append((rid, True, fut.result()))
                 elif is_storage_error(error):
-                    send((rid, False, f"{type(error).__name__}: {error}"))
+                    answers.append((rid, False, f"{type(error).__name__}: {error}"))
                 else:
-                    quarantine(rid, cmd, error)  # poison mail: kept, and answered 250
+                    answers.append(quarantine(rid, cmd, error))  # poison: kept, answered 250
+            outbox.put(answers)
             state["busy"] = False
     finally:
+        outbox.put(None)  # what is queued is still sent
+        sender.join(30)
         app.close()
