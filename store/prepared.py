@@ -58,11 +58,9 @@ class Prepared:
             _REQUIRED if name in keys or b.required else b.effective_value
             for name, b in zip(names, binds, strict=True)
         )
-        returns = bool(getattr(compiled, "effective_returning", None)) or bool(
-            getattr(compiled, "returning", None)
-        )
-        if not compiled.isinsert:
-            returns = True  # a SELECT: rows come back
+        # A SELECT returns rows; an INSERT only with RETURNING (asked for, or added by the
+        # dialect to fetch the new id).
+        returns = not compiled.isinsert or bool(compiled.effective_returning)
         return _Compiled(compiled.string, names, processors, fixed, positional, returns)
 
     def _args(self, c: _Compiled, params: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
