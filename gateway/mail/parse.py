@@ -49,6 +49,22 @@ def _is_plain_content_type(value: str) -> bool:
     return True
 
 
+# The standard library parses MIME parameters in quadratic time: a 64 KiB Content-Type of
+# 7,000 parameters took 2 s, RFC 2231 continuations in a Content-Disposition 0.4 s
+# (2026-12-01). No real header comes near this (RFC 5322 §2.1.1: 998 characters a line; a
+# long RFC 2231 file name is under 1 KiB), so what lies beyond is cut at a parameter boundary
+# and the cut noted as a defect of the part; the raw mail is kept whole.
+MAX_PARAMETER_HEADER = 4096
+_PARAMETER_HEADERS = frozenset({"content-type", "content-disposition"})
+
+
+def cut_parameters(value: str) -> str:
+    """`value` cut to at most MAX_PARAMETER_HEADER characters, before a parameter's ";"."""
+    head = value[:MAX_PARAMETER_HEADER]
+    cut = head.rfind(";")
+    return head[:cut] if cut > 0 else head
+
+
 @lru_cache(maxsize=512)
 def _parsed_header(name: str, value: str) -> Any:
     return policy.default.header_factory(name, value)
@@ -67,7 +83,11 @@ class _IntakePolicy(policy.EmailPolicy):
     only reads it as text, and answers the same from such a value as from its header object."""
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
-        if hasattr(value, "name") or len(value) > 4096:
+        if hasattr(value, "name"):
+            return super().header_fetch_parse(name, value)
+        if len(value) > MAX_PARAMETER_HEADER and name.lower() in _PARAMETER_HEADERS:
+            value = cut_parameters(value)
+        if len(value) > 4096:
             return super().header_fetch_parse(name, value)
         value = _LINESEP.sub("", value)
         if name.lower() == "content-type" and _is_plain_content_type(value):
@@ -605,6 +625,12 @@ class _Parser:
             detail = str(defect)
             name = type(defect).__name__
             self.defects.append(f"{where}: {name}{': ' + detail if detail else ''}"[:300])
+        for header, value in part.raw_items():
+            if len(value) > MAX_PARAMETER_HEADER and header.lower() in _PARAMETER_HEADERS:
+                self.defects.append(
+                    f"{where}: {header.lower()} over {MAX_PARAMETER_HEADER} characters;"
+                    " parameters cut"
+                )
 
     def _raw_items(self, msg: Message) -> list[tuple[str, str]]:
         try:

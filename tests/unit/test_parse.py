@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from gateway.mail.html_text import html_to_text, sanitise_html
 from gateway.mail.parse import (
+    MAX_PARAMETER_HEADER,
     Address,
     InboundMail,
     ParseLimits,
+    cut_parameters,
     header,
     parse_mail,
     sanitise_filename,
@@ -250,6 +252,34 @@ def test_part_and_depth_limits() -> None:
         nested = f"Content-Type: multipart/mixed; boundary=L{level}\n\n--L{level}\n{nested}--L{level}--\n"
     mail = parse_mail(("From: a@example.com\n" + nested).encode(), limits=ParseLimits(max_depth=5))
     assert any("nesting deeper" in d for d in mail.defects)
+
+
+def test_parameter_headers_over_the_cap_are_cut_at_a_parameter() -> None:
+    """A Content-Type or Content-Disposition with thousands of parameters (the standard
+    library parses them in quadratic time: seconds for 64 KiB) is cut before a parameter past
+    MAX_PARAMETER_HEADER characters and noted; what came before it still counts."""
+    junk = "; ".join(f"p{i}=v{i}" for i in range(7000))
+    raw = f"""From: a@example.com
+Content-Type: multipart/mixed; boundary=B; {junk}
+
+--B
+Content-Type: text/plain; charset=iso-8859-1; {junk}
+
+café
+--B
+Content-Type: application/pdf
+Content-Disposition: attachment; filename="report.pdf"; {junk}
+
+%PDF-1.4
+--B--
+""".encode("latin-1")
+    mail = parse_mail(raw)
+    assert mail.text == "café"  # the charset before the cut is honoured
+    assert [a.filename for a in mail.attachments] == ["report.pdf"]
+    cut = [d for d in mail.defects if "parameters cut" in d]
+    assert [d.split(":")[0] for d in cut] == ["message", "part 2", "part 3"]
+    assert len(cut_parameters(junk)) <= MAX_PARAMETER_HEADER
+    assert cut_parameters(junk).endswith(f"v{cut_parameters(junk).count(';')}")
 
 
 def test_huge_header_section_truncated() -> None:
