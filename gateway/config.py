@@ -68,7 +68,7 @@ class SmtpSettings:
     sender_rate_per_hour: int = 120
     hostname: str = ""  # EHLO name; "" = mail.domain
     parse_processes: int = 2  # MIME parsing off the writer's interpreter; 0 = in-process
-    parse_inline_max_bytes: int = 65536  # mails up to this size are parsed in-process
+    parse_inline_max_bytes: int = 32768  # mails up to this size: parsed on the event loop
     writer_process: bool = True  # `run` writes mails from a child process (no shared GIL)
 
 

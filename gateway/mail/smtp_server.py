@@ -145,17 +145,22 @@ class IntakeHandler:
         sender = "" if mail_from in ("<>", "") else mail_from
         rcpts = list(envelope.rcpt_tos)
         parsers = self.parsers
-        # A small mail is parsed here, in a pool thread: shipping it to a parser process cost
-        # more than parsing it (pickling both ways, two hand-offs and a wait for a core: about
-        # 3 ms for 0.5 ms of parsing). Larger ones, where a long parse or a crash could hurt
-        # the SMTP sessions, go to the parser processes.
-        where: Executor = self.pool
-        if parsers is not None and len(raw) > self.parse_inline_max_bytes:
-            where = parsers
         try:
-            cmd = await loop.run_in_executor(
-                where, parse_and_translate, raw, sender, rcpts, self.limits, self.ctx
-            )
+            if len(raw) <= self.parse_inline_max_bytes:
+                # A small mail is parsed right here, on the event loop. Shipping it to a parser
+                # process cost more than parsing it (pickling both ways, two hand-offs: about
+                # 3 ms for 0.5 ms of parsing), and a pool thread cost the main process a
+                # fifth of its CPU in hand-offs and GIL contention with the loop, which it
+                # held meanwhile all the same (py-spy, 2026-12-01). Its worst case is bounded
+                # by the size (hostile 32 KiB mails: under 150 ms, docs/DECISIONS.md).
+                cmd = parse_and_translate(raw, sender, rcpts, self.limits, self.ctx)
+            else:
+                # Larger ones, where a long parse or a crash could hurt the SMTP sessions, go to
+                # the parser processes (or, without any, to a pool thread).
+                where: Executor = parsers if parsers is not None else self.pool
+                cmd = await loop.run_in_executor(
+                    where, parse_and_translate, raw, sender, rcpts, self.limits, self.ctx
+                )
         except BrokenProcessPool:
             assert parsers is not None
             # A parser process died (killed, out of memory): nothing was stored; start new ones

@@ -471,7 +471,7 @@ def _parser_pids(gw: Gateway) -> list[int]:
 
 
 def _big_mail(subject: str) -> EmailMessage:
-    """A mail over `smtp.parse_inline_max_bytes` (64 KiB): it is parsed in a parser process."""
+    """A mail over `smtp.parse_inline_max_bytes` (32 KiB): it is parsed in a parser process."""
     msg = mail(REQ, [IT], subject, "body")
     assert isinstance(msg, EmailMessage)
     msg.add_attachment(bytes(range(256)) * 400, maintype="application", subtype="pdf",
@@ -494,9 +494,9 @@ def test_mail_is_parsed_in_parser_processes(gateway: Gateway) -> None:
 
 
 def test_small_mail_is_parsed_in_the_gateway(gateway: Gateway) -> None:
-    """A mail up to `smtp.parse_inline_max_bytes` is parsed in the gateway's own threads (the
+    """A mail up to `smtp.parse_inline_max_bytes` is parsed on the gateway's event loop (a
     hand-off to another process costs more than its parse): no parser process is started."""
-    assert gateway.env.app.settings.smtp.parse_inline_max_bytes == 65536
+    assert gateway.env.app.settings.smtp.parse_inline_max_bytes == 32768
     code, _ = gateway.send(mail(REQ, [IT], "Parsed here", "body"), REQ, [IT])
     assert code == 250
     assert [t["subject"] for t in gateway.tickets()] == ["Parsed here"]
@@ -521,13 +521,15 @@ def test_dead_parser_process_is_451_then_replaced(gateway: Gateway) -> None:
 
 
 def test_parsing_in_process_when_configured(tmp_path: Path) -> None:
-    """`smtp.parse_processes = 0` parses in the gateway's own threads."""
+    """`smtp.parse_processes = 0` parses in the gateway's own process: a big mail in a thread,
+    a small one on the event loop."""
     db = Database("sqlite", f"sqlite:///{tmp_path}/tg.db")
     extra = {"TICKETGATE__SMTP__PARSE_PROCESSES": "0"}
     with demo_env(db, tmp_path / "install", extra) as e, serving(e) as gw:
         assert gw.server.handler.parsers is None  # type: ignore[attr-defined]
         assert gw.send(mail(REQ, [IT], "In process", "body"), REQ, [IT])[0] == 250
-        assert [t["subject"] for t in gw.tickets()] == ["In process"]
+        assert gw.send(_big_mail("Big, in process"), REQ, [IT])[0] == 250
+        assert sorted(t["subject"] for t in gw.tickets()) == ["Big, in process", "In process"]
 
 
 def test_smtp_smuggling_bare_lf_dot_does_not_end_data(gateway: Gateway) -> None:
