@@ -530,9 +530,12 @@ def _validate(s: Settings) -> None:
         "backoff_seconds",
         "backoff_max_seconds",
         "poll_seconds",
-        "workers",
     ):
         positive(f"[outbound] {key}", getattr(s.outbound, key))
+    if s.outbound.workers < 0:  # 0: this process delivers nothing (another one does)
+        raise ConfigError(
+            f"{where}: [outbound] workers: must be 0 or more, got {s.outbound.workers}"
+        )
     if s.outbound.backoff_max_seconds < s.outbound.backoff_seconds:
         raise ConfigError(
             f"{where}: [outbound] backoff_max_seconds must not be less than backoff_seconds"

@@ -166,10 +166,14 @@ def run(settings: Settings) -> int:
             server.start()
             started.append(server)
             log.info("SMTP intake on %s:%s", settings.smtp.host, settings.smtp.port)
-        for i in range(max(1, settings.outbound.workers)):
+        # outbound.workers = 0: another gateway process delivers (SPEC §7: they share the
+        # outbox through FOR UPDATE SKIP LOCKED); this one only takes mail in.
+        for i in range(settings.outbound.workers):
             worker = make_worker(app)
             worker.start(name=f"delivery-{i}")
             started.append(worker)
+        if not settings.outbound.workers:
+            log.info("outbound delivery: none in this process (outbound.workers = 0)")
         if settings.http.enabled:
             handler = type("Health", (_Health,), {"app": app})
             httpd = ThreadingHTTPServer((settings.http.host, settings.http.port), handler)

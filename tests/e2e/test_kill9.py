@@ -281,6 +281,29 @@ def test_sigterm_stops_run_and_its_writer(database: Database, tmp_path: Path) ->
         assert_stored_once(database, 1)
 
 
+def test_run_without_delivery_workers_leaves_the_outbox_to_others(
+    database: Database, tmp_path: Path
+) -> None:
+    """`outbound.workers = 0`: `run` takes mail in and delivers nothing (another process on the
+    same database does); what it queued is delivered by `outbox deliver` afterwards."""
+    extra = {"TICKETGATE__OUTBOUND__WORKERS": "0", "TICKETGATE__OUTBOUND__POLL_SECONDS": "0.05"}
+    with installation(database, tmp_path, extra) as inst:
+        inst.start()
+        sender, dept, data = message(0)
+        with smtplib.SMTP("127.0.0.1", inst.smtp_port, timeout=10) as smtp:
+            assert smtp.sendmail(sender, [dept], data) == {}
+        inst.stop()  # nothing can be delivered by it from here on
+        assert inst.proc is not None and inst.proc.returncode == 0
+        maildir = inst.dir / "outbox" / "new"
+        assert not maildir.exists() or list(maildir.iterdir()) == []
+        assert "none in this process (outbound.workers = 0)" in inst.log.read_text()
+        r = inst.cli("outbox", "deliver")
+        assert r.returncode == 0, r.stderr
+        delivered = [p.read_bytes() for p in maildir.iterdir()]
+        assert delivered and all(b"stream mail 0" in d for d in delivered)
+    assert_stored_once(database, 1)
+
+
 def assert_stored_once(database: Database, total: int) -> Counter[str]:
     """Every Message-ID of the stream is one ticket and one processing record."""
     engine = create_engine(database.url)

@@ -314,6 +314,7 @@ def test_bad_type_is_named(tmp_path: Path, text: str, needle: str) -> None:
         ('[mail]\ndefault_department = "IT"\n', "default_department"),
         ('[slack]\napi_url = "slack.com/api"\n', "api_url"),
         ("[outbound]\nbackoff_seconds = 60\nbackoff_max_seconds = 10\n", "backoff_max_seconds"),
+        ("[outbound]\nworkers = -1\n", "workers"),
     ],
 )
 def test_bad_value_is_named(tmp_path: Path, text: str, needle: str) -> None:
@@ -567,3 +568,8 @@ def test_demo_org_shape() -> None:
     for e in employees:
         dept = departments[(e["branch"], e["department"])]
         assert e["role"] in {r["name"] for r in dept["roles"]}, e["email"]
+
+
+def test_no_delivery_workers_is_allowed(tmp_path: Path) -> None:
+    """`outbound.workers = 0`: a process that takes mail in and leaves delivery to another."""
+    assert load(tmp_path, "[outbound]\nworkers = 0\n").outbound.workers == 0
