@@ -149,6 +149,27 @@ class _FeedParserRe:
 
 email.feedparser.re = _FeedParserRe()  # type: ignore[attr-defined]
 
+
+class _EndOfLineAtEnd:
+    r"""email.feedparser's `NLCRE_eol`, `(\r\n|\r|\n)\Z`, searched from where a match can
+    start. The stock search tries every position of a part's whole payload (a fifth of
+    parsing a mail with a 20 KB attachment, cProfile 2026-12-01), though a line end followed
+    by the end of the text starts in its last two characters: the same match, found there."""
+
+    __slots__ = ("pattern",)
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return self.pattern.search(text, max(0, len(text) - 2))
+
+
+if email.feedparser.NLCRE_eol.pattern == r"(\r\n|\r|\n)\Z":  # type: ignore[attr-defined]
+    email.feedparser.NLCRE_eol = _EndOfLineAtEnd(  # type: ignore[attr-defined]
+        email.feedparser.NLCRE_eol  # type: ignore[attr-defined]
+    )
+
 _POLICY = _IntakePolicy()
 
 

@@ -1,7 +1,8 @@
-"""The parser's two shortcuts give exactly what the stock email package gives.
+"""The parser's three shortcuts give exactly what the stock email package gives.
 
 `gateway.mail.parse` answers email.feedparser's per-boundary regular expression without
-compiling one (`_BoundaryLine`), and hands out a plain Content-Type as its text instead of a
+compiling one (`_BoundaryLine`), searches for a payload's final line end only where one can
+start (`_EndOfLineAtEnd`), and hands out a plain Content-Type as its text instead of a
 parsed header object. Each test parses the same input with and without the shortcuts."""
 
 from __future__ import annotations
@@ -25,18 +26,22 @@ from tests.unit.test_parse import random_mail
 
 MAIL_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "mail"
 STOCK_TAIL = r")(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$"
+STOCK_EOL = re.compile(r"(\r\n|\r|\n)\Z")
 
 
 @contextmanager
 def stock_email_package() -> Iterator[None]:
     """Parse as the email package would without our shortcuts."""
     saved_re, saved_plain = email.feedparser.re, parse_module._is_plain_content_type
+    saved_eol = email.feedparser.NLCRE_eol  # type: ignore[attr-defined]
     email.feedparser.re = re  # type: ignore[assignment]
+    email.feedparser.NLCRE_eol = STOCK_EOL  # type: ignore[attr-defined]
     parse_module._is_plain_content_type = lambda value: False
     try:
         yield
     finally:
         email.feedparser.re = saved_re  # type: ignore[assignment]
+        email.feedparser.NLCRE_eol = saved_eol  # type: ignore[attr-defined]
         parse_module._is_plain_content_type = saved_plain
 
 
@@ -52,6 +57,16 @@ def test_shortcuts_are_installed() -> None:
     assert isinstance(compiled, parse_module._BoundaryLine)
     # any other pattern is an ordinary compiled pattern
     assert isinstance(email.feedparser.re.compile(r"\r\n|\r|\n"), re.Pattern)
+    assert isinstance(email.feedparser.NLCRE_eol, parse_module._EndOfLineAtEnd)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.text(alphabet="ab\r\n", max_size=12))
+def test_end_of_line_search_matches_like_the_regex(text: str) -> None:
+    """`_EndOfLineAtEnd.search` finds the same span and group as the stock search."""
+    ours = email.feedparser.NLCRE_eol.search(text)  # type: ignore[attr-defined]
+    stock = STOCK_EOL.search(text)
+    assert (ours and (ours.span(), ours.group(0))) == (stock and (stock.span(), stock.group(0)))
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.path for r in ROWS])
