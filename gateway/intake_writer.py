@@ -195,7 +195,8 @@ class IntakeWriterProcess:
         assert self._loop is not None
         try:
             while link.conn.poll():
-                self._resolve(link, *link.conn.recv())
+                for rid, ok, payload in link.conn.recv():  # one batch's answers
+                    self._resolve(link, rid, ok, payload)
         except (EOFError, OSError):
             self._loop.remove_reader(link.conn.fileno())
             # Joining the dead process and starting a new one block: not on the loop.
@@ -207,10 +208,11 @@ class IntakeWriterProcess:
         """A thread reading the writer's answers (no event loop given)."""
         while True:
             try:
-                rid, ok, payload = link.conn.recv()
+                answers = link.conn.recv()  # one batch's answers
             except (EOFError, OSError):
                 break
-            self._resolve(link, rid, ok, payload)
+            for rid, ok, payload in answers:
+                self._resolve(link, rid, ok, payload)
         self._lost(link)
 
     def _resolve(self, link: _Link, rid: int, ok: bool, payload: Any) -> None:
@@ -315,16 +317,16 @@ def serve(settings: Settings, conn: Connection) -> None:
     # which is also where it reads answers: if this thread blocked on a full answer pipe while
     # the parent's loop blocked on a full mail pipe (a big mail), each would wait for the
     # other for ever. This thread only reads mails and writes batches, so it always drains
-    # the mail pipe; the sender takes one list of answers per batch (no hand-off per mail).
+    # the mail pipe; the sender takes one list of answers per batch (no hand-off per mail)
+    # and sends it as one message (one pickle and one write a batch, not one a mail).
     outbox: queue.SimpleQueue[list[tuple[int, bool, object]] | None] = queue.SimpleQueue()
 
     def send_answers() -> None:
         while (answers := outbox.get()) is not None:
-            for message in answers:
-                try:
-                    conn.send(message)
-                except (OSError, ValueError):
-                    pass  # the parent is gone; the MTA's retry will be a duplicate
+            try:
+                conn.send(answers)
+            except (OSError, ValueError):
+                pass  # the parent is gone; the MTA's retry will be a duplicate
 
     def quarantine(rid: int, cmd: ReceiveMail, error: BaseException) -> tuple[int, bool, object]:
         log.error("mail %s could not be processed; quarantined", cmd.message_id, exc_info=error)
