@@ -3,14 +3,17 @@ the caller's transaction, and raises the same SQLAlchemy exceptions (SQLite and 
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, func, insert, literal_column, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import bindparam, event, func, insert, literal_column, select
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from store import models as m
-from store.db import is_storage_error
+from store.db import is_storage_error, make_engine
 from store.prepared import Prepared
 from tests.conftest import Env
 
@@ -131,3 +134,27 @@ def test_a_column_left_out_is_refused_not_defaulted(env: Env) -> None:
     }  # no "inline", which has a default
     with env.app.engine.connect() as conn, pytest.raises(ValueError, match="defaults"):
         Prepared(insert(m.Attachment))(conn, values)
+
+
+def test_sqlite_begin_immediate_on_a_locked_database_is_a_storage_error(tmp_path: Path) -> None:
+    """The write transaction's `BEGIN IMMEDIATE` runs on the driver's cursor: while another
+    connection holds the write lock it fails as SQLAlchemy's OperationalError (a storage
+    error: the SMTP answer is 451), and once the lock is gone it begins as before."""
+    engine = make_engine(f"sqlite:///{tmp_path}/locked.db")
+
+    @event.listens_for(engine, "connect")
+    def _short_wait(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA busy_timeout=20")  # after make_engine's 30 s
+
+    other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(OperationalError) as err, engine.begin():
+            pass
+        assert is_storage_error(err.value) and "locked" in str(err.value)
+        other.execute("ROLLBACK")
+        with engine.begin() as conn:
+            assert conn.exec_driver_sql("select 1").scalar() == 1
+    finally:
+        other.close()
+        engine.dispose()
