@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Connection, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.lifecycle import AssignmentType, Role
@@ -73,9 +73,10 @@ class DirectoryCache:
         self.by_address: dict[tuple[str, str], object] = {}
         self.categories: dict[int, list[m.Category]] = {}
 
-    def sync(self, session: Session) -> None:
-        """At the start of a transaction: drop everything if the directory changed."""
-        version = int(_DIRECTORY_VERSION(session.connection(), {}) or 0)
+    def sync(self, conn: Connection) -> None:
+        """At the start of a transaction (on its connection): drop everything if the
+        directory changed."""
+        version = int(_DIRECTORY_VERSION(conn, {}) or 0)
         if version != self.version:
             self.clear()
             self.version = version

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import Connection, bindparam, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -102,8 +102,11 @@ class Notifier:
         auto_mail_per_day: int = 40,
         auto_mail_per_ticket_hour: int = 10,
         directory: Directory | None = None,
+        connection: Connection | None = None,
     ) -> None:
         self.s = session
+        # The unit's connection, when it gives it: asking the session each time is not free.
+        self._conn = connection
         self.d = directory or Directory(session)
         self.identity = identity
         self.tokens = tokens
@@ -149,7 +152,7 @@ class Notifier:
     def _newest_history_id(self, ticket_id: int) -> int:
         newest = self._newest_history.get(ticket_id)
         if newest is None:
-            found = _NEWEST_HISTORY(self.s.connection(), {"t": ticket_id})
+            found = _NEWEST_HISTORY(self._conn or self.s.connection(), {"t": ticket_id})
             newest = self._newest_history[ticket_id] = int(found or 0)
         return newest
 
@@ -277,7 +280,7 @@ class Notifier:
         }
         # A Core INSERT: the unit never reads the event back (see tickets._INSERT_HISTORY).
         _INSERT_EVENT(
-            self.s.connection(),
+            self._conn or self.s.connection(),
             {
                 "ticket_id": ticket.id,
                 "kind": kind,

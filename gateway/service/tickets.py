@@ -85,12 +85,12 @@ class Unit:
     ) -> None:
         self.svc = svc
         self.s = session
-        if cache is not None:
-            cache.sync(session)
-        self.d = Directory(session, cache)
         # The transaction's connection: the same object for the whole unit (SAVEPOINTs
         # included); asking the session for it again cost ~8 session calls a mail.
         self.conn = session.connection()
+        if cache is not None:
+            cache.sync(self.conn)
+        self.d = Directory(session, cache)
         self.now = svc.clock.now()
         self._stored_blobs: set[str] = set()
         self.notify = Notifier(
@@ -101,6 +101,7 @@ class Unit:
             auto_mail_per_day=svc.options.auto_mail_per_day,
             auto_mail_per_ticket_hour=svc.options.auto_mail_per_ticket_hour,
             directory=self.d,
+            connection=self.conn,
         )
 
     # ---- look-ups ---------------------------------------------------------------------------
