@@ -37,12 +37,14 @@ def stock_email_package() -> Iterator[None]:
     email.feedparser.re = re  # type: ignore[assignment]
     email.feedparser.NLCRE_eol = STOCK_EOL  # type: ignore[attr-defined]
     parse_module._is_plain_content_type = lambda value: False
+    parse_module._fetched_header.cache_clear()  # it holds what the shortcut handed out
     try:
         yield
     finally:
         email.feedparser.re = saved_re  # type: ignore[assignment]
         email.feedparser.NLCRE_eol = saved_eol  # type: ignore[attr-defined]
         parse_module._is_plain_content_type = saved_plain
+        parse_module._fetched_header.cache_clear()  # … and now what the stock path did
 
 
 def both_ways(raw: bytes) -> None:
