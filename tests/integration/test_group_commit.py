@@ -101,6 +101,57 @@ def test_rolled_back_mail_leaves_no_cached_copy(env: Env) -> None:
     assert [m["body"] for m in views[rb.ticket_ref]["messages"]] == ["I can look at it tomorrow."]
 
 
+class RecordingFailOnce(FailOnceAfterApplying):
+    """`FailOnceAfterApplying` that also records the Message-ID of every mail it applies."""
+
+    applied: list[str | None]
+
+    def apply(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
+        self.applied.append(cmd.message_id)
+        return super().apply(u, cmd)
+
+
+def test_ticket_raised_in_a_rolled_back_savepoint_leaves_the_session(env: Env) -> None:
+    """Mail A raises a ticket and fails after its writes (together, then in its SAVEPOINT);
+    mail B, another new ticket of the same batch, is written in its SAVEPOINT right after A's
+    rollback. A's ticket row is gone and so must its object be (tickets are inserted with
+    Core and attached; on SQLite B's ticket takes the id A's had): B is written in its
+    SAVEPOINT, not retried alone, and A then gets its ticket alone."""
+    app = env.app
+    intake = intake_of_class(env, RecordingFailOnce)
+    assert isinstance(intake, RecordingFailOnce)
+    intake.applied = []
+    handler = make_handler(app, intake)
+    handler.close()  # only its parse limits and context are used here
+    gc = GroupCommitIntake(intake)
+    try:
+        from gateway.mail.translate import parse_and_translate
+
+        a = mail(REQ, [IT], "Keyboard broken", "The space bar is stuck.")
+        b = mail(REQ, [IT], "Mouse broken", "It does not move.")
+        a_id, b_id = (str(x["Message-ID"]).strip("<>") for x in (a, b))
+        intake.fail_message_id = a_id
+        ra, rb = _apply(
+            gc,
+            [
+                parse_and_translate(x.as_bytes(), REQ, [IT], handler.limits, handler.ctx)
+                for x in (a, b)
+            ],
+        )
+    finally:
+        gc.close()
+
+    assert intake.fail_message_id is None, "the injected failure did not happen"
+    # the batch stops at A's failure: B is applied once, in its SAVEPOINT (not retried alone)
+    assert intake.applied.count(b_id) == 1, intake.applied
+    assert intake.applied.count(a_id) == 3, intake.applied  # together, SAVEPOINT, alone
+    assert ra.outcome == rb.outcome == "ticket" and ra.ticket_ref != rb.ticket_ref
+    with app.sessions() as s:
+        v = Views(s)
+        subjects = {t["ref"]: t["subject"] for t in (v.ticket(t) for t in v.tickets())}
+    assert subjects == {ra.ticket_ref: "Keyboard broken", rb.ticket_ref: "Mouse broken"}
+
+
 class HeldFirst(MailIntake):
     """Records which unit (transaction) applied each mail; the first mail waits for a signal,
     so that the test can queue the others meanwhile."""
