@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from gateway.domain.lifecycle import AssignmentType, Role
@@ -54,6 +54,24 @@ class TicketAt:
 
 
 _DIRECTORY_VERSION = Prepared(select(m.DirectoryVersion.version).where(m.DirectoryVersion.id == 1))
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRow:
+    """One RC or RHC entry of a ticket, as the directory holds it (read only): plain values
+    from a prepared statement, not ORM objects (building those was most of the look-up)."""
+
+    id: int
+    kind: str  # RC | RHC
+    employee_id: int | None
+    department_id: int | None
+
+
+_COPIES = Prepared(
+    select(m.TicketCopy.id, m.TicketCopy.kind, m.TicketCopy.employee_id, m.TicketCopy.department_id)
+    .where(m.TicketCopy.ticket_id == bindparam("t"))
+    .order_by(m.TicketCopy.id)
+)
 
 
 class DirectoryCache:
@@ -104,20 +122,18 @@ class Directory:
         self._by_address = self._cache.by_address
         self._categories = self._cache.categories
         # The copies of each ticket this unit touched (never shared: tickets change).
-        self._copies: dict[int, list[m.TicketCopy]] = {}
+        self._copies: dict[int, list[CopyRow]] = {}
 
-    def copies(self, ticket_id: int) -> list[m.TicketCopy]:
+    def copies(self, ticket_id: int) -> list[CopyRow]:
+        """The ticket's RC and RHC entries, oldest first. (Copies are only ever written as
+        Core INSERTs, `Unit.add_copy`, so there is nothing for an ORM query to flush first.)"""
         if ticket_id not in self._copies:
-            self._copies[ticket_id] = list(
-                self.s.scalars(
-                    select(m.TicketCopy)
-                    .where(m.TicketCopy.ticket_id == ticket_id)
-                    .order_by(m.TicketCopy.id)
-                )
-            )
+            self._copies[ticket_id] = [
+                CopyRow(*row) for row in _COPIES.rows(self.s.connection(), {"t": ticket_id})
+            ]
         return self._copies[ticket_id]
 
-    def copies_of(self, ticket: m.Ticket | TicketAt) -> list[m.TicketCopy]:
+    def copies_of(self, ticket: m.Ticket | TicketAt) -> list[CopyRow]:
         """The ticket's copies; for a snapshot, only those that existed then."""
         copies = self.copies(ticket.id)
         if isinstance(ticket, TicketAt):

@@ -37,7 +37,7 @@ from gateway.service.commands import (
     CommandSpec,
     RaiseTicket,
 )
-from gateway.service.directory import Directory, DirectoryCache
+from gateway.service.directory import CopyRow, Directory, DirectoryCache
 from gateway.service.errors import ActionRefused, NotFound, UserFacingError
 from gateway.service.notify import MailIdentity, Notifier, status_kind
 from store import models as m
@@ -221,9 +221,7 @@ class Unit:
             "added_at": self.now,
         }
         row_id = int(_INSERT_COPY(self.conn, values))
-        copies.append(
-            m.TicketCopy(id=row_id, **values)
-        )  # for this unit's cache; not in the session
+        copies.append(CopyRow(row_id, kind, emp_id, dep_id))  # for this unit's cache
         return True
 
     def forget_cached(self) -> None:
