@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, DateTime, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
@@ -32,6 +33,35 @@ class _Compiled:
     fixed: tuple[Any, ...]  # a value the statement holds (a LIMIT), else _REQUIRED
     positional: bool
     returns: bool
+
+
+def _memo_datetimes(proc: Callable[[Any], Any] | None, type_: Any) -> Callable[[Any], Any] | None:
+    """A datetime column's bind processor, remembering its recent answers: a unit binds its
+    one `now` about ten times a batch, and each time it went through two processors (the time
+    zone check, then SQLite's text format; valgrind: 4 % of the intake writer). Datetimes
+    are immutable, so an answer holds."""
+    is_datetime = isinstance(type_, DateTime) or (
+        isinstance(type_, TypeDecorator) and isinstance(type_.impl_instance, DateTime)
+    )
+    if proc is None or not is_datetime:
+        return proc
+    convert = proc
+    seen: dict[tuple[datetime, object], Any] = {}
+
+    def memo(value: Any) -> Any:
+        if type(value) is not datetime:
+            return convert(value)
+        # The zone is part of the key: 12:00+00:00 == 13:00+01:00, and a naive column's
+        # processor writes the wall-clock fields.
+        key = (value, value.tzinfo)
+        found = seen.get(key, _REQUIRED)
+        if found is _REQUIRED:
+            if len(seen) >= 64:
+                seen.clear()
+            found = seen[key] = convert(value)
+        return found
+
+    return memo
 
 
 class Prepared:
@@ -53,7 +83,10 @@ class Prepared:
         positional = bool(compiled.positional)
         names = tuple(compiled.positiontup) if positional else tuple(compiled.binds)
         binds = [compiled.binds[name] for name in names]
-        processors = tuple(b.type.dialect_impl(dialect).bind_processor(dialect) for b in binds)
+        processors = tuple(
+            _memo_datetimes(b.type.dialect_impl(dialect).bind_processor(dialect), b.type)
+            for b in binds
+        )
         fixed = tuple(
             _REQUIRED if name in keys or b.required else b.effective_value
             for name, b in zip(names, binds, strict=True)

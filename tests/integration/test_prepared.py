@@ -158,3 +158,29 @@ def test_sqlite_begin_immediate_on_a_locked_database_is_a_storage_error(tmp_path
     finally:
         other.close()
         engine.dispose()
+
+
+@pytest.mark.parametrize("dialect_name", ["sqlite", "postgresql"])
+def test_datetime_bind_memo_answers_as_the_processor(dialect_name: str) -> None:
+    """A datetime column's remembered bind answers are the processor's own, also for equal
+    instants in other zones (12:00+00:00 == 13:00+01:00, which a naive column writes as
+    different wall-clock text) and for values that are not datetimes."""
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from store.models import UTCDateTime
+    from store.prepared import _memo_datetimes
+
+    dialect = (sqlite if dialect_name == "sqlite" else postgresql).dialect()
+    noon = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    one_pm_cet = datetime(2026, 12, 1, 13, tzinfo=timezone(timedelta(hours=1)))
+    assert noon == one_pm_cet
+    for type_ in (DateTime(), DateTime(timezone=True), UTCDateTime()):
+        proc = type_.dialect_impl(dialect).bind_processor(dialect)
+        memo = _memo_datetimes(proc, type_)
+        if proc is None:
+            assert memo is None
+            continue
+        assert memo is not None
+        for value in (noon, one_pm_cet, noon, one_pm_cet, None):
+            assert memo(value) == proc(value), (type_, value)
