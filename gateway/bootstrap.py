@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config import ConfigError, Settings
 from gateway.domain.tokens import ReplyTokens
 from gateway.service.clock import Clock, SystemClock
-from gateway.service.intake import MailIntake
+from gateway.service.inbound import InboundQueue
+from gateway.service.intake import IntakeOptions, MailIntake
 from gateway.service.notify import MailIdentity
 from gateway.service.tickets import ServiceOptions, TicketService
 from store import models as m
@@ -83,8 +84,20 @@ def build(settings: Settings, *, clock: Clock | None = None, need_secret: bool =
 
 
 def make_intake(app: App) -> MailIntake:
+    """The service side of the intake runner."""
+    i = app.settings.intake
     return MailIntake(
         app.service,
-        sender_rate_per_hour=app.settings.smtp.sender_rate_per_hour,
-        refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
+        IntakeOptions(
+            sender_rate_per_hour=app.settings.smtp.sender_rate_per_hour,
+            refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
+            reference_wait=timedelta(seconds=i.reference_wait_seconds),
+            max_attempts=i.max_attempts,
+        ),
+        on_storage_error=app.engine.dispose,
     )
+
+
+def make_inbound(app: App) -> InboundQueue:
+    """The service side of the edges (SMTP, IMAP): checks and the durable queue."""
+    return InboundQueue(app.service, on_storage_error=app.engine.dispose)

@@ -100,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
     qs = q.add_parser("show")
     qs.add_argument("id", type=int)
     qs.add_argument("--json", action="store_true")
+    qr = q.add_parser("release", help="put a quarantined mail back into the inbound queue")
+    qr.add_argument("id", type=int)
 
     mail = sub.add_parser("mail", help="inbound mail").add_subparsers(dest="sub", required=True)
     me = mail.add_parser("explain")

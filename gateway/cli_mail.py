@@ -1,4 +1,4 @@
-"""CLI commands about mail: `outbox list|retry|deliver`, `quarantine list|show`, `mail explain`."""
+"""CLI commands about mail: `outbox list|retry|deliver`, `quarantine list|show|release`, `mail explain`."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from sqlalchemy import select
-
 from gateway.bootstrap import App
 from gateway.service.errors import NotFound
+from store import inbound_queue as queue
 from store import models as m
 from store.db import read_session
 
@@ -54,28 +53,28 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
             print(f"{n} message(s) handled")
         return 0
     if args.cmd == "quarantine":
+        if args.sub == "release":
+            from gateway.bootstrap import make_inbound
+
+            if not make_inbound(app).release(args.id):
+                raise NotFound(f"no quarantined mail {args.id}")
+            print(f"mail {args.id} is queued again; the intake runner of `ticketgate run` takes it")
+            return 0
         with read_session(app.sessions) as s:
             if args.sub == "list":
-                recs = list(
-                    s.scalars(
-                        select(m.InboundMail)
-                        .where(m.InboundMail.outcome == "quarantined")
-                        .order_by(m.InboundMail.id)
-                    )
-                )
-                views = [_record(r) for r in recs]
+                views = [_record(r) for r in queue.quarantined(s)]
                 _out(
                     views,
                     args.json,
                     [f"{v['id']:>6} {v['at'][:19]} {v['sender']:<32} {v['reason']}" for v in views],
                 )
                 return 0
-            r = s.get(m.InboundMail, args.id)
+            r = queue.record(s, args.id)
             if r is None or r.outcome != "quarantined":
                 raise NotFound(f"no quarantined mail {args.id}")
             view = _record(r)
-            blob = s.get(m.Blob, r.raw_sha256) if r.raw_sha256 else None
-            raw = blob.data.decode("utf-8", errors="replace") if blob else ""
+            data = queue.raw_of(s, r)
+            raw = data.decode("utf-8", errors="replace") if data is not None else ""
             view["detail"] = r.detail
             view["raw"] = raw
             _out(view, args.json, [f"{k}: {v}" for k, v in view.items() if k != "raw"] + ["", raw])
@@ -83,13 +82,7 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
     if args.cmd == "mail":
         mid = args.message_id.strip().strip("<>")
         with read_session(app.sessions) as s:
-            recs = list(
-                s.scalars(
-                    select(m.InboundMail)
-                    .where(m.InboundMail.message_id == mid)
-                    .order_by(m.InboundMail.id)
-                )
-            )
+            recs = queue.records_with_message_id(s, mid)
         if not recs:
             raise NotFound(f"no inbound mail with Message-ID <{mid}>")
         r = recs[0]
@@ -99,6 +92,11 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
             "rule": r.rule,
             "ticket": f"TKT-{r.ticket_id}" if r.ticket_id else None,
         }
+        waiting = (
+            [f"  attempts: {r.attempts}, last error: {r.last_error}"]
+            if r.outcome == "queued" and r.attempts
+            else []
+        )
         _out(
             view,
             args.json,
@@ -108,6 +106,7 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
                 f"  rule:    {r.rule}",
                 f"  ticket:  {view['ticket'] or '-'}",
             ]
+            + waiting
             + [
                 f"  command: {c['command']} -> {'applied' if c['applied'] else 'refused: ' + c['reason']}"
                 for c in r.detail.get("commands", [])

@@ -67,9 +67,18 @@ class SmtpSettings:
     max_depth: int = 10
     sender_rate_per_hour: int = 120
     hostname: str = ""  # EHLO name; "" = mail.domain
-    parse_processes: int = 2  # MIME parsing off the writer's interpreter; 0 = in-process
-    parse_inline_max_bytes: int = 32768  # mails up to this size: parsed on the event loop
-    writer_process: bool = True  # `run` writes mails from a child process (no shared GIL)
+    max_recipients: int = 100  # RCPT TO per transaction; more: 452 4.5.3
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    """The intake runner, which processes the inbound queue."""
+
+    runners: int = 1  # intake runner threads in `run`; 0 = another process processes the queue
+    batch_size: int = 32  # queued mails claimed and applied in one transaction
+    poll_seconds: float = 0.5  # how often an idle runner looks (the edge also wakes it)
+    reference_wait_seconds: float = 3.0  # a reply naming only unseen Message-IDs waits this long
+    max_attempts: int = 3  # a mail whose processing raised this often is quarantined
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,7 @@ class Settings:
     database: DatabaseSettings
     org: OrgSettings
     smtp: SmtpSettings
+    intake: IntakeSettings
     mail: MailSettings
     outbound: OutboundSettings
     imap: ImapSettings
@@ -170,6 +180,7 @@ SECTIONS: dict[str, type[Any]] = {
     "database": DatabaseSettings,
     "org": OrgSettings,
     "smtp": SmtpSettings,
+    "intake": IntakeSettings,
     "mail": MailSettings,
     "outbound": OutboundSettings,
     "imap": ImapSettings,
@@ -491,12 +502,13 @@ def _validate(s: Settings) -> None:
         "max_parts",
         "max_depth",
         "sender_rate_per_hour",
+        "max_recipients",
     ):
         positive(f"[smtp] {key}", getattr(s.smtp, key))
-    if not 0 <= s.smtp.parse_processes <= 64:
-        raise ConfigError(
-            f"{where}: [smtp] parse_processes: must be 0 to 64, got {s.smtp.parse_processes}"
-        )
+    for key in ("batch_size", "poll_seconds", "max_attempts"):
+        positive(f"[intake] {key}", getattr(s.intake, key))
+    if s.intake.reference_wait_seconds < 0:
+        raise ConfigError(f"{where}: [intake] reference_wait_seconds: must be 0 or more")
 
     for key in ("domain", "default_department"):
         value = getattr(s.mail, key)

@@ -1,32 +1,27 @@
-"""`ticketgate run`: SMTP intake, outbox delivery and the health endpoint in one process."""
+"""`ticketgate run`: the SMTP edge, the intake runner, outbox delivery and the status endpoint in one process."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, text
-
-from gateway.bootstrap import App, build, make_intake
+from gateway.bootstrap import App, build, make_inbound, make_intake
 from gateway.config import Settings
-from gateway.intake_writer import IntakeWriterProcess
+from gateway.http_status import StatusServer
 from gateway.mail.delivery import MaildirTransport, SmtpRelayTransport, Transport
 from gateway.mail.delivery_worker import DeliveryWorker
 from gateway.mail.outbound import Renderer, templates_dir
 from gateway.mail.parse import ParseLimits
-from gateway.mail.smtp_server import IntakeHandler, SmtpIntakeServer
+from gateway.mail.smtp_server import EdgeHandler, EdgePolicy, QueueWriter, SmtpEdgeServer
 from gateway.mail.translate import TranslateContext
-from gateway.service.group_commit import GroupCommitIntake
-from gateway.service.intake import MailIntake
+from gateway.runners.intake import IntakeRunner
 from gateway.service.outbox import OutboxService
-from store import models as m
-from store.db import read_session
+from gateway.service.status import StatusService
 
 log = logging.getLogger("ticketgate")
 
@@ -46,36 +41,51 @@ def make_transport(settings: Settings) -> Transport:
     raise ValueError(f"outbound.transport: unknown transport {o.transport!r} (smtp or maildir)")
 
 
-def make_handler(
-    app: App,
-    intake: MailIntake,
-    *,
-    writer_process: bool = False,
-    loop: asyncio.AbstractEventLoop | None = None,
-) -> IntakeHandler:
-    """The SMTP handler; with `writer_process`, mails are written by a child process whose
-    answers are read on `loop` (the SMTP server's event loop) when given."""
-    s = app.settings.smtp
-    front: GroupCommitIntake | IntakeWriterProcess = (
-        IntakeWriterProcess(app.settings, intake, loop=loop)
-        if writer_process
-        else GroupCommitIntake(intake)
+def translate_context(app: App) -> TranslateContext:
+    return TranslateContext(
+        own_domains=frozenset({app.identity.domain}),
+        loop_token=app.identity.loop_token,
+        trusted_authserv_ids=app.settings.mail.trusted_authserv_ids,
     )
-    return IntakeHandler(
-        front,
-        ctx=TranslateContext(
-            own_domains=frozenset({app.identity.domain}),
-            loop_token=app.identity.loop_token,
-            trusted_authserv_ids=app.settings.mail.trusted_authserv_ids,
+
+
+def parse_limits(settings: Settings) -> ParseLimits:
+    s = settings.smtp
+    return ParseLimits(
+        max_parts=s.max_parts,
+        max_depth=s.max_depth,
+        max_attachment_bytes=s.max_attachment_bytes,
+        max_total_attachment_bytes=s.max_total_attachment_bytes,
+    )
+
+
+def make_runner(app: App) -> IntakeRunner:
+    """The intake runner over `app`'s inbound queue."""
+    i = app.settings.intake
+    return IntakeRunner(
+        make_intake(app),
+        ctx=translate_context(app),
+        limits=parse_limits(app.settings),
+        batch_size=i.batch_size,
+        poll_seconds=i.poll_seconds,
+    )
+
+
+def make_edge(
+    app: App, *, on_queued: Callable[[], None] = lambda: None
+) -> EdgeHandler:
+    """The SMTP edge's handler; `on_queued` runs after each commit of queued mail (it wakes
+    the intake runner)."""
+    inbound = make_inbound(app)
+    return EdgeHandler(
+        inbound,
+        QueueWriter(inbound.enqueue, on_committed=on_queued),
+        ctx=translate_context(app),
+        limits=parse_limits(app.settings),
+        policy=EdgePolicy(
+            refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
+            max_recipients=app.settings.smtp.max_recipients,
         ),
-        limits=ParseLimits(
-            max_parts=s.max_parts,
-            max_depth=s.max_depth,
-            max_attachment_bytes=s.max_attachment_bytes,
-            max_total_attachment_bytes=s.max_total_attachment_bytes,
-        ),
-        parse_processes=s.parse_processes,
-        parse_inline_max_bytes=s.parse_inline_max_bytes,
     )
 
 
@@ -100,47 +110,6 @@ def make_worker(app: App) -> DeliveryWorker:
     )
 
 
-class _Health(BaseHTTPRequestHandler):
-    app: App
-
-    def do_GET(self) -> None:
-        if self.path == "/healthz":
-            try:
-                with self.app.engine.connect() as c:
-                    c.execute(text("select 1"))
-                body, code = {"status": "ok"}, 200
-            except Exception as e:  # noqa: BLE001 - health says what is wrong
-                body, code = {"status": "storage unavailable", "error": str(e)}, 503
-        elif self.path == "/metrics":
-            with read_session(self.app.sessions) as s:
-                rows = s.execute(
-                    select(m.Outbox.state, func.count()).group_by(m.Outbox.state)
-                ).all()
-                events = s.execute(
-                    select(m.OutboxEvent.state, func.count()).group_by(m.OutboxEvent.state)
-                ).all()
-                tickets = s.scalar(select(func.count()).select_from(m.Ticket))
-            lines = [f"ticketgate_tickets_total {tickets}"]
-            lines += [f'ticketgate_outbox{{state="{st}"}} {n}' for st, n in rows]
-            lines += [f'ticketgate_outbox_events{{state="{st}"}} {n}' for st, n in events]
-            data = ("\n".join(lines) + "\n").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.end_headers()
-            self.wfile.write(data)
-            return
-        else:
-            body, code = {"error": "not found"}, 404
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-
 def run(settings: Settings) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -151,17 +120,22 @@ def run(settings: Settings) -> int:
     stop = threading.Event()
     started: list[Any] = []
     try:
+        # intake.runners = 0: another gateway process processes the queue (SPEC §7).
+        runners = [make_runner(app) for _ in range(settings.intake.runners)]
+        for i, runner in enumerate(runners):
+            runner.start(name=f"intake-runner-{i}")
+            started.append(runner)
+
+        def wake_runners() -> None:
+            for r in runners:
+                r.wake()
         if settings.smtp.enabled:
-            intake = make_intake(app)
-            # One event loop for the SMTP sessions and the intake writer's answers.
-            loop = asyncio.new_event_loop()
-            server = SmtpIntakeServer(
-                make_handler(app, intake, writer_process=settings.smtp.writer_process, loop=loop),
+            server = SmtpEdgeServer(
+                make_edge(app, on_queued=wake_runners),
                 host=settings.smtp.host,
                 port=settings.smtp.port,
                 max_message_bytes=settings.smtp.max_message_bytes,
                 hostname=settings.smtp.hostname or app.identity.domain,
-                loop=loop,
             )
             server.start()
             started.append(server)
@@ -175,10 +149,17 @@ def run(settings: Settings) -> int:
         if not settings.outbound.workers:
             log.info("outbound delivery: none in this process (outbound.workers = 0)")
         if settings.http.enabled:
-            handler = type("Health", (_Health,), {"app": app})
-            httpd = ThreadingHTTPServer((settings.http.host, settings.http.port), handler)
-            threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
-            started.append(httpd)
+            status = StatusServer(
+                StatusService(app.sessions),
+                host=settings.http.host,
+                port=settings.http.port,
+                counters=lambda: {
+                    f'ticketgate_intake_processed_total{{outcome="{k}"}}': n
+                    for k, n in sum((r.counts for r in runners), Counter()).items()
+                },
+            )
+            status.start()
+            started.append(status)
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         log.info("ticketgate running")
@@ -186,9 +167,6 @@ def run(settings: Settings) -> int:
         log.info("stopping")
     finally:
         for svc in reversed(started):
-            if isinstance(svc, ThreadingHTTPServer):
-                svc.shutdown()
-            else:
-                svc.stop()
+            svc.stop()
         app.close()
     return 0

@@ -250,12 +250,30 @@ class InboundMail(Base):
     channel: Mapped[str] = mapped_column(String(16))
     outcome: Mapped[str] = mapped_column(
         String(32), index=True
-    )  # ticket|message|quarantined|refused
+    )  # queued|ticket|message|quarantined|refused
     rule: Mapped[str] = mapped_column(Text)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     raw_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))
     at: Mapped[datetime] = mapped_column(index=True)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The inbound queue (issue 11): the edge inserts a row `queued` with the envelope; the
+    # intake runner claims it (not before `not_before`), processes it and sets the outcome.
+    envelope_from: Mapped[str] = mapped_column(String(320), default="")
+    envelope_rcpts: Mapped[list[Any]] = mapped_column(default=list)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    not_before: Mapped[datetime | None] = mapped_column(default=None)
+    processed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class InboundRef(Base):
+    """A Message-ID that a queued mail names in In-Reply-To or References: a reply waits for
+    a parent still in the queue, and a parent's arrival releases the replies waiting for it."""
+
+    __tablename__ = "inbound_refs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_mail.id"), index=True)
+    message_id: Mapped[str] = mapped_column(String(998), index=True)
 
 
 class Outbox(Base):

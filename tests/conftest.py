@@ -131,6 +131,9 @@ def make_env(db: Database, folder: Path, extra: dict[str, str] | None = None) ->
         "TICKETGATE__OUTBOUND__MAILDIR": str(folder / "outbox"),
         "TICKETGATE__SLACK__ENABLED": "false",
         "TICKETGATE__IMAP__ENABLED": "false",
+        # The test clock stands still: a reply naming only unseen Message-IDs would wait for
+        # ever. Tests of that wait set it and move the clock.
+        "TICKETGATE__INTAKE__REFERENCE_WAIT_SECONDS": "0",
         **(extra or {}),
     }
     settings = load_settings(folder / "ticketgate.toml", env)
@@ -193,15 +196,20 @@ def crlf(data: bytes) -> bytes:
 
 @dataclass
 class Gateway:
-    """`env` plus the SMTP intake server on 127.0.0.1 and a delivery worker to the maildir."""
+    """`env` plus the SMTP edge on 127.0.0.1, the intake runner (driven by the test: `send`
+    runs it after each accepted mail) and a delivery worker to the maildir."""
 
     env: Env
     port: int
     server: object
+    runner: object
     worker: object
 
-    def send(self, msg: object, sender: str, rcpts: list[str]) -> tuple[int, str]:
-        """Send over SMTP; return (code, text) of the final answer."""
+    def send(
+        self, msg: object, sender: str, rcpts: list[str], *, process: bool = True
+    ) -> tuple[int, str]:
+        """Send over SMTP; return (code, text) of the final answer. After a 250 the intake
+        runner processes what is queued (unless `process` is false)."""
         import smtplib
         from email import policy
         from email.message import EmailMessage
@@ -211,12 +219,18 @@ class Gateway:
         with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as s:
             try:
                 s.sendmail(sender, rcpts, crlf(data))
-                return 250, ""
             except smtplib.SMTPRecipientsRefused as e:
                 code, txt = next(iter(e.recipients.values()))
                 return code, txt.decode(errors="replace")
             except (smtplib.SMTPResponseException, smtplib.SMTPSenderRefused) as e:
                 return e.smtp_code, e.smtp_error.decode(errors="replace")
+        if process:
+            self.process()
+        return 250, ""
+
+    def process(self) -> int:
+        """Run the intake runner until nothing queued can be processed now."""
+        return int(self.runner.run_until_idle())  # type: ignore[attr-defined]
 
     def deliver(self) -> list[object]:
         """Run the delivery worker once; return every mail in the maildir, parsed."""
@@ -226,6 +240,21 @@ class Gateway:
         new = self.env.dir / "outbox" / "new"
         files = sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns) if new.exists() else []
         return [message_from_bytes(p.read_bytes(), policy=policy.default) for p in files]
+
+    def explain(self, message_id: str) -> dict:  # type: ignore[type-arg]
+        """`mail explain` of a Message-ID, as the CLI's JSON."""
+        from store import inbound_queue as queue
+
+        with self.env.app.sessions() as s:
+            recs = queue.records_with_message_id(s, message_id.strip("<>"))
+            assert recs, message_id
+            r = recs[0]
+            return {
+                "message_id": r.message_id,
+                "outcome": r.outcome,
+                "rule": r.rule,
+                "ticket": f"TKT-{r.ticket_id}" if r.ticket_id else None,
+            }
 
     def ticket(self, ref: str) -> dict:  # type: ignore[type-arg]
         from gateway.service.tickets import parse_ref
@@ -246,26 +275,24 @@ class Gateway:
 
 
 @contextmanager
-def serving(env: Env, handler: object = None, loop: object = None) -> Iterator[Gateway]:
-    """The SMTP intake of ``env`` on a free port of 127.0.0.1, stopped afterwards; ``handler``
-    replaces the one `ticketgate run` builds (a test injecting faults); ``loop`` is the event
-    loop the server runs on (the one the handler's writer process answers on)."""
-    from gateway.mail.smtp_server import SmtpIntakeServer
-    from gateway.runner import make_handler, make_intake, make_worker
+def serving(env: Env, handler: object = None, runner: object = None) -> Iterator[Gateway]:
+    """The SMTP edge of ``env`` on a free port of 127.0.0.1, stopped afterwards; ``handler``
+    and ``runner`` replace the ones `ticketgate run` builds (a test injecting faults)."""
+    from gateway.mail.smtp_server import SmtpEdgeServer
+    from gateway.runner import make_edge, make_runner, make_worker
 
     app = env.app
     port = free_port()
-    server = SmtpIntakeServer(
-        handler or make_handler(app, make_intake(app)),  # type: ignore[arg-type]
+    server = SmtpEdgeServer(
+        handler or make_edge(app),  # type: ignore[arg-type]
         host="127.0.0.1",
         port=port,
         max_message_bytes=app.settings.smtp.max_message_bytes,
         hostname=app.identity.domain,
-        loop=loop,  # type: ignore[arg-type]
     )
     server.start()
     try:
-        yield Gateway(env, port, server, make_worker(app))
+        yield Gateway(env, port, server, runner or make_runner(app), make_worker(app))
     finally:
         server.stop()
 
@@ -275,11 +302,7 @@ def intake_of_class(env: Env, cls: type) -> object:
     from gateway.runner import make_intake
 
     plain = make_intake(env.app)
-    return cls(
-        env.app.service,
-        sender_rate_per_hour=plain.sender_rate_per_hour,
-        refuse_dmarc_fail=plain.refuse_dmarc_fail,
-    )
+    return cls(env.app.service, plain.options, on_storage_error=plain.on_storage_error)
 
 
 def smtp_up_to_data(sock: object, sender: str, rcpt: str) -> object:

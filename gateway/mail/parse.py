@@ -874,3 +874,8 @@ class _Parser:
         except Exception as exc:  # noqa: BLE001 - see docstring
             self.defects.append(f"part {self.parts_seen}: {type(exc).__name__} reading part")
             return default
+
+
+# What the SMTP edge reads of the headers (gateway/mail/headers.py) is read as the parser reads it.
+message_ids = _message_ids
+parse_addresses = _parse_addresses

@@ -1,28 +1,46 @@
-"""The aiosmtpd front door: check recipients early, hand DATA to the service, answer after commit."""
+"""The SMTP edge (aiosmtpd): refuse what the envelope and the headers decide, queue the rest durably, then 250.
+
+Like Postfix's smtpd, Mailman's LMTP runner and Zulip's email gateway, the edge does no MIME
+parse and no ticket work: it checks recipients at RCPT TO, reads the header block at the end
+of DATA, refuses a sender who is not an active employee (automatic mail aside, SPEC §2.5) and
+a DMARC failure from the organization's own domain, and writes the raw bytes to the inbound
+queue. Only after that commit does it answer 250; the intake runner does the rest.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from functools import lru_cache
-from types import SimpleNamespace
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Protocol
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.domain.lifecycle import Channel
+from gateway.mail.auth_results import dmarc_verdict
+from gateway.mail.headers import MailHeaders, read_headers
 from gateway.mail.parse import ParseLimits
-from gateway.mail.translate import TranslateContext, parse_and_translate
-from gateway.service.commands import FailedMail, IntakeResult, ReceiveMail
-from store.db import is_storage_error
+from gateway.mail.translate import TranslateContext, dedupe_key, parse_and_translate
+from gateway.service.commands import Queued, QueueMail, SenderStanding
+from gateway.service.errors import StorageUnavailable
 
 log = logging.getLogger("ticketgate.smtp")
 
 TEMPFAIL = "451 4.3.0 Temporary failure: storage unavailable, try again later"
+PROCESSING_TEMPFAIL = "451 4.3.0 Temporary failure, try again later"
+
+
+class Inbound(Protocol):
+    """What the edge needs of the service (gateway/service/inbound.py)."""
+
+    def remembered_recipient(self, addr: str) -> str | None: ...
+    def known_recipient(self, addr: str) -> str | None: ...
+    def remembered_sender(self, email: str) -> SenderStanding | None: ...
+    def sender_standing(self, email: str) -> SenderStanding: ...
+    def enqueue(self, mails: Sequence[QueueMail]) -> list[Queued]: ...
 
 
 def _is_utf8(address: str) -> bool:
@@ -34,65 +52,90 @@ def _is_utf8(address: str) -> bool:
     return True
 
 
-class Intake(Protocol):
-    """What the handler needs of the service. A batching intake also offers
-    ``submit(cmd) -> concurrent.futures.Future[IntakeResult]`` or ``async submit_async(cmd)``,
-    which the handler then awaits."""
-
-    def known_recipient(self, addr: str) -> str | None: ...
-    def receive(self, cmd: ReceiveMail) -> IntakeResult: ...
-    def quarantine_failed(self, failed: FailedMail) -> IntakeResult: ...
-
-
-def _answer(result: IntakeResult) -> IntakeResult:
-    """The service's result with the SMTP reply text of an accepted mail."""
-    if result.code != 250:
-        return result
-    ref = f" {result.ticket_ref}" if result.ticket_ref else ""
-    return IntakeResult(
-        result.outcome,
-        result.rule,
-        result.ticket_ref,
-        250,
-        f"2.0.0 OK: {result.outcome}{ref}",
-        result.commands,
-    )
-
-
-class IntakeHandler:
-    """aiosmtpd handler: translates only; the service decides.
-
-    Blocking work (parsing, the database transaction) runs in a thread pool so that one slow
-    commit never stalls the other SMTP sessions on the event loop."""
+class QueueWriter:
+    """One batch loop: the mails of concurrent sessions are queued in one transaction, so they
+    share one commit (group commit). Each session waits for the commit of its batch; while one
+    batch commits, the next one gathers."""
 
     def __init__(
         self,
-        intake: Intake,
+        enqueue: Callable[[Sequence[QueueMail]], list[Queued]],
+        *,
+        max_batch: int = 64,
+        on_committed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.enqueue = enqueue
+        self.max_batch = max_batch
+        self.on_committed = on_committed
+        # The database work of a batch runs in this one thread, off the event loop.
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-writer")
+        self._waiting: asyncio.Queue[tuple[QueueMail, asyncio.Future[Queued]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, mail: QueueMail) -> Queued:
+        """Queue one mail; returns once it is durable. Raises what the commit raised."""
+        if self._waiting is None:
+            self._waiting = asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._run(self._waiting))
+        fut: asyncio.Future[Queued] = asyncio.get_running_loop().create_future()
+        await self._waiting.put((mail, fut))
+        # Shielded: a session dropped meanwhile must not take the mail out of its batch.
+        return await asyncio.shield(fut)
+
+    async def _run(self, waiting: asyncio.Queue[tuple[QueueMail, asyncio.Future[Queued]]]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await waiting.get()]
+            while len(batch) < self.max_batch and not waiting.empty():
+                batch.append(waiting.get_nowait())
+            mails = [mail for mail, _ in batch]
+            try:
+                results = await loop.run_in_executor(self._db, self.enqueue, mails)
+            except Exception as e:  # noqa: BLE001 - every session of the batch is told
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+            self.on_committed()
+
+    def close(self) -> None:
+        """Stop the batch loop (from any thread) and wait for a commit under way."""
+        if self._task is not None and not self._task.get_loop().is_closed():
+            self._task.get_loop().call_soon_threadsafe(self._task.cancel)
+        self._db.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class EdgePolicy:
+    """What the edge refuses and how much it takes."""
+
+    refuse_dmarc_fail: bool = True
+    max_recipients: int = 100
+
+
+class EdgeHandler:
+    """aiosmtpd handler of the edge: translates only; the service decides."""
+
+    def __init__(
+        self,
+        inbound: Inbound,
+        writer: QueueWriter,
         *,
         ctx: TranslateContext,
         limits: ParseLimits,
-        workers: int = 8,
-        parse_processes: int = 0,
-        parse_inline_max_bytes: int = 0,
+        policy: EdgePolicy = EdgePolicy(),
     ) -> None:
-        self.intake = intake
+        self.inbound = inbound
+        self.writer = writer
         self.ctx = ctx
         self.limits = limits
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smtp-intake")
-        self.parse_processes = parse_processes
-        self.parse_inline_max_bytes = parse_inline_max_bytes
-        self.parsers: Executor | None = self._new_parsers()
-
-    def _new_parsers(self) -> Executor | None:
-        # Parsing is pure CPU; in the writer's interpreter it competes for the GIL with the
-        # database work (the profile: about a fifth of it). forkserver, not fork: this process
-        # has threads and open database connections that a forked child must not inherit.
-        if self.parse_processes <= 0:
-            return None
-        ctx = multiprocessing.get_context("forkserver")
-        # The fork server imports the parser once; each parser process forks from it ready.
-        ctx.set_forkserver_preload(["gateway.mail.translate"])
-        return ProcessPoolExecutor(self.parse_processes, mp_context=ctx)
+        self.policy = policy
+        # Directory look-ups that miss the service's memory, and the rare full parse of a mail
+        # from someone who is not an employee, run here, off the event loop.
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="smtp-edge")
 
     async def handle_MAIL(
         self,
@@ -119,19 +162,18 @@ class IntakeHandler:
     ) -> str:
         if not _is_utf8(address):
             return "550 5.1.1 Bad destination mailbox address"
-        # Most recipients are answered on the loop (a token, or an address seen recently);
-        # only the others cost a database read in a pool thread.
-        remembered = getattr(self.intake, "remembered_recipient", None)
-        kind = remembered(address) if remembered is not None else None
+        if len(envelope.rcpt_tos) >= self.policy.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        kind = self.inbound.remembered_recipient(address)
         try:
             if kind is None:
                 loop = asyncio.get_running_loop()
-                kind = await loop.run_in_executor(self.pool, self.intake.known_recipient, address)
-        except Exception as e:
-            if is_storage_error(e):
-                return TEMPFAIL
+                kind = await loop.run_in_executor(self.pool, self.inbound.known_recipient, address)
+        except StorageUnavailable:
+            return TEMPFAIL
+        except Exception:
             log.exception("RCPT check failed for %r", address)
-            return "451 4.3.0 Temporary failure, try again later"
+            return PROCESSING_TEMPFAIL
         if kind is None:
             return "550 5.1.1 Bad destination mailbox address"
         envelope.rcpt_tos.append(address)
@@ -141,279 +183,95 @@ class IntakeHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content
         assert isinstance(raw, bytes)
-        loop = asyncio.get_running_loop()
         mail_from = envelope.mail_from or ""
         sender = "" if mail_from in ("<>", "") else mail_from
         rcpts = list(envelope.rcpt_tos)
-        parsers = self.parsers
+        head = read_headers(raw)
         try:
-            if len(raw) <= self.parse_inline_max_bytes:
-                # A small mail is parsed right here, on the event loop. Shipping it to a parser
-                # process cost more than parsing it (pickling both ways, two hand-offs: about
-                # 3 ms for 0.5 ms of parsing), and a pool thread cost the main process a
-                # fifth of its CPU in hand-offs and GIL contention with the loop, which it
-                # held meanwhile all the same (py-spy, 2026-12-01). Its worst case is bounded
-                # by the size (hostile 32 KiB mails: under 150 ms, docs/DECISIONS.md).
-                cmd = parse_and_translate(raw, sender, rcpts, self.limits, self.ctx)
-            else:
-                # Larger ones, where a long parse or a crash could hurt the SMTP sessions, go to
-                # the parser processes (or, without any, to a pool thread).
-                where: Executor = parsers if parsers is not None else self.pool
-                cmd = await loop.run_in_executor(
-                    where, parse_and_translate, raw, sender, rcpts, self.limits, self.ctx
+            refusal = await self._refusal(raw, head, sender, rcpts)
+        except StorageUnavailable:
+            return TEMPFAIL
+        if refusal is not None:
+            return refusal
+        author = head.from_email or sender.lower()
+        mail = QueueMail(
+            channel=Channel.EMAIL,
+            envelope_from=sender.lower(),
+            envelope_rcpts=tuple(r.lower() for r in rcpts),
+            raw=raw,
+            raw_sha256=head.raw_sha256,
+            dedupe_key=dedupe_key(author, head.message_id, head.raw_sha256),
+            message_id=head.message_id,
+            sender=author,
+            refs=head.refs,
+        )
+        try:
+            queued = await self.writer.submit(mail)
+        except StorageUnavailable as e:
+            log.warning("storage unavailable: %s", e)
+            return TEMPFAIL
+        except Exception:
+            log.exception("could not queue a mail from %r", sender)
+            return PROCESSING_TEMPFAIL
+        if queued.duplicate:
+            return "250 2.0.0 OK: duplicate of an accepted mail"
+        return f"250 2.0.0 OK: queued as {queued.record_id}"
+
+    async def _refusal(
+        self, raw: bytes, head: MailHeaders, sender: str, rcpts: list[str]
+    ) -> str | None:
+        """The SMTP answer refusing this mail in the session, or None to queue it."""
+        loop = asyncio.get_running_loop()
+        standing = None
+        if head.from_email is not None:
+            standing = self.inbound.remembered_sender(head.from_email)
+            if standing is None:
+                standing = await loop.run_in_executor(
+                    self.pool, self.inbound.sender_standing, head.from_email
                 )
-        except BrokenProcessPool:
-            assert parsers is not None
-            # A parser process died (killed, out of memory): nothing was stored; start new ones
-            # and let the MTA retry.
-            log.error("a parser process died; starting new ones")
-            if self.parsers is parsers:
-                self.parsers = self._new_parsers()
-            parsers.shutdown(wait=False, cancel_futures=True)
-            return "451 4.3.0 Temporary processing failure, try again later"
-        except Exception as e:  # noqa: BLE001 - poison mail: quarantined, not lost
-            result = await loop.run_in_executor(
-                self.pool, self.quarantine, raw, sender, rcpts, e, None
-            )
-        else:
-            submit_async = getattr(self.intake, "submit_async", None)
-            submit = getattr(self.intake, "submit", None)
+        if standing is None or not standing.active:
+            # Rare: no From we can read, or not an active employee. Automatic mail is accepted
+            # for quarantine (SPEC §2.5: refusing a bounce makes a double bounce); to tell it,
+            # this mail alone gets the full classification here.
             try:
-                if submit_async is not None:
-                    # The writer process answers on this loop; a session dropped meanwhile
-                    # leaves the mail its place in the batch.
-                    result = _answer(await submit_async(cmd))
-                elif submit is not None:
-                    # The writer answers through a future: no thread of ours waits for it.
-                    # Shielded: a session dropped meanwhile (aiosmtpd cancels this task) must
-                    # not cancel the mail's place in the writer's batch.
-                    result = _answer(await asyncio.shield(asyncio.wrap_future(submit(cmd))))
-                else:
-                    result = await loop.run_in_executor(
-                        self.pool, self.hand_over, raw, sender, rcpts, cmd
-                    )
-            except Exception as e:  # noqa: BLE001 - storage → 451; anything else is poison
-                result = await loop.run_in_executor(
-                    self.pool, self.failed, raw, sender, rcpts, cmd, e
+                cmd = await loop.run_in_executor(
+                    self.pool, parse_and_translate, raw, sender, rcpts, self.limits, self.ctx
                 )
-        return f"{result.code} {result.text}"
-
-    def hand_over(
-        self, raw: bytes, sender: str, rcpts: list[str], cmd: ReceiveMail
-    ) -> IntakeResult:
-        """Give the command to the service; storage trouble becomes 451 (the MTA retries)."""
-        try:
-            result = self.intake.receive(cmd)
-        except Exception as e:  # noqa: BLE001 - storage → 451; anything else is poison mail
-            return self.failed(raw, sender, rcpts, cmd, e)
-        return _answer(result)
-
-    def failed(
-        self, raw: bytes, sender: str, rcpts: list[str], cmd: ReceiveMail, error: Exception
-    ) -> IntakeResult:
-        """Applying the mail raised: storage trouble is a 451; anything else is poison mail."""
-        if is_storage_error(error):
-            log.warning("storage unavailable: %s", error)
-            return IntakeResult("tempfail", "storage unavailable", code=451, text=TEMPFAIL[4:])
-        return self.quarantine(raw, sender, rcpts, error, cmd)
-
-    def quarantine(
-        self,
-        raw: bytes,
-        sender: str,
-        rcpts: list[str],
-        error: BaseException,
-        cmd: ReceiveMail | None,
-    ) -> IntakeResult:
-        """Poison mail (parsing or applying it raised): kept in quarantine and accepted; only
-        when even that cannot be stored is the answer 451."""
-        log.error("mail from %r could not be processed; quarantined", sender, exc_info=error)
-        try:
-            result = self.intake.quarantine_failed(
-                FailedMail(raw, sender, tuple(rcpts), error, cmd)
-            )
-        except Exception as e:
-            if is_storage_error(e):
-                log.warning("storage unavailable: %s", e)
-                return IntakeResult("tempfail", "storage unavailable", code=451, text=TEMPFAIL[4:])
-            log.exception("could not quarantine a mail from %r", sender)
-            return IntakeResult(
-                "tempfail",
-                f"processing error: {type(e).__name__}",
-                code=451,
-                text="4.3.0 Temporary processing failure, try again later",
-            )
-        return _answer(result)
+            except Exception:  # noqa: BLE001 - poison mail: the runner quarantines it
+                log.warning("a mail from %r could not be parsed; queued for quarantine", sender)
+                return None
+            if cmd.quarantine is not None:
+                return None
+            if head.from_email is None:
+                return "550 5.7.1 From header missing or malformed"
+            why = "not an employee" if standing is None or not standing.employee else "deactivated"
+            return f"550 5.7.1 {head.from_email} is {why} of an organization served here"
+        domain = head.from_email.rsplit("@", 1)[-1] if head.from_email else ""
+        if (
+            self.policy.refuse_dmarc_fail
+            and domain in standing.org_domains
+            and dmarc_verdict(head.auth_results, self.ctx.trusted_authserv_ids) == "fail"
+        ):
+            return "550 5.7.1 DMARC check failed for your domain; message not accepted"
+        return None
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is "500 Error", which makes the sending MTA bounce the mail.
         log.exception("SMTP session error", exc_info=error)
-        return "451 4.3.0 Temporary failure, try again later"
+        return PROCESSING_TEMPFAIL
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=False)
-        if self.parsers is not None:
-            self.parsers.shutdown(wait=True, cancel_futures=False)
-        closer = getattr(self.intake, "close", None)
-        if closer is not None:
-            closer()
+        self.writer.close()
 
 
-class DataState(enum.Enum):
-    """How a DATA stream ended: whole, with a line over the limit, or over the size limit."""
-
-    NOMINAL = "nominal"
-    TOO_LONG = "too long"  # 500, as aiosmtpd answers it
-    TOO_MUCH = "too much"  # 552
-
-
-# RFC 5321 §4.1.1.4: the mail data ends with a line of one "." — CRLF "." CRLF, where the
-# first CRLF ends the last line of the data (or the stream begins with the "." line).
-_DOT_LINE = b".\r\n"
-
-
-async def read_data(
-    reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
-) -> tuple[bytes, DataState]:
-    """The mail data up to <CRLF>.<CRLF>, dot-unstuffed (RFC 5321 §4.5.2), as aiosmtpd 1.4.6's
-    `smtp_DATA` reads it, but a buffer at a time instead of a line at a time.
-
-    aiosmtpd awaits `readuntil(b"\r\n")` for every line, about 400 for a mail with a 20 KB
-    attachment: a fifth of the SMTP process's time (py-spy, 2026-12-01). Here each
-    `readuntil(b".\r\n")` takes what the stream holds up to the next ".\r\n", or (past the
-    reader's limit) the bytes that cannot start one; a ".\r\n" ends the data only when the two
-    bytes before it are CRLF (so a bare LF "." CRLF — SMTP smuggling — does not). Bytes after
-    the end stay in the reader for the next command. Answers as aiosmtpd does: a line over
-    `line_limit` (with its CRLF) is TOO_LONG, more than `size_limit` bytes TOO_MUCH (whichever
-    comes first; the data is then dropped), and a connection lost raises."""
-    chunks: list[bytes] = []
-    size = 0
-    state = DataState.NOMINAL
-    before = b"\r\n"  # the two bytes before what the reader holds; the stream starts a line
-    while True:
-        try:
-            piece = await reader.readuntil(_DOT_LINE)
-        except asyncio.LimitOverrunError as e:
-            piece = await reader.read(max(1, e.consumed))
-        except asyncio.IncompleteReadError as e:
-            raise ConnectionResetError("connection lost during DATA") from e
-        if not piece:
-            raise ConnectionResetError("connection lost during DATA")
-        ends = piece.endswith(_DOT_LINE)
-        if ends and (piece[-5:-3] if len(piece) >= 5 else (before + piece)[-5:-3]) == b"\r\n":
-            piece = piece[:-3]
-        else:
-            ends = False
-        size += len(piece)
-        before = piece[-2:] if len(piece) >= 2 else (before + piece)[-2:]
-        if state is DataState.NOMINAL:
-            chunks.append(piece)
-            # Over the size limit: kept until the line that crossed it is whole (which of the
-            # two failures came first depends on it), then dropped, as aiosmtpd drops it.
-            if size_limit and size > size_limit and (ends or size > size_limit + 2 * line_limit):
-                state = _first_failure(b"".join(chunks), size_limit, line_limit)
-                chunks = []
-        if ends:
-            break
-    if state is not DataState.NOMINAL:
-        return b"", state
-    data = b"".join(chunks)
-    if len(data) > line_limit and max(map(len, data.split(b"\r\n"))) + 2 > line_limit:
-        return b"", DataState.TOO_LONG
-    if data.startswith(b"."):
-        data = data[1:]
-    return data.replace(b"\r\n.", b"\r\n"), DataState.NOMINAL
-
-
-def _first_failure(data: bytes, size_limit: int, line_limit: int) -> DataState:
-    """For data over `size_limit`: TOO_LONG if aiosmtpd met a line over `line_limit` before it
-    counted more than `size_limit` bytes, else TOO_MUCH. It gives up on a line whose text
-    alone passes the limit before counting it; a line over only with its CRLF is counted
-    first; past the size limit it no longer looks at lines."""
-    offset = 0
-    for line in data.split(b"\r\n"):
-        if offset > size_limit:
-            break
-        whole = len(line) + 2
-        if whole > line_limit:
-            if len(line) > line_limit or offset + whole <= size_limit:
-                return DataState.TOO_LONG
-            return DataState.TOO_MUCH
-        offset += whole
-    return DataState.TOO_MUCH
-
-
-@lru_cache(maxsize=4096)
-def _parsed_path(arg: str, local_part_limit: int) -> tuple[str | None, str | None]:
-    return SMTP._getaddr(SimpleNamespace(local_part_limit=local_part_limit), arg)  # type: ignore[arg-type]
-
-
-class _IntakeSMTP(SMTP):
-    """aiosmtpd's session, with the parsing of MAIL FROM and RCPT TO paths memoised and the
-    mail data read a buffer at a time (`read_data`).
-
-    aiosmtpd's `_getaddr` builds a `typing.Protocol` class and runs the email package's header
-    parser on every MAIL FROM and RCPT TO: an eighth of the event loop's time in the profile
-    (py-spy --gil, 2026-11-26). Its answer depends on the path text and the local-part limit
-    only, and the same senders and department addresses come again and again."""
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        if len(arg) > 1024:
-            return super()._getaddr(arg)
-        return _parsed_path(arg, self.local_part_limit)
-
-    async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd 1.4.6's DATA (the same checks, answers and hook), reading with `read_data`.
-        Decoded data and the old `process_message` API are left to aiosmtpd."""
-        if self._decode_data or "DATA" not in self._handle_hooks:
-            await super().smtp_DATA(arg)
-            return
-        if await self.check_helo_needed():
-            return
-        if await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            data, state = await read_data(
-                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
-            )
-        except (asyncio.CancelledError, ConnectionResetError):
-            log.info("connection lost during DATA")
-            self._writer.close()
-            raise
-        if state is not DataState.NOMINAL:
-            await self.push(
-                "500 Line too long (see RFC5321 4.5.3.1.6)"
-                if state is DataState.TOO_LONG
-                else "552 Error: Too much mail data"
-            )
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
-            return
-        self.envelope.content = data
-        self.envelope.original_content = data
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
-        await self.push("250 OK" if status is MISSING else status)
-
-
-class _Controller(Controller):
-    def factory(self) -> SMTP:
-        return _IntakeSMTP(self.handler, **self.SMTP_kwargs)
-
-
-class SmtpIntakeServer:
-    """Runs the handler on host:port with SIZE advertised (552 over the limit)."""
+class SmtpEdgeServer:
+    """Runs the edge on host:port with SIZE advertised (552 over the limit, from aiosmtpd);
+    the greeting names the host and ticketgate, no versions."""
 
     def __init__(
         self,
-        handler: IntakeHandler,
+        handler: EdgeHandler,
         *,
         host: str,
         port: int,
@@ -422,12 +280,13 @@ class SmtpIntakeServer:
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.handler = handler
-        self.controller = _Controller(
+        self.controller = Controller(
             handler,
             loop=loop,
             hostname=host,
             port=port,
             server_hostname=hostname,
+            ident="ticketgate ESMTP",
             data_size_limit=max_message_bytes,
             decode_data=False,
             enable_SMTPUTF8=True,

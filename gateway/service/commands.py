@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from gateway.domain.lifecycle import Channel
@@ -91,14 +92,60 @@ class ReceiveMail:
 
 
 @dataclass(frozen=True)
-class FailedMail:
-    """A mail whose parsing (``cmd`` None) or processing raised: what poison quarantine keeps."""
+class QueueMail:
+    """A mail as an edge (SMTP, IMAP) hands it to the inbound queue: raw bytes, the envelope,
+    and what the headers say (its dedupe key, Message-ID and the Message-IDs it names)."""
 
-    raw: bytes
+    channel: Channel
     envelope_from: str
     envelope_rcpts: tuple[str, ...]
-    error: BaseException
-    cmd: ReceiveMail | None = None
+    raw: bytes
+    raw_sha256: str
+    dedupe_key: str
+    message_id: str | None
+    sender: str
+    refs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The queue's answer to one mail: a new record, or the record of an earlier delivery."""
+
+    record_id: int
+    duplicate: bool
+    outcome: str
+    rule: str
+
+
+@dataclass(frozen=True)
+class SenderStanding:
+    """What the edge may know of a From address before the mail is queued."""
+
+    employee: bool
+    active: bool
+    org_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueuedMail:
+    """A queued mail handed to the runner: its record and its envelope."""
+
+    record_id: int
+    at: datetime
+    channel: Channel
+    envelope_from: str
+    envelope_rcpts: tuple[str, ...]
+    raw: bytes
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ParsedMail:
+    """A queued mail after parsing: the command, or the error that parsing raised."""
+
+    mail: QueuedMail
+    cmd: ReceiveMail | None
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,7 +159,7 @@ class CommandResult:
 class IntakeResult:
     """What became of an inbound mail; the channel turns it into its own reply."""
 
-    outcome: str  # ticket | message | quarantined | refused | duplicate
+    outcome: str  # ticket | message | quarantined | refused | deferred
     rule: str
     ticket_ref: str | None = None
     code: int = 250

@@ -21,3 +21,7 @@ class ActionRefused(UserFacingError):
 
 class OrgFileError(UserFacingError):
     """An organization file that cannot be imported; names the key or line at fault."""
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached or written now: the channel says "try later" (SMTP 451)."""

@@ -1,13 +1,18 @@
-"""Inbound mail: dedupe, quarantine, sender check, threading (SPEC §2.3), raise or post — one transaction."""
+"""The intake runner's side of the service: decide the fate of each queued mail in one transaction.
+
+A queued mail is parsed by the runner (gateway/runners/intake.py) and handed here. In one
+transaction for a batch: the mails still queued are claimed in arrival order, a reply waits
+while its parent is still queued (or, for a short window, while it names only Message-IDs never
+seen), and each of the others is applied — quarantine, sender check, threading (SPEC §2.3),
+raise or post — and its processing record set to the outcome.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import time
-from datetime import timedelta
-
-from sqlalchemy import Connection, bindparam, func, insert, select
-from sqlalchemy.exc import IntegrityError
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from gateway.domain.lifecycle import TERMINAL, Channel, Priority, Role, Status
 from gateway.domain.routing import Party, PartyKind, route
@@ -16,217 +21,248 @@ from gateway.domain.tokens import token_from_address
 from gateway.service.commands import (
     CommandResult,
     CommandSpec,
-    FailedMail,
     IntakeResult,
+    ParsedMail,
+    QueuedMail,
     ReceiveMail,
 )
-from gateway.service.directory import Directory
-from gateway.service.errors import UserFacingError
+from gateway.service.errors import StorageUnavailable, UserFacingError
+from gateway.service.storage import storage_errors
 from gateway.service.tickets import TicketService, Unit
+from store import inbound_queue as queue
 from store import models as m
 from store.db import read_session
-from store.prepared import Prepared
 
-# Processing records are written, and looked up by dedupe key, without the ORM's overhead
-# (and prepared: store/prepared.py).
-_INSERT_RECORD = Prepared(insert(m.InboundMail))
-_PRIOR = Prepared(
-    select(m.InboundMail.ticket_id, m.InboundMail.rule).where(
-        m.InboundMail.dedupe_key == bindparam("key")
-    )
-)
-
-
-def _prior(conn: Connection, key: str) -> tuple[int | None, str] | None:
-    """The processing record of an earlier delivery of this mail: (ticket id, rule)."""
-    rows = _PRIOR.rows(conn, {"key": key})
-    return (rows[0][0], rows[0][1]) if rows else None
-
-
-# Threading rule 2: a Message-ID we sent, one we received, or a ticket's root (in that order).
-_BY_MESSAGE_ID = tuple(
-    Prepared(q)
-    for q in (
-        select(m.Outbox.ticket_id).where(m.Outbox.message_id == bindparam("mid")).limit(1),
-        select(m.Message.ticket_id).where(m.Message.message_id == bindparam("mid")).limit(1),
-        select(m.Ticket.id).where(m.Ticket.root_message_id == bindparam("mid")).limit(1),
-    )
-)
-
-# How long a recipient found at RCPT TO is taken as known without asking the database again.
-RECIPIENT_TTL = 30.0
+log = logging.getLogger("ticketgate.intake")
 
 # Commands that are raise-time parameters when they arrive with a new ticket.
 _RAISE_PARAMS = {"category", "priority", "cc", "bcc"}
 
 
+@dataclass(frozen=True)
+class IntakeOptions:
+    sender_rate_per_hour: int = 120
+    refuse_dmarc_fail: bool = True
+    # A mail naming only Message-IDs never seen waits this long for its parent (which may
+    # still be in DATA on another connection) before it is taken as a new ticket.
+    reference_wait: timedelta = timedelta(seconds=3)
+    # A reply whose parent is still queued is looked at again after this (or at once when
+    # the parent is processed).
+    parent_retry: timedelta = timedelta(seconds=1)
+    # A mail whose processing raised this many times is quarantined (poison mail).
+    max_attempts: int = 3
+
+
 class MailIntake:
-    """Decides the fate of one inbound mail; the SMTP and IMAP adapters call `receive`."""
+    """Decides the fate of queued mail; the intake runner calls `waiting` and `process`."""
 
     def __init__(
         self,
         service: TicketService,
+        options: IntakeOptions = IntakeOptions(),
         *,
-        sender_rate_per_hour: int = 120,
-        refuse_dmarc_fail: bool = True,
+        on_storage_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.svc = service
-        self.sender_rate_per_hour = sender_rate_per_hour
-        self.refuse_dmarc_fail = refuse_dmarc_fail
-        # Addresses RCPT TO found to be ours, with when: asked again within RECIPIENT_TTL they
-        # cost no database read. Only "yes" is remembered: a 550 is final for the sending MTA,
-        # so an address added by `org import` must be accepted at once; one removed is at
-        # worst accepted for RECIPIENT_TTL and then routed (or refused) by the writer.
-        self._known: dict[str, tuple[str, float]] = {}
-        # The sender's mails of the last hour, counted up to the limit only (index on sender,
-        # at): a flood costs no more per mail. Built once: statement building is not free.
-        window = (
-            select(m.InboundMail.id)
-            .where(
-                m.InboundMail.sender == bindparam("sender"),
-                m.InboundMail.at >= bindparam("since"),
+        self.options = options
+        self.on_storage_error = on_storage_error
+
+    # ---- the queue ------------------------------------------------------------------------------
+    def waiting(self, limit: int) -> list[QueuedMail]:
+        """The oldest queued mails that may be processed now (read without a write lock)."""
+        with storage_errors(self.on_storage_error), read_session(self.svc.sessions) as s:
+            rows = queue.queued_batch(s, now=self.svc.now(), limit=limit)
+        return [
+            QueuedMail(
+                record_id=r.id,
+                at=r.at,
+                channel=Channel(r.channel),
+                envelope_from=r.envelope_from,
+                envelope_rcpts=r.envelope_rcpts,
+                raw=r.raw,
+                attempts=r.attempts,
             )
-            .limit(sender_rate_per_hour)
-            .subquery()
-        )
-        self._recent = Prepared(select(func.count()).select_from(window))
+            for r in rows
+        ]
 
-    def remembered_recipient(self, addr: str) -> str | None:
-        """RCPT TO where no database is needed: postmaster, our own address, a valid reply
-        token, or an address found within RECIPIENT_TTL. None: ask `known_recipient`."""
-        return self._without_database(addr.strip().lower())[1]
-
-    def known_recipient(self, addr: str) -> str | None:
-        """RCPT TO check: 'department' | 'employee' | 'reply' | 'postmaster' | None."""
-        a = addr.strip().lower()
-        decided, kind = self._without_database(a)
-        if decided:
-            return kind
-        with read_session(self.svc.sessions) as s:
-            d = Directory(s)
-            kind = (
-                "department"
-                if d.department(a) is not None
-                else "employee"
-                if d.employee(a) is not None
-                else None
-            )
-        if kind is not None:
-            if len(self._known) >= 10_000:
-                self._known.clear()
-            self._known[a] = (kind, time.monotonic())
-        return kind
-
-    def _without_database(self, a: str) -> tuple[bool, str | None]:
-        """(decided, kind) for a lower-cased address; not decided: the directory must say."""
-        ident = self.svc.identity
-        if a.split("@")[0] == "postmaster":
-            return True, "postmaster"
-        tok = token_from_address(a, local=ident.reply_local, domain=ident.domain)
-        if tok is not None:  # a reply address is decided by its token alone
-            valid = self.svc.tokens is not None and self.svc.tokens.verify(tok, now=self.svc.now())
-            return True, "reply" if valid else None
-        if a == ident.from_address:
-            return True, "reply"
-        known = self._known.get(a)
-        if known is not None and time.monotonic() - known[1] < RECIPIENT_TTL:
-            return True, known[0]
-        return False, None
-
-    def receive(self, cmd: ReceiveMail) -> IntakeResult:
+    def process(self, batch: Sequence[ParsedMail]) -> list[tuple[int, IntakeResult]]:
+        """Apply a batch of parsed mails in one transaction; (record id, result) for each mail
+        that left the queue. A mail that raises sends the batch back to be applied one mail per
+        transaction, where it counts a failed attempt (quarantined after the last). Storage
+        errors raise: nothing was applied, the mails stay queued."""
         try:
-            with self.svc.unit() as u:
-                return self.apply(u, cmd)
-        except IntegrityError:
-            # Two deliveries of one message raced; the other one committed it first.
-            with read_session(self.svc.sessions) as s:
-                rec = _prior(s.connection(), cmd.dedupe_key)
-            if rec is None:
+            with storage_errors(self.on_storage_error), self.svc.unit() as u:
+                return self._process(u, batch)
+        except Exception as e:
+            if isinstance(e, StorageUnavailable):
                 raise
-            return IntakeResult("duplicate", f"duplicate of an accepted mail: {rec[1]}")
+            if len(batch) == 1:
+                return [self._failed(batch[0], e)]
+            log.warning("a batch of %d queued mails raised; applying them one by one", len(batch))
+            results: list[tuple[int, IntakeResult]] = []
+            for one in batch:
+                results += self.process([one])
+            return results
 
-    def quarantine_failed(self, failed: FailedMail) -> IntakeResult:
-        """Poison mail: parsing or applying it raised (a bug, or input nobody foresaw). It is
-        kept in quarantine with the error, in a transaction of its own, and accepted: a 451
-        would have the MTA retry the same failure for days and then bounce it. A re-delivery
-        is a duplicate of the quarantined record. Storage errors are not poison: they raise."""
-        raw, error, cmd = failed.raw, failed.error, failed.cmd
-        sha = cmd.raw_sha256 if cmd is not None else hashlib.sha256(raw).hexdigest()
-        key = cmd.dedupe_key if cmd is not None else "raw:" + sha
-        error_text = f"{type(error).__name__}: {error}"[:500]
-        error_text = error_text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
-        rule = f"quarantined: processing error ({type(error).__name__})"
-        with self.svc.unit() as u:
-            prior = _prior(u.conn, key)
-            if prior is not None:
-                return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior[1]}")
-            u.store_blob(sha, raw)
-            u.s.add(
-                m.InboundMail(
-                    dedupe_key=key,
-                    message_id=cmd.message_id if cmd is not None else None,
-                    sender=(cmd.from_email if cmd is not None else None) or failed.envelope_from,
-                    channel=(cmd.channel if cmd is not None else Channel.EMAIL).value,
-                    outcome="quarantined",
-                    rule=rule,
-                    ticket_id=None,
-                    raw_sha256=sha,
-                    at=u.now,
-                    detail={
-                        "kind": "processing_error",
-                        "error": error_text,
-                        "stage": "apply" if cmd is not None else "parse",
-                        "envelope_rcpts": list(failed.envelope_rcpts),
-                    },
-                )
+    def _process(self, u: Unit, batch: Sequence[ParsedMail]) -> list[tuple[int, IntakeResult]]:
+        by_id = {p.mail.record_id: p for p in batch}
+        claimed = queue.lock_queued(u.s, by_id)
+        refs = queue.refs_of(u.s, claimed)
+        named = {mid for ids in refs.values() for mid in ids}
+        still_queued = queue.queued_with_message_ids(u.s, named)
+        seen = queue.seen_message_ids(u.s, named)
+        results: list[tuple[int, IntakeResult]] = []
+        pending = list(claimed)
+        progress = True
+        while pending and progress:
+            progress = False
+            later: list[int] = []
+            for rid in pending:
+                p = by_id[rid]
+                wait = self._must_wait(u, p, refs.get(rid, []), still_queued, seen)
+                if wait is not None:
+                    later.append(rid)
+                    continue
+                progress = True
+                results.append((rid, self._apply_parsed(u, p)))
+                mid = p.cmd.message_id if p.cmd is not None else None
+                if mid is not None:
+                    if still_queued.get(mid) == rid:
+                        del still_queued[mid]
+                    seen.add(mid)
+                    queue.release_replies_to(u.s, mid)
+            pending = later
+        for rid in pending:
+            p = by_id[rid]
+            wait = self._must_wait(u, p, refs.get(rid, []), still_queued, seen)
+            assert wait is not None
+            queue.defer(u.s, rid, until=wait)
+            results.append((rid, IntakeResult("deferred", "waiting for the mail it replies to")))
+        return [(rid, r) for rid, r in results if r.outcome != "deferred"] + [
+            (rid, r) for rid, r in results if r.outcome == "deferred"
+        ]
+
+    def _must_wait(
+        self,
+        u: Unit,
+        p: ParsedMail,
+        refs: list[str],
+        still_queued: dict[str, int],
+        seen: set[str],
+    ) -> datetime | None:
+        """When a mail must wait (until when), or None: it may be processed now.
+
+        A parent still queued that arrived earlier is always waited for (it is processed
+        first, so this ends); one that arrived later (the MTA delivered the reply first) only
+        within the reference window, so that two mails naming each other never wait for ever."""
+        if not refs or p.cmd is None:
+            return None
+        opts = self.options
+        rid = p.mail.record_id
+        deadline = p.mail.at + opts.reference_wait
+        parents = [still_queued[r] for r in refs if r in still_queued and still_queued[r] != rid]
+        if any(pid < rid for pid in parents):
+            return u.now + opts.parent_retry
+        if u.now >= deadline:
+            return None
+        if parents:
+            return deadline
+        if any(r in seen for r in refs) or self._has_reply_token(p.cmd):
+            return None
+        return deadline
+
+    def _has_reply_token(self, cmd: ReceiveMail) -> bool:
+        ident = self.svc.identity
+        return any(
+            token_from_address(a, local=ident.reply_local, domain=ident.domain) is not None
+            for a in cmd.envelope_rcpts
+        )
+
+    def _apply_parsed(self, u: Unit, p: ParsedMail) -> IntakeResult:
+        rid = p.mail.record_id
+        if p.cmd is None:
+            rule = f"quarantined: processing error ({p.error.split(':', 1)[0]})"
+            queue.finish(
+                u.s,
+                rid,
+                outcome="quarantined",
+                rule=rule,
+                ticket_id=None,
+                detail={
+                    "kind": "processing_error",
+                    "error": _clean(p.error),
+                    "stage": "parse",
+                    "envelope_rcpts": list(p.mail.envelope_rcpts),
+                },
+                now=u.now,
             )
-        return IntakeResult("quarantined", rule)
+            return IntakeResult("quarantined", rule)
+        return self.apply(u, p.cmd, rid)
+
+    def _failed(self, p: ParsedMail, error: Exception) -> tuple[int, IntakeResult]:
+        """Applying one mail raised (a bug, or input nobody foresaw): count the attempt, and
+        after the last one keep the mail in quarantine with the error (poison mail)."""
+        rid = p.mail.record_id
+        text = _clean(f"{type(error).__name__}: {error}")
+        log.error("queued mail %d could not be processed", rid, exc_info=error)
+        with storage_errors(self.on_storage_error), self.svc.unit() as u:
+            attempts = queue.note_failure(u.s, rid, error=text)
+            if attempts < self.options.max_attempts:
+                return rid, IntakeResult("queued", f"attempt {attempts} failed: {text}")
+            rule = f"quarantined: processing error ({type(error).__name__})"
+            queue.finish(
+                u.s,
+                rid,
+                outcome="quarantined",
+                rule=rule,
+                ticket_id=None,
+                detail={
+                    "kind": "processing_error",
+                    "error": text,
+                    "stage": "apply",
+                    "attempts": attempts,
+                    "envelope_rcpts": list(p.mail.envelope_rcpts),
+                },
+                now=u.now,
+            )
+            return rid, IntakeResult("quarantined", rule)
 
     # ------------------------------------------------------------------------------------------
     def _record(
         self,
         u: Unit,
+        record_id: int,
         cmd: ReceiveMail,
         outcome: str,
         rule: str,
         ticket_id: int | None,
         **detail: object,
     ) -> None:
-        u.store_blob(cmd.raw_sha256, cmd.raw)
         if cmd.defects:
-            # What the parser could not read stays on the record (nothing dropped silently);
-            # no NUL or lone surrogate, which PostgreSQL's jsonb refuses.
-            detail["defects"] = [
-                d.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
-                for d in cmd.defects[:50]
-            ]
-        _INSERT_RECORD(
-            u.conn,
-            {
-                "dedupe_key": cmd.dedupe_key,
-                "message_id": cmd.message_id,
-                "sender": cmd.from_email or cmd.envelope_from or "",
-                "channel": cmd.channel.value,
-                "outcome": outcome,
-                "rule": rule,
-                "ticket_id": ticket_id,
-                "raw_sha256": cmd.raw_sha256,
-                "at": u.now,
-                "detail": dict(detail),
-            },
+            # What the parser could not read stays on the record (nothing dropped silently).
+            detail["defects"] = [_clean(d) for d in cmd.defects[:50]]
+        queue.finish(
+            u.s,
+            record_id,
+            outcome=outcome,
+            rule=rule,
+            ticket_id=ticket_id,
+            detail=dict(detail),
+            now=u.now,
         )
 
-    def apply(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
+    def _refuse(self, u: Unit, record_id: int, cmd: ReceiveMail, rule: str) -> IntakeResult:
+        self._record(u, record_id, cmd, "refused", rule, None)
+        return IntakeResult("refused", rule)
+
+    def apply(self, u: Unit, cmd: ReceiveMail, record_id: int) -> IntakeResult:
         """Decide and write one mail inside the caller's unit of work (no commit here)."""
-        prior = _prior(u.conn, cmd.dedupe_key)
-        if prior is not None:
-            ref = f"TKT-{prior[0]}" if prior[0] else None
-            return IntakeResult("duplicate", f"duplicate of an accepted mail: {prior[1]}", ref)
         # SPEC §2.5: automatic mail is recognised before the sender check and kept, never answered.
         q = cmd.quarantine
         if q is not None:
             self._record(
                 u,
+                record_id,
                 cmd,
                 "quarantined",
                 f"quarantined: {q.reason}",
@@ -239,48 +275,41 @@ class MailIntake:
                 self._bounce(u, cmd)
             return IntakeResult("quarantined", f"quarantined: {q.reason}")
         if cmd.from_email is None:
-            return IntakeResult(
-                "refused",
-                "refused: From header missing or malformed",
-                code=550,
-                text="5.7.1 From header missing or malformed",
-            )
+            return self._refuse(u, record_id, cmd, "refused: From header missing or malformed")
         sender = u.d.employee(cmd.from_email)
         if sender is None or not sender.active:
             why = "not an employee" if sender is None else "deactivated"
-            return IntakeResult(
-                "refused",
-                f"refused: sender {why}",
-                code=550,
-                text=f"5.7.1 {cmd.from_email} is {why} of an organization served here",
-            )
+            return self._refuse(u, record_id, cmd, f"refused: sender {why}")
         org = u.d.get(m.Organization, sender.org_id)
         assert org is not None
         sender_domain = cmd.from_email.rsplit("@", 1)[-1]
         if (
             cmd.dmarc == "fail"
             and sender_domain in [d.lower() for d in org.domains]
-            and self.refuse_dmarc_fail
+            and self.options.refuse_dmarc_fail
         ):
-            return IntakeResult(
-                "refused",
-                "refused: DMARC failed for the organization's own domain",
-                code=550,
-                text="5.7.1 DMARC check failed for your domain; message not accepted",
+            return self._refuse(
+                u, record_id, cmd, "refused: DMARC failed for the organization's own domain"
             )
         trusted = cmd.dmarc in (None, "pass")
-        since = u.now - timedelta(hours=1)
-        recent = int(self._recent(u.conn, {"sender": cmd.from_email, "since": since}))
-        if recent >= self.sender_rate_per_hour:
-            rule = f"quarantined: rate limit ({self.sender_rate_per_hour} mails an hour from one sender)"
-            self._record(u, cmd, "quarantined", rule, None, kind="rate_limit")
+        limit = self.options.sender_rate_per_hour
+        recent = queue.sender_mails_since(
+            u.s,
+            sender=cmd.from_email,
+            since=u.now - timedelta(hours=1),
+            before_id=record_id,
+            limit=limit,
+        )
+        if recent >= limit:
+            rule = f"quarantined: rate limit ({limit} mails an hour from one sender)"
+            self._record(u, record_id, cmd, "quarantined", rule, None, kind="rate_limit")
             return IntakeResult("quarantined", rule)
         me = Party(PartyKind.EMPLOYEE, sender.id, sender.org_id)
 
         ticket, rule = self._thread(u, cmd, sender)
         if ticket is not None:
-            return self._post(u, cmd, sender, ticket, rule, trusted)
-        return self._raise(u, cmd, sender, me, rule, trusted)
+            return self._post(u, record_id, cmd, sender, ticket, rule, trusted)
+        return self._raise(u, record_id, cmd, sender, me, rule, trusted)
 
     # ---- threading (SPEC §2.3): first rule that matches wins ------------------------------------
     def _thread(self, u: Unit, cmd: ReceiveMail, sender: m.Employee) -> tuple[m.Ticket | None, str]:
@@ -313,18 +342,19 @@ class MailIntake:
         return None, "new ticket: no rule matched"
 
     def _ticket_for_message_id(self, u: Unit, mid: str) -> int | None:
-        conn = u.conn
-        for query in _BY_MESSAGE_ID:
-            found = query(conn, {"mid": mid})
-            if found is not None:
-                return int(found)
-        return None
+        return queue.ticket_for_message_id(u.s, mid)
 
     # ---- a message on an existing ticket -------------------------------------------------------
     def _post(
-        self, u: Unit, cmd: ReceiveMail, sender: m.Employee, t: m.Ticket, rule: str, trusted: bool
+        self,
+        u: Unit,
+        record_id: int,
+        cmd: ReceiveMail,
+        sender: m.Employee,
+        t: m.Ticket,
+        rule: str,
+        trusted: bool,
     ) -> IntakeResult:
-        u.store_blob(cmd.raw_sha256, cmd.raw)
         roles = u.d.roles_of(t, sender)
         status = Status(t.status)
         if status in TERMINAL:
@@ -342,6 +372,7 @@ class MailIntake:
                 me = Party(PartyKind.EMPLOYEE, sender.id, sender.org_id)
                 return self._raise(
                     u,
+                    record_id,
                     cmd,
                     sender,
                     me,
@@ -402,6 +433,7 @@ class MailIntake:
             )
         self._record(
             u,
+            record_id,
             cmd,
             "message",
             rule,
@@ -429,6 +461,7 @@ class MailIntake:
     def _raise(
         self,
         u: Unit,
+        record_id: int,
         cmd: ReceiveMail,
         sender: m.Employee,
         me: Party,
@@ -468,13 +501,12 @@ class MailIntake:
             default = self._default_target(u, sender, linked)
             routing = route(to=to, cc=cc, envelope_only=env_only, default=default, sender=me)
         if routing.target is None:
-            return IntakeResult(
-                "refused",
+            return self._refuse(
+                u,
+                record_id,
+                cmd,
                 "refused: no department or colleague of the sender's organization addressed",
-                code=550,
-                text="5.1.1 no department or colleague of your organization was addressed",
             )
-        u.store_blob(cmd.raw_sha256, cmd.raw)
         params = {c.action: c for c in cmd.commands if c.action in _RAISE_PARAMS}
         rest = [c for c in cmd.commands if c.action not in _RAISE_PARAMS]
         results: list[CommandResult] = []
@@ -546,6 +578,7 @@ class MailIntake:
         u.notify_raised(t, sender, ack=not cmd.suppress_auto_reply, applied=tuple(results))
         self._record(
             u,
+            record_id,
             cmd,
             "ticket",
             rule,
@@ -580,7 +613,7 @@ class MailIntake:
         rows: dict[int, m.Outbox] = {}
         ids = set(q.original_message_ids) | set(cmd.references) | set(cmd.in_reply_to)
         for mid in sorted(ids):
-            row = u.s.scalars(select(m.Outbox).where(m.Outbox.message_id == mid)).first()
+            row = queue.outbox_row_with_message_id(u.s, mid)
             if row is not None:
                 rows[row.id] = row
         # VERP: sent to the envelope sender of one mail, a bounce names it even when it quotes
@@ -607,3 +640,8 @@ class MailIntake:
             sup.hard_bounces += 1
             sup.suppressed = sup.hard_bounces >= 3
             sup.updated_at = u.now
+
+
+def _clean(text: str) -> str:
+    """Text for a JSON record: no NUL or lone surrogate, which PostgreSQL's jsonb refuses."""
+    return text[:500].encode("utf-8", "replace").decode("utf-8").replace("\x00", "")

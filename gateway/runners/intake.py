@@ -1,0 +1,142 @@
+"""The intake runner: its sole purpose is to take queued mail in arrival order and have its fate decided.
+
+A Mailman-style runner: it reads a batch of queued mails, parses each (pure: bytes → command),
+and hands the batch to the service, which claims the mails still queued, applies each one and
+sets its outcome in one transaction. A mail whose parsing raises is quarantined with the error;
+one whose processing raises is retried, then quarantined (the service counts the attempts).
+Storage errors leave the mails queued: the runner says so once, and tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+
+from gateway.domain.lifecycle import Channel
+from gateway.mail.parse import ParseLimits
+from gateway.mail.translate import TranslateContext, parse_and_translate
+from gateway.service.commands import ParsedMail, QueuedMail
+from gateway.service.errors import StorageUnavailable
+from gateway.service.intake import MailIntake
+
+log = logging.getLogger("ticketgate.intake")
+
+# While storage is down, the runner says so again this often (one line, not a traceback a try).
+REMINDER_SECONDS = 60.0
+
+
+class IntakeRunner:
+    """Claims queued mail, parses it and has the service apply it; `run_once` for one batch."""
+
+    def __init__(
+        self,
+        intake: MailIntake,
+        *,
+        ctx: TranslateContext,
+        limits: ParseLimits,
+        batch_size: int = 32,
+        poll_seconds: float = 0.5,
+        retry_seconds: float = 1.0,
+    ) -> None:
+        self.intake = intake
+        self.ctx = ctx
+        self.limits = limits
+        self.batch_size = batch_size
+        self.poll_seconds = poll_seconds
+        self.retry_seconds = retry_seconds
+        self.counts: Counter[str] = Counter()  # mails that left the queue, by outcome
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._down_since: float | None = None
+        self._reminded = 0.0
+
+    def parse(self, mail: QueuedMail) -> ParsedMail:
+        """Bytes and envelope → the service's command; a parser failure is kept as the error."""
+        ctx = self.ctx if mail.channel is Channel.EMAIL else replace(self.ctx, channel=mail.channel)
+        try:
+            cmd = parse_and_translate(
+                mail.raw, mail.envelope_from, mail.envelope_rcpts, self.limits, ctx
+            )
+        except Exception as e:  # noqa: BLE001 - poison mail: quarantined with the error
+            log.error("queued mail %d could not be parsed", mail.record_id, exc_info=e)
+            return ParsedMail(mail, None, f"{type(e).__name__}: {e}")
+        return ParsedMail(mail, cmd)
+
+    def run_once(self) -> int:
+        """Process one batch of queued mail; returns how many mails left the queue."""
+        mails = self.intake.waiting(self.batch_size)
+        if not mails:
+            return 0
+        results = self.intake.process([self.parse(q) for q in mails])
+        done = 0
+        for record_id, result in results:
+            if result.outcome in ("deferred", "queued"):
+                log.debug("queued mail %d: %s", record_id, result.rule)
+                continue
+            done += 1
+            self.counts[result.outcome] += 1
+            ref = f" {result.ticket_ref}" if result.ticket_ref else ""
+            log.info("mail %d: %s%s (%s)", record_id, result.outcome, ref, result.rule)
+        return done
+
+    def run_until_idle(self) -> int:
+        """Process batches until nothing more can be processed now (tests, `ticketgate`
+        commands); returns how many mails left the queue."""
+        total = 0
+        while True:
+            n = self.run_once()
+            if not n:
+                return total
+            total += n
+
+    def wake(self) -> None:
+        """New mail is queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                handled = self.run_once()
+            except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
+                self._storage_down(e)
+                self._stop.wait(self.retry_seconds)
+                continue
+            self._storage_up()
+            if not handled:
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
+
+    def _storage_down(self, error: Exception) -> None:
+        """One line when storage goes away, then a reminder every REMINDER_SECONDS."""
+        now = time.monotonic()
+        if not isinstance(error, StorageUnavailable):
+            log.error("intake runner: unexpected error; trying again", exc_info=error)
+            return
+        if self._down_since is None:
+            self._down_since = self._reminded = now
+            log.warning("intake runner: storage unavailable (%s); mail stays queued", error)
+        elif now - self._reminded >= REMINDER_SECONDS:
+            self._reminded = now
+            log.warning("intake runner: storage still unavailable after %.0f s", now - self._down_since)
+
+    def _storage_up(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "intake runner: storage back after %.0f s", time.monotonic() - self._down_since
+            )
+            self._down_since = None
+
+    def start(self, name: str = "intake-runner") -> None:
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+

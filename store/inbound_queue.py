@@ -1,0 +1,351 @@
+"""The inbound queue: every inbound mail's processing record, its raw bytes and the Message-IDs it names.
+
+The edge (SMTP or IMAP) only inserts rows in state `queued`; the intake runner claims them in
+arrival order and sets the outcome (`ticket`, `message`, `quarantined`, `refused`) in the same
+transaction as the ticket changes. See docs/DECISIONS.md, "The inbound queue".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from store import models as m
+
+QUEUED = "queued"
+# References kept per mail for the wait rules: In-Reply-To and the newest References.
+MAX_REFS = 50
+
+
+@dataclass(frozen=True)
+class NewInbound:
+    """One mail as the edge queues it."""
+
+    dedupe_key: str
+    message_id: str | None
+    sender: str
+    channel: str
+    envelope_from: str
+    envelope_rcpts: tuple[str, ...]
+    raw: bytes
+    raw_sha256: str
+    refs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What became of one queued mail: its record's id, and whether it was there already."""
+
+    record_id: int
+    duplicate: bool
+    outcome: str  # the record's outcome: `queued` for a new one
+    rule: str
+
+
+@dataclass(frozen=True)
+class QueuedRow:
+    """A queued mail as the runner reads it."""
+
+    id: int
+    at: datetime
+    channel: str
+    envelope_from: str
+    envelope_rcpts: tuple[str, ...]
+    message_id: str | None
+    raw: bytes
+    attempts: int
+
+
+def _insert(s: Session, model: type[m.Base]) -> Any:
+    return (pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
+
+
+def store_blob(s: Session, sha256: str, data: bytes) -> None:
+    """Content-addressed bytes: a no-op when they are already stored."""
+    stmt = _insert(s, m.Blob).on_conflict_do_nothing(index_elements=[m.Blob.sha256])
+    s.execute(stmt, {"sha256": sha256, "size": len(data), "data": data})
+
+
+def enqueue(s: Session, mails: Sequence[NewInbound], *, now: datetime) -> list[Enqueued]:
+    """Insert each mail as `queued` (a mail whose dedupe key is known is a duplicate and adds
+    nothing); the caller commits. In order: one answer per mail."""
+    out: list[Enqueued] = []
+    for mail in mails:
+        store_blob(s, mail.raw_sha256, mail.raw)
+        stmt = (
+            _insert(s, m.InboundMail)
+            .values(
+                dedupe_key=mail.dedupe_key,
+                message_id=mail.message_id,
+                sender=mail.sender,
+                channel=mail.channel,
+                outcome=QUEUED,
+                rule="queued: waiting for the intake runner",
+                ticket_id=None,
+                raw_sha256=mail.raw_sha256,
+                at=now,
+                detail={},
+                envelope_from=mail.envelope_from,
+                envelope_rcpts=list(mail.envelope_rcpts),
+                attempts=0,
+                last_error="",
+            )
+            .on_conflict_do_nothing(index_elements=[m.InboundMail.dedupe_key])
+            .returning(m.InboundMail.id)
+        )
+        new_id = s.execute(stmt).scalar()
+        if new_id is None:
+            prior = s.execute(
+                select(m.InboundMail.id, m.InboundMail.outcome, m.InboundMail.rule).where(
+                    m.InboundMail.dedupe_key == mail.dedupe_key
+                )
+            ).one()
+            out.append(Enqueued(prior.id, True, prior.outcome, prior.rule))
+            continue
+        if mail.refs:
+            s.execute(
+                m.InboundRef.__table__.insert(),
+                [{"inbound_id": new_id, "message_id": r} for r in mail.refs[:MAX_REFS]],
+            )
+        out.append(Enqueued(int(new_id), False, QUEUED, ""))
+    return out
+
+
+def queued_batch(s: Session, *, now: datetime, limit: int) -> list[QueuedRow]:
+    """The oldest queued mails that may be claimed now (with their raw bytes)."""
+    rows = s.execute(
+        select(
+            m.InboundMail.id,
+            m.InboundMail.at,
+            m.InboundMail.channel,
+            m.InboundMail.envelope_from,
+            m.InboundMail.envelope_rcpts,
+            m.InboundMail.message_id,
+            m.Blob.data,
+            m.InboundMail.attempts,
+        )
+        .join(m.Blob, m.Blob.sha256 == m.InboundMail.raw_sha256)
+        .where(
+            m.InboundMail.outcome == QUEUED,
+            (m.InboundMail.not_before.is_(None)) | (m.InboundMail.not_before <= now),
+        )
+        .order_by(m.InboundMail.id)
+        .limit(limit)
+    ).all()
+    return [
+        QueuedRow(r[0], r[1], r[2], r[3], tuple(r[4] or ()), r[5], bytes(r[6]), r[7]) for r in rows
+    ]
+
+
+def lock_queued(s: Session, ids: Iterable[int]) -> list[int]:
+    """Of `ids`, those still queued, locked for this transaction, oldest first. On PostgreSQL
+    rows another runner holds are skipped (FOR UPDATE SKIP LOCKED); SQLite has one writer."""
+    q = (
+        select(m.InboundMail.id)
+        .where(m.InboundMail.id.in_(list(ids)), m.InboundMail.outcome == QUEUED)
+        .order_by(m.InboundMail.id)
+    )
+    if s.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    return list(s.scalars(q))
+
+
+def refs_of(s: Session, ids: Iterable[int]) -> dict[int, list[str]]:
+    """The Message-IDs each of these mails names (In-Reply-To and References)."""
+    out: dict[int, list[str]] = {}
+    for rid, mid in s.execute(
+        select(m.InboundRef.inbound_id, m.InboundRef.message_id)
+        .where(m.InboundRef.inbound_id.in_(list(ids)))
+        .order_by(m.InboundRef.id)
+    ):
+        out.setdefault(rid, []).append(mid)
+    return out
+
+
+def queued_with_message_ids(s: Session, mids: Iterable[str]) -> dict[str, int]:
+    """Message-ID → the oldest queued mail that has it, for those of `mids` still queued."""
+    mids = list(set(mids))
+    if not mids:
+        return {}
+    rows = s.execute(
+        select(m.InboundMail.message_id, func.min(m.InboundMail.id))
+        .where(m.InboundMail.message_id.in_(mids), m.InboundMail.outcome == QUEUED)
+        .group_by(m.InboundMail.message_id)
+    )
+    return {mid: int(rid) for mid, rid in rows if mid is not None}
+
+
+def seen_message_ids(s: Session, mids: Iterable[str]) -> set[str]:
+    """Those of `mids` the gateway has seen: received (any outcome), sent, or a ticket's root."""
+    mids = list(set(mids))
+    if not mids:
+        return set()
+    seen: set[str] = set()
+    for col in (
+        m.InboundMail.message_id,
+        m.Message.message_id,
+        m.Outbox.message_id,
+        m.Ticket.root_message_id,
+    ):
+        seen.update(v for v in s.scalars(select(col).where(col.in_(mids)).distinct()) if v)
+    return seen
+
+
+def defer(s: Session, record_id: int, *, until: datetime) -> None:
+    """Leave a queued mail for later: not claimed before `until` (or until released)."""
+    s.execute(
+        update(m.InboundMail).where(m.InboundMail.id == record_id).values(not_before=until)
+    )
+
+
+def release_replies_to(s: Session, message_id: str) -> None:
+    """Queued mails that name `message_id` may be claimed at once (their parent is processed)."""
+    waiting = select(m.InboundRef.inbound_id).where(m.InboundRef.message_id == message_id)
+    q = select(m.InboundMail.id).where(
+        m.InboundMail.id.in_(waiting),
+        m.InboundMail.outcome == QUEUED,
+        m.InboundMail.not_before.is_not(None),
+    )
+    if s.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)  # one another runner holds: it decides that one
+    ids = list(s.scalars(q))
+    if ids:
+        s.execute(
+            update(m.InboundMail).where(m.InboundMail.id.in_(ids)).values(not_before=None)
+        )
+
+
+def finish(
+    s: Session,
+    record_id: int,
+    *,
+    outcome: str,
+    rule: str,
+    ticket_id: int | None,
+    detail: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Set a claimed mail's outcome: it leaves the queue."""
+    s.execute(
+        update(m.InboundMail)
+        .where(m.InboundMail.id == record_id)
+        .values(
+            outcome=outcome,
+            rule=rule,
+            ticket_id=ticket_id,
+            detail=detail,
+            processed_at=now,
+            not_before=None,
+        )
+    )
+    s.execute(m.InboundRef.__table__.delete().where(m.InboundRef.inbound_id == record_id))
+
+
+def note_failure(s: Session, record_id: int, *, error: str) -> int:
+    """One more failed attempt at a queued mail; returns how many there have been."""
+    s.execute(
+        update(m.InboundMail)
+        .where(m.InboundMail.id == record_id)
+        .values(attempts=m.InboundMail.attempts + 1, last_error=error)
+    )
+    return int(
+        s.scalar(select(m.InboundMail.attempts).where(m.InboundMail.id == record_id)) or 0
+    )
+
+
+def record(s: Session, record_id: int) -> m.InboundMail | None:
+    return s.get(m.InboundMail, record_id)
+
+
+def records_with_message_id(s: Session, message_id: str) -> list[m.InboundMail]:
+    return list(
+        s.scalars(
+            select(m.InboundMail)
+            .where(m.InboundMail.message_id == message_id)
+            .order_by(m.InboundMail.id)
+        )
+    )
+
+
+def quarantined(s: Session) -> list[m.InboundMail]:
+    return list(
+        s.scalars(
+            select(m.InboundMail)
+            .where(m.InboundMail.outcome == "quarantined")
+            .order_by(m.InboundMail.id)
+        )
+    )
+
+
+def raw_of(s: Session, rec: m.InboundMail) -> bytes | None:
+    blob = s.get(m.Blob, rec.raw_sha256) if rec.raw_sha256 else None
+    return bytes(blob.data) if blob is not None else None
+
+
+def requeue(s: Session, record_id: int) -> bool:
+    """Put a quarantined mail back into the queue (`quarantine release`)."""
+    res = s.execute(
+        update(m.InboundMail)
+        .where(m.InboundMail.id == record_id, m.InboundMail.outcome == "quarantined")
+        .values(
+            outcome=QUEUED,
+            rule="queued: released from quarantine",
+            attempts=0,
+            last_error="",
+            not_before=None,
+            processed_at=None,
+        )
+    )
+    return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def sender_mails_since(
+    s: Session, *, sender: str, since: datetime, before_id: int, limit: int
+) -> int:
+    """How many mails from `sender` arrived since `since` before record `before_id` (counted up
+    to `limit` only, so that a flood costs no more per mail)."""
+    window = (
+        select(m.InboundMail.id)
+        .where(
+            m.InboundMail.sender == sender,
+            m.InboundMail.at >= since,
+            m.InboundMail.id < before_id,
+        )
+        .limit(limit)
+        .subquery()
+    )
+    return int(s.scalar(select(func.count()).select_from(window)) or 0)
+
+
+def queue_counts(s: Session) -> dict[str, int]:
+    """Processing records by outcome (the queue's depth is `queued`)."""
+    return {
+        outcome: int(n)
+        for outcome, n in s.execute(
+            select(m.InboundMail.outcome, func.count()).group_by(m.InboundMail.outcome)
+        )
+    }
+
+
+def ticket_for_message_id(s: Session, message_id: str) -> int | None:
+    """Threading rule 2: the ticket of a Message-ID we sent, received, or a ticket's root."""
+    for q in (
+        select(m.Outbox.ticket_id).where(m.Outbox.message_id == message_id).limit(1),
+        select(m.Message.ticket_id).where(m.Message.message_id == message_id).limit(1),
+        select(m.Ticket.id).where(m.Ticket.root_message_id == message_id).limit(1),
+    ):
+        found = s.scalar(q)
+        if found is not None:
+            return int(found)
+    return None
+
+
+def outbox_row_with_message_id(s: Session, message_id: str) -> m.Outbox | None:
+    return s.scalars(select(m.Outbox).where(m.Outbox.message_id == message_id)).first()
