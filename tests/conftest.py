@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -178,6 +180,17 @@ def run_cli(
 
 
 # ---- SMTP intake and outbound delivery over real sockets ------------------------------------
+
+
+def poll_until(
+    predicate: Callable[[], object], *, timeout: float, interval: float = 0.02, what: str = ""
+) -> None:
+    """Poll `predicate` until it is true; fail after `timeout` seconds (no fixed sleeps)."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout:.0f} s: {what or predicate}"
+        pause.wait(interval)
 
 
 def free_port() -> int:

@@ -68,6 +68,7 @@ def test_replies_land_on_their_tickets_under_concurrency(gateway: Gateway) -> No
     assert _blast(gateway.port, first) == [250] * 40
     mixed = [x for i in range(40) for x in (_reply(i), _parent(40 + i))]
     assert _blast(gateway.port, mixed) == [250] * 80
+    gateway.process()
     with gateway.env.app.sessions() as s:
         tickets = {t.root_message_id: t.id for t in s.scalars(select(m.Ticket))}
         msgs = {x.message_id: x.ticket_id for x in s.scalars(select(m.Message))}

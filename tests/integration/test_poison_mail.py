@@ -16,11 +16,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from gateway.mail.smtp_server import IntakeHandler
 from gateway.mail.translate import TranslateContext
-from gateway.runner import make_handler, make_intake
+from gateway.runner import make_intake, make_runner
+from gateway.runners.intake import IntakeRunner
 from gateway.service.commands import IntakeResult, ReceiveMail
-from gateway.service.group_commit import GroupCommitIntake
 from gateway.service.intake import MailIntake
 from gateway.service.tickets import Unit
 from store import models as m
@@ -33,8 +32,8 @@ IT = "it@acme.example"
 class FailsOnPoison(MailIntake):
     """Fault injection: a mail whose subject says POISON raises after its first writes."""
 
-    def apply(self, u: Unit, cmd: ReceiveMail) -> IntakeResult:
-        result = super().apply(u, cmd)
+    def apply(self, u: Unit, cmd: ReceiveMail, record_id: int) -> IntakeResult:
+        result = super().apply(u, cmd, record_id)
         if "POISON" in cmd.subject:
             raise ValueError("injected: the service cannot handle this mail")
         return result
@@ -61,26 +60,32 @@ def _send(gw: Gateway, msg: EmailMessage) -> tuple[int, str]:
     return code, text.decode()
 
 
-def test_mail_that_breaks_the_service_is_quarantined(env: Env) -> None:
+def _runner(env: Env, intake: MailIntake, ctx: TranslateContext | None = None) -> IntakeRunner:
+    plain = make_runner(env.app)
+    return IntakeRunner(intake, ctx=ctx or plain.ctx, limits=plain.limits)
+
+
+def test_mail_that_breaks_the_service_is_retried_then_quarantined(env: Env) -> None:
+    """A mail whose processing raises is tried `intake.max_attempts` times (3), each attempt
+    rolled back, then kept in quarantine with the error; the runner goes on with the others."""
     app = env.app
     intake = intake_of_class(env, FailsOnPoison)
     assert isinstance(intake, FailsOnPoison)
-    base = make_handler(app, make_intake(app))
-    handler = IntakeHandler(
-        GroupCommitIntake(intake), ctx=base.ctx, limits=base.limits, parse_processes=2
-    )
-    base.close()
-    with serving(env, handler) as gw:
+    with serving(env, runner=_runner(env, intake)) as gw:
         poison = mail(REQ, [IT], "POISON pill", "this mail makes the service raise")
         assert isinstance(poison, EmailMessage)
         code, text = _send(gw, poison)
-        assert code == 250 and "quarantined" in text, text
-        # Nothing of what the failed attempt wrote is left: no ticket, no message, no mail out.
-        assert (_count(env, m.Ticket), _count(env, m.Message), _count(env, m.OutboxEvent)) == (
-            0,
-            0,
-            0,
-        )
+        assert code == 250 and "queued" in text, text
+        # A good mail queued behind it is not held up by it.
+        assert gw.send(mail(REQ, [IT], "Printer", "jammed"), REQ, [IT], process=False)[0] == 250
+        assert gw.process() == 1  # the printer mail; the poison mail's first attempt failed
+        assert gw.explain(str(poison["Message-ID"]))["outcome"] == "queued"
+        gw.process()
+        gw.process()
+        # Nothing of what the failed attempts wrote is left: no ticket, no message, no mail out
+        # but the printer ticket's.
+        assert [t["subject"] for t in gw.tickets()] == ["Printer"]
+        assert _count(env, m.Message) == 1
         [q] = _quarantine(env)
         assert q["sender"] == REQ
         assert "processing error (ValueError)" in q["reason"]
@@ -89,6 +94,7 @@ def test_mail_that_breaks_the_service_is_quarantined(env: Env) -> None:
         view = json.loads(shown.stdout)
         assert view["detail"]["kind"] == "processing_error"
         assert view["detail"]["stage"] == "apply"
+        assert view["detail"]["attempts"] == 3
         assert "injected: the service cannot handle this mail" in view["detail"]["error"]
         assert "this mail makes the service raise" in view["raw"]
         with app.sessions() as s:
@@ -97,31 +103,49 @@ def test_mail_that_breaks_the_service_is_quarantined(env: Env) -> None:
             blob = s.get(m.Blob, rec.raw_sha256)
             assert blob is not None and hashlib.sha256(blob.data).hexdigest() == rec.raw_sha256
 
-        # The MTA delivers it again (it never saw our 250, say): applied once, still one record.
+        # The MTA delivers it again (it never saw our 250, say): still one record.
         code, text = _send(gw, poison)
         assert code == 250 and "duplicate" in text, text
-        assert _count(env, m.InboundMail) == 1
+        assert _count(env, m.InboundMail) == 2
 
-        # The gateway keeps serving.
-        code, _ = gw.send(mail(REQ, [IT], "Printer", "jammed"), REQ, [IT])
-        assert code == 250
-        assert [t["subject"] for t in gw.tickets()] == ["Printer"]
+
+def test_quarantine_release_puts_the_mail_back_into_the_queue(env: Env) -> None:
+    """After the fault is fixed, `quarantine release ID` queues the mail again and the runner
+    makes the ticket it should have made; `mail explain` says `queued` meanwhile."""
+    intake = intake_of_class(env, FailsOnPoison)
+    assert isinstance(intake, FailsOnPoison)
+    with serving(env, runner=_runner(env, intake)) as gw:
+        poison = mail(REQ, [IT], "POISON but fixable", "raises until the fix")
+        assert gw.send(poison, REQ, [IT])[0] == 250
+        gw.process()
+        gw.process()
+        [q] = _quarantine(env)
+        r = run_cli(env.env, "quarantine", "release", str(q["id"]))
+        assert r.returncode == 0, r.stderr
+        assert "queued again" in r.stdout
+        explained = run_cli(env.env, "mail", "explain", str(poison["Message-ID"]), "--json")  # type: ignore[index]
+        assert json.loads(explained.stdout)["outcome"] == "queued"
+        assert _quarantine(env) == []
+        # The fix: the plain service.
+        fixed = make_runner(env.app)
+        assert fixed.run_until_idle() == 1
+        [t] = gw.tickets()
+        assert t["subject"] == "POISON but fixable"
+        again = run_cli(env.env, "quarantine", "release", str(q["id"]))
+        assert again.returncode == 1 and "no quarantined mail" in again.stderr
 
 
 def test_mail_that_breaks_the_parser_is_quarantined(env: Env, tmp_path: Path) -> None:
-    """The parser raising (here in a parser process, through pickling, like any real failure
-    would): 250, the raw bytes kept, stage `parse`. The fault: a translation context the
-    translator cannot use."""
-    app = env.app
-    base = make_handler(app, make_intake(app))
-    broken = TranslateContext(own_domains=None, loop_token=base.ctx.loop_token)  # type: ignore[arg-type]
-    handler = IntakeHandler(base.intake, ctx=broken, limits=base.limits, parse_processes=1)
-    base.pool.shutdown()  # its intake now belongs to `handler`, which closes it
-    with serving(env, handler) as gw:
+    """The parser raising (the fault: a translation context the translator cannot use): 250
+    at the edge, then quarantined at once with stage `parse` and the raw bytes kept."""
+    plain = make_runner(env.app)
+    broken = TranslateContext(own_domains=None, loop_token=plain.ctx.loop_token)  # type: ignore[arg-type]
+    with serving(env, runner=_runner(env, make_intake(env.app), broken)) as gw:
         msg = mail(REQ, [IT], "Unparseable", "the parser gives up on this one")
         assert isinstance(msg, EmailMessage)
         code, text = _send(gw, msg)
-        assert code == 250 and "quarantined" in text, text
+        assert code == 250, text
+        assert gw.process() == 1
         assert _count(env, m.Ticket) == 0
         [q] = _quarantine(env)
         view = json.loads(run_cli(env.env, "quarantine", "show", str(q["id"]), "--json").stdout)

@@ -5,7 +5,6 @@ restore, so the shared server itself keeps running for the other tests."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import threading
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from gateway.service.errors import StorageUnavailable
 from tests.conftest import (
     Database,
     Gateway,
@@ -96,13 +96,8 @@ class Relay:
                     pass
 
 
-@pytest.fixture(
-    params=["thread", "process", "process-on-loop"],
-    ids=["writer-thread", "writer-process", "writer-process-answers-on-loop"],
-)
-def relayed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Gateway, Relay]]:
-    from gateway.runner import make_handler, make_intake
-
+@pytest.fixture
+def relayed(tmp_path: Path) -> Iterator[tuple[Gateway, Relay]]:
     if not PG_URL:
         pytest.skip("TICKETGATE_TEST_POSTGRES_URL is not set (.ci/run always sets it)")
     u = make_url(PG_URL)
@@ -113,19 +108,8 @@ def relayed(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Ga
         env = make_env(Database("postgres", with_search_path(url, schema)), tmp_path / "pg")
         env.import_org(write_demo_org(tmp_path / "pg"))
         try:
-            # writer-process: the writer child loses PostgreSQL; on-loop: its answers are read
-            # on the SMTP server's event loop, as `ticketgate run` has it
-            loop = asyncio.new_event_loop() if request.param == "process-on-loop" else None
-            handler = make_handler(
-                env.app,
-                make_intake(env.app),
-                writer_process=request.param != "thread",
-                loop=loop,
-            )
-            with serving(env, handler, loop) as gw:
+            with serving(env) as gw:
                 yield gw, relay
-            if loop is not None:
-                loop.close()
         finally:
             relay.down()
             env.app.close()
@@ -158,3 +142,20 @@ def test_postgres_down_gives_451_then_stored_once(relayed: tuple[Gateway, Relay]
     assert gw.send(msg, "frank@acme.example", ["it@acme.example"])[0] == 250
     subjects = [t["subject"] for t in gw.tickets()]
     assert subjects == ["before", "While PG is down"]
+
+
+def test_runner_keeps_mail_queued_while_postgres_is_down(relayed: tuple[Gateway, Relay]) -> None:
+    """A mail queued before PostgreSQL goes away stays queued while the runner cannot reach
+    it (the runner says "storage unavailable", the mail is no attempt), and becomes its
+    ticket once PostgreSQL is back, once."""
+    gw, relay = relayed
+    msg = mail("frank@acme.example", ["it@acme.example"], "Queued, then PG down", "text")
+    assert gw.send(msg, "frank@acme.example", ["it@acme.example"], process=False)[0] == 250
+    relay.down()
+    with pytest.raises(StorageUnavailable):
+        gw.process()
+    relay.up()
+    assert gw.process() == 1
+    assert gw.process() == 0
+    assert [t["subject"] for t in gw.tickets()] == ["Queued, then PG down"]
+    assert gw.explain(str(msg["Message-ID"]))["outcome"] == "ticket"  # type: ignore[index]

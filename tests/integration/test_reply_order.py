@@ -1,0 +1,128 @@
+"""A reply always lands on its parent's ticket, whatever order the MTA delivers them in: sent on
+another connection right after the parent, at the same moment, or just before it — 200 pairs
+over 8 connections, with the runners working meanwhile (two of them on PostgreSQL)."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway.bootstrap import build
+from gateway.config import load_settings
+from gateway.runner import make_runner
+from gateway.service.org_import import import_org
+from store import inbound_queue as queue
+from store import models as m
+from store.migrate import upgrade
+from tests.conftest import (
+    SECRET,
+    Database,
+    Env,
+    TestClock,
+    crlf,
+    poll_until,
+    serving,
+    write_demo_org,
+)
+
+REQ = "frank@acme.example"
+IT = "it@acme.example"
+PAIRS = 200
+
+
+@pytest.fixture
+def live_env(database: Database, tmp_path: Path) -> Iterator[Env]:
+    """The demo installation on the real clock, so that the reference window passes."""
+    folder = tmp_path / "install"
+    folder.mkdir()
+    env = {
+        "TICKETGATE__DATABASE__URL": database.url,
+        "TICKETGATE__MAIL__DOMAIN": "tickets.acme.example",
+        "TICKETGATE__MAIL__SECRET": SECRET,
+        "TICKETGATE__OUTBOUND__MAILDIR": str(folder / "outbox"),
+        "TICKETGATE__INTAKE__REFERENCE_WAIT_SECONDS": "5",
+        "TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "100000",
+    }
+    settings = load_settings(folder / "ticketgate.toml", env)
+    app = build(settings)
+    upgrade(app.engine)
+    with app.sessions() as s, s.begin():
+        import_org(s, write_demo_org(folder), mail_domain="tickets.acme.example")
+    try:
+        yield Env(folder, env, app, TestClock())
+    finally:
+        app.close()
+
+
+def _msg(subject: str, msgid: str, parent: str | None) -> bytes:
+    m = EmailMessage()
+    m["From"] = REQ
+    m["To"] = IT
+    m["Subject"] = subject
+    m["Date"] = formatdate()
+    m["Message-ID"] = f"<{msgid}>"
+    if parent:
+        m["In-Reply-To"] = f"<{parent}>"
+        m["References"] = f"<{parent}>"
+    m.set_content(f"{subject}\n")
+    return crlf(bytes(m))
+
+
+def _send(port: int, data: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as s:
+        s.sendmail(REQ, [IT], data)
+
+
+def _pair(port: int, i: int, pool: ThreadPoolExecutor) -> None:
+    parent_id, reply_id = f"parent-{i}@client.example", f"reply-{i}@client.example"
+    parent = _msg(f"Case {i}", parent_id, None)
+    reply = _msg(f"Re: Case {i}", reply_id, parent_id)
+    order = i % 3
+    if order == 0:  # the reply right after the parent, on another connection
+        _send(port, parent)
+        _send(port, reply)
+    elif order == 1:  # both at once
+        a, b = pool.submit(_send, port, parent), pool.submit(_send, port, reply)
+        a.result()
+        b.result()
+    else:  # the reply first (the parent was still in DATA elsewhere)
+        _send(port, reply)
+        _send(port, parent)
+
+
+@pytest.mark.parametrize("runners", [1, 2])
+def test_replies_land_on_their_parents_in_any_order(live_env: Env, runners: int) -> None:
+    if runners == 2 and live_env.app.engine.dialect.name != "postgresql":
+        pytest.skip("several runners share one database on PostgreSQL only (SPEC §7)")
+    workers = [make_runner(live_env.app) for _ in range(runners)]
+    with serving(live_env) as gw:
+        for w in workers:
+            w.start()
+        try:
+            with ThreadPoolExecutor(8) as senders, ThreadPoolExecutor(8) as extra:
+                list(senders.map(lambda i: _pair(gw.port, i, extra), range(PAIRS)))
+
+            def queue_empty() -> bool:
+                with live_env.app.sessions() as s:
+                    return not queue.queue_counts(s).get("queued", 0)
+
+            poll_until(queue_empty, timeout=180, interval=0.1, what="the queue emptied")
+        finally:
+            for w in workers:
+                w.stop()
+    with live_env.app.sessions() as s:
+        tickets = {t.subject: t.id for t in s.scalars(select(m.Ticket))}
+        on = {
+            msg.message_id: msg.ticket_id
+            for msg in s.scalars(select(m.Message).where(m.Message.message_id.like("reply-%")))
+        }
+    assert len(tickets) == PAIRS, sorted(set(tickets) - {f"Case {i}" for i in range(PAIRS)})[:5]
+    wrong = [i for i in range(PAIRS) if on.get(f"reply-{i}@client.example") != tickets[f"Case {i}"]]
+    assert wrong == []

@@ -1,0 +1,97 @@
+"""Issue 11's straight line, read from the code: importing ours patches nothing of other people's
+code, adapters import nothing of store, and the service builds no SQL."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+_PROBE = r"""
+import importlib, pkgutil, re, email.feedparser, email.policy, email.parser, aiosmtpd.smtp
+import sqlalchemy.orm
+def state():
+    return {
+        "feedparser.re": email.feedparser.re,
+        "NLCRE_eol": email.feedparser.NLCRE_eol,
+        "policy.default": email.policy.default,
+        "policy.default type": type(email.policy.default),
+        "EmailPolicy": dict(vars(email.policy.EmailPolicy)),
+        "re.compile": re.compile,
+        "SMTP": dict(vars(aiosmtpd.smtp.SMTP)),
+        "BytesParser": dict(vars(email.parser.BytesParser)),
+        "FeedParser": dict(vars(email.feedparser.FeedParser)),
+        "Session": dict(vars(sqlalchemy.orm.Session)),
+    }
+before = state()
+import gateway, store
+for pkg in (gateway, store):
+    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+        if ".migrations" in m.name or m.name.endswith("__main__"):
+            continue
+        importlib.import_module(m.name)
+after = state()
+print(",".join(k for k in before if before[k] != after[k]))
+"""
+
+
+def test_importing_every_module_changes_no_library() -> None:
+    """Every module of gateway and store imported in a fresh interpreter leaves the email
+    package, re, aiosmtpd's session and SQLAlchemy's Session exactly as they were."""
+    r = subprocess.run(
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"changed by importing our modules: {r.stdout.strip()}"
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append(node.module)
+    return out
+
+
+def test_adapters_import_nothing_from_store() -> None:
+    """gateway/mail and gateway/slack translate; they reach the database only through the service."""
+    bad = [
+        f"{f.relative_to(ROOT)} imports {name}"
+        for folder in ("gateway/mail", "gateway/slack")
+        for f in sorted((ROOT / folder).rglob("*.py"))
+        for name in _imports(f)
+        if name == "store" or name.startswith("store.")
+    ]
+    assert bad == []
+
+
+_SQL = re.compile(
+    r"\b(select|insert|update|delete)\s*\(|postgresql\.insert|sqlite\.insert"
+    r"|make_transient_to_detached|set_committed_value|text\s*\("
+)
+
+
+def test_service_builds_no_sql() -> None:
+    """SQL lives in store/: no statement is built in gateway/service (the read views aside)."""
+    found = []
+    for f in sorted((ROOT / "gateway" / "service").glob("*.py")):
+        if f.name == "views.py":
+            continue
+        for i, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if _SQL.search(code) and not code.strip().startswith(('"', "'")):
+                found.append(f"{f.name}:{i}: {line.strip()}")
+    assert found == []
+
+
+def test_the_checker_finds_sql_where_there_is_some() -> None:
+    """The pattern above is not blind: it finds the statements store/ builds."""
+    text = (ROOT / "store" / "inbound_queue.py").read_text(encoding="utf-8")
+    assert _SQL.search(text)
