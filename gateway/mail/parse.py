@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import email.feedparser
 import hashlib
 import re
 import unicodedata
@@ -15,38 +14,13 @@ from email.headerregistry import AddressHeader
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, TypeVar
 
 from gateway.mail.html_text import html_to_text, sanitise_html
 from gateway.mail.quotes import strip_reply
 
 T = TypeVar("T")
-
-
-_LINESEP = re.compile(r"\n|\r")  # what EmailPolicy.header_fetch_parse removes
-
-# A Content-Type of plain tokens and parameters: nothing to decode (no encoded words, no
-# comments, no escapes, ASCII only).
-_PLAIN_CONTENT_TYPE = re.compile(
-    r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+"
-    r"(?:[ \t]*;[ \t]*[A-Za-z0-9!#$&^_.+-]+=(?:\"[ !#-\[\]-~]+\"|[A-Za-z0-9!#$&^_.+=-]+))*"
-    r"[ \t]*"
-)
-_PARAM_NAME = re.compile(r";[ \t]*([A-Za-z0-9!#$&^_.+-]+)=")
-
-
-def _is_plain_content_type(value: str) -> bool:
-    """A Content-Type that every reader here gets the same answers from as text as from the
-    parsed header (tests/unit/test_parse_shortcuts.py): plain tokens and non-empty quoted
-    parameters, no encoded words, comments, escapes, RFC 2231, non-ASCII, trailing ";" or
-    repeated parameter names (the parsed header keeps the last, the text reads the first)."""
-    if "=?" in value or not _PLAIN_CONTENT_TYPE.fullmatch(value):
-        return False
-    if value.count(";") > 1:
-        names = [n.lower() for n in _PARAM_NAME.findall(value)]
-        return len(names) == len(set(names))
-    return True
 
 
 # The standard library parses MIME parameters in quadratic time: a 64 KiB Content-Type of
@@ -65,117 +39,19 @@ def cut_parameters(value: str) -> str:
     return head[:cut] if cut > 0 else head
 
 
-@lru_cache(maxsize=512)
-def _parsed_header(name: str, value: str) -> Any:
-    return policy.default.header_factory(name, value)
-
-
 class _IntakePolicy(policy.EmailPolicy):
-    """`policy.default` with each parsed header kept per (name, value).
-
-    The feed parser and our walk ask every part for its Content-Type several times, and the
-    modern policy parses the header again on each call: that was 45 % of parsing a typical
-    mail (py-spy, 2026-11-26). Parsed headers are read-only values, so one can be shared.
-
-    A plain Content-Type (`_is_plain_content_type`) is handed out as its text: the
-    multipart one is new in every mail (its boundary), so the memo never had it, and every
-    reader of it here (`get_content_type`, `get_param`, `get_boundary`, the feed parser)
-    only reads it as text, and answers the same from such a value as from its header object."""
+    """`policy.default`, except that a Content-Type or Content-Disposition over
+    MAX_PARAMETER_HEADER characters is cut (`cut_parameters`) before it is parsed."""
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
-        if hasattr(value, "name"):
-            return super().header_fetch_parse(name, value)
-        if len(value) > MAX_PARAMETER_HEADER and name.lower() in _PARAMETER_HEADERS:
-            value = cut_parameters(value)
-        if len(value) > 4096:
-            return super().header_fetch_parse(name, value)
-        return _fetched_header(name, value)
-
-
-@lru_cache(maxsize=1024)
-def _fetched_header(name: str, value: str) -> Any:
-    """What `_IntakePolicy.header_fetch_parse` hands out for a header as stored; memoised
-    too: each part's Content-Type is asked for about six times (valgrind, 2026-12-01)."""
-    value = _LINESEP.sub("", value)
-    if name.lower() == "content-type" and _is_plain_content_type(value):
-        return value
-    return _parsed_header(name, value)
-
-
-# email.feedparser compiles a regular expression for every multipart boundary it meets, and
-# a boundary is new in every mail: compiling it was a fifth of parsing a typical mail
-# (cProfile, 2026-11-26). The pattern only asks "does this line start with the separator,
-# and what follows it"; `_BoundaryLine` answers that without compiling anything.
-_FEEDPARSER_BOUNDARY = (
-    "(?P<sep>",
-    r")(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$",
-)
-_BOUNDARY_TAIL = re.compile(r"(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$")
-_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
-
-
-class _BoundaryLine:
-    """`re.compile('(?P<sep>' + re.escape(separator) + tail)` as the feed parser uses it:
-    `match(line)` gives the groups `end`, `ws` and `linesep` of the same match."""
-
-    __slots__ = ("separator", "start")
-
-    def __init__(self, separator: str) -> None:
-        self.separator = separator
-        self.start = len(separator)
-
-    def match(self, line: str) -> re.Match[str] | None:
-        if line.startswith(self.separator):
-            return _BOUNDARY_TAIL.match(line, self.start)
-        return None
-
-
-class _FeedParserRe:
-    """The `re` module as email.feedparser sees it: the same, except for boundary patterns.
-    Any other pattern, or a boundary pattern of another shape (a future Python), is compiled
-    by `re` as before."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(re, name)
-
-    @staticmethod
-    def compile(pattern: Any, flags: int = 0) -> Any:
-        head, tail = _FEEDPARSER_BOUNDARY
         if (
-            flags == 0
-            and isinstance(pattern, str)
-            and pattern.startswith(head)
-            and pattern.endswith(tail)
+            len(value) > MAX_PARAMETER_HEADER
+            and name.lower() in _PARAMETER_HEADERS
+            and not hasattr(value, "name")
         ):
-            escaped = pattern[len(head) : -len(tail)]
-            separator = _UNESCAPE.sub(r"\1", escaped)
-            if re.escape(separator) == escaped:
-                return _BoundaryLine(separator)
-        return re.compile(pattern, flags)
+            value = cut_parameters(value)
+        return super().header_fetch_parse(name, value)
 
-
-email.feedparser.re = _FeedParserRe()  # type: ignore[attr-defined]
-
-
-class _EndOfLineAtEnd:
-    r"""email.feedparser's `NLCRE_eol`, `(\r\n|\r|\n)\Z`, searched from where a match can
-    start. The stock search tries every position of a part's whole payload (a fifth of
-    parsing a mail with a 20 KB attachment, cProfile 2026-12-01), though a line end followed
-    by the end of the text starts in its last two characters: the same match, found there."""
-
-    __slots__ = ("pattern",)
-
-    def __init__(self, pattern: re.Pattern[str]) -> None:
-        self.pattern = pattern
-
-    def search(self, text: str) -> re.Match[str] | None:
-        return self.pattern.search(text, max(0, len(text) - 2))
-
-
-if email.feedparser.NLCRE_eol.pattern == r"(\r\n|\r|\n)\Z":  # type: ignore[attr-defined]
-    email.feedparser.NLCRE_eol = _EndOfLineAtEnd(  # type: ignore[attr-defined]
-        email.feedparser.NLCRE_eol  # type: ignore[attr-defined]
-    )
 
 _POLICY = _IntakePolicy()
 
@@ -411,10 +287,7 @@ def _parse_addresses(
         if len(value) > _MAX_ADDRESS_HEADER:
             defects.append(f"{name}: header too long to parse safely")
             return None
-        # memoised: the same senders and department addresses come again and again, and
-        # the two parsers were a tenth of parsing a mail (cProfile, 2026-12-01)
-        read = _address_value if len(value) > _MEMO_ADDRESS_VALUE else _memo_address_value
-        here, defect = read(name, value)
+        here, defect = _address_value(name, value)
         if defect:
             defects.append(defect)
         if here is None:
@@ -423,13 +296,10 @@ def _parse_addresses(
     return tuple(found)
 
 
-_MEMO_ADDRESS_VALUE = 1024  # longer values are read afresh (a memo of them would be large)
-
-
 def _address_value(name: str, value: str) -> tuple[tuple[Address, ...] | None, str]:
     """One address header value: its mailboxes, or None and (mostly) the defect why."""
     try:
-        parsed = _parsed_header(name, value)
+        parsed = policy.default.header_factory(name, value)
     except Exception as exc:  # noqa: BLE001 - header parser bugs (e.g. bpo-44637)
         return None, f"{name}: unparseable ({type(exc).__name__})"
     serious = [d for d in parsed.defects if not _harmless_address_defect(d)]
@@ -451,9 +321,6 @@ def _address_value(name: str, value: str) -> tuple[tuple[Address, ...] | None, s
     if legacy != {a.email for a in here}:
         return None, f"{name}: parsers disagree on the mailboxes; ignored"
     return tuple(here), ""
-
-
-_memo_address_value = lru_cache(maxsize=1024)(_address_value)
 
 
 # Defects that concern only how a display name is written, never which mailbox is meant:
@@ -569,7 +436,7 @@ _REPORT_TYPES = frozenset(
         "message/global-headers",
     }
 )
-_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+_LINE_BREAK = re.compile(r"\r|\n")
 _NESTED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 
 
@@ -686,10 +553,13 @@ class _Parser:
         if len(value) > 64 * 1024:
             value = value[: 64 * 1024]
             self.defects.append(f"{name.lower()[:60]}: value over 64 KiB cut")
+        # Unfold as EmailPolicy.header_fetch_parse does: a line break left between two encoded
+        # words would read as a space inside a word ("зо лото").
+        value = _LINE_BREAK.sub("", value)
         if "=?" not in value and value.isascii():
             # Nothing to decode: unfolding is all the header parser would do, at a fraction of
             # its cost (it was the largest part of parsing a typical mail).
-            return _UNFOLD.sub("", value).strip()
+            return value.strip()
         try:
             decoded = str(policy.default.header_factory(name, value))
         except Exception:  # noqa: BLE001 - header parser bugs; fall back to the raw text
