@@ -264,6 +264,144 @@ def _prepare(raw: bytes, limits: ParseLimits, defects: list[str]) -> bytes:
     return raw
 
 
+# --- MIME nesting ---------------------------------------------------------------------
+
+# email.feedparser (and the generator that writes a part back out) recurses once per nesting
+# level: about 1,000 levels exhaust Python's recursion limit (issue 12). So the nesting is
+# measured on the raw bytes before the parser runs, and a mail nested deeper than the limit
+# is read as headers and one opaque body.
+#
+# Below the top, a level is a part of a multipart or message/* part, and that needs a
+# Content-Type field, except in a multipart/digest, whose parts are message/rfc822 by
+# default: a mail has at most twice as many levels as Content-Type fields, and one with few
+# of them needs no scan. (Counted as "-type:" in any case: a case-blind search of the whole
+# mail took ten times as long, 0.4 s for 25 MiB.)
+_TYPE_FIELD = re.compile(rb"-[Tt][Yy][Pp][Ee]:")
+# A part whose Content-Type fields name none of these is no multipart or message/* part.
+_CONTENT_TYPE_VALUE = re.compile(rb"(?:^|[\r\n])content-type:((?:[^\r\n]|(?:\r\n|\r|\n)[ \t])*)")
+_CONTAINER_WORDS = (b"multipart", b"message", b"=?")
+
+
+def _may_contain_parts(head: bytes) -> bool:
+    """Whether a Content-Type field of the header section `head` may name a multipart or
+    message/* type (an encoded word is not read here: it may)."""
+    fields = _CONTENT_TYPE_VALUE.finditer(head.lower())
+    return any(w in f.group(1) for f in fields for w in _CONTAINER_WORDS)
+
+
+# RFC 5322 §2.2 field names, continuation lines and the mbox "From " line: what the feed
+# parser reads as part of a header section.
+_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[ \t]")
+
+
+def mime_nesting_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether the email package would nest a part of `raw` deeper than `limit` levels (the
+    message itself is level 0, its parts level 1, a message/rfc822 part's message one more)."""
+    for fields, _ in enumerate(_TYPE_FIELD.finditer(raw), start=1):
+        if 2 * fields > limit:
+            return _NestingScan(raw, limit).exceeds()
+    return False
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class _NestingScan:
+    """Finds where parts begin and end as email.feedparser does (header sections, boundary
+    lines of the enclosing multiparts, repeated boundaries, digests), reading each part's
+    Content-Type with the email package; stops at the first part deeper than the limit.
+    Between header sections it looks only at lines that start with "--"."""
+
+    def __init__(self, raw: bytes, limit: int) -> None:
+        self.raw = raw
+        self.pos = 0
+        self.limit = limit
+        self.enclosing: list[re.Pattern[bytes]] = []  # boundary lines of enclosing multiparts
+
+    def exceeds(self) -> bool:
+        return self._part(0, default_type="text/plain")
+
+    def _line_end(self, pos: int) -> int:
+        eol = _LINE_END.search(self.raw, pos)
+        return eol.end() if eol else len(self.raw)
+
+    def _line(self, pos: int) -> bytes:
+        return self.raw[pos : self._line_end(pos)]
+
+    def _at_end(self) -> bool:
+        """At the end of the input, or at a boundary line of an enclosing multipart."""
+        if self.pos >= len(self.raw):
+            return True
+        if not self.raw.startswith(b"--", self.pos):
+            return False
+        line = self._line(self.pos)
+        return any(b.match(line) for b in self.enclosing)
+
+    def _own_boundary(self, pattern: re.Pattern[bytes]) -> re.Match[bytes] | None:
+        """The match of `pattern` on the line here, unless an enclosing boundary ends it first."""
+        if self._at_end() or not self.raw.startswith(b"--", self.pos):
+            return None
+        return pattern.match(self._line(self.pos))
+
+    def _skip(self, own: re.Pattern[bytes] | None = None) -> re.Match[bytes] | None:
+        """Move to the next line that ends this part (the end, an enclosing boundary) or is a
+        boundary line of `own`; the match of `own` there, if so."""
+        while not self._at_end():
+            if own is not None and (found := self._own_boundary(own)) is not None:
+                return found
+            nxt = self.raw.find(b"--", self.pos + 1)
+            while nxt > 0 and self.raw[nxt - 1 : nxt] not in (b"\n", b"\r"):
+                nxt = self.raw.find(b"--", nxt + 1)
+            self.pos = len(self.raw) if nxt < 0 else nxt
+        return None
+
+    def _part(self, level: int, *, default_type: str) -> bool:
+        if level > self.limit:
+            return True
+        start = self.pos
+        while not self._at_end() and _HEADER_LINE.match(self.raw, self.pos):
+            self.pos = self._line_end(self.pos)
+        head = self.raw[start : self.pos]
+        if not self._at_end() and self.raw[self.pos : self.pos + 1] in (b"\r", b"\n"):
+            self.pos = self._line_end(self.pos)  # the blank line that ends the header section
+        if default_type == "text/plain" and not _may_contain_parts(head):
+            self._skip()  # a leaf, known without parsing its header section
+            return False
+        part = BytesParser(policy=_POLICY).parsebytes(head, headersonly=True)
+        part.set_default_type(default_type)
+        ctype = part.get_content_type()
+        if ctype == "message/delivery-status":  # header blocks, one level down, no deeper
+            self._skip()
+            return level + 1 > self.limit
+        if part.get_content_maintype() == "message":
+            return self._part(level + 1, default_type="text/plain")
+        boundary = part.get_boundary() if part.get_content_maintype() == "multipart" else None
+        try:
+            separator = (
+                None if boundary is None else ("--" + boundary).encode("ascii", "surrogateescape")
+            )
+        except UnicodeEncodeError:  # a decoded non-ASCII boundary matches no raw line
+            separator = None
+        if separator is None:
+            self._skip()
+            return False
+        own = re.compile(re.escape(separator) + rb"(--)?[ \t]*(?:\r\n|\r|\n)?\Z")
+        child_type = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+        while (found := self._skip(own)) is not None:
+            self.pos = self._line_end(self.pos)
+            if found.group(1):  # the close delimiter; the epilogue follows
+                self._skip()
+                return False
+            while self._own_boundary(own) is not None:
+                self.pos = self._line_end(self.pos)  # repeated boundary lines make no part
+            self.enclosing.append(own)
+            deeper = self._part(level + 1, default_type=child_type)
+            self.enclosing.pop()
+            if deeper:
+                return True
+        return False
+
+
 # --- addresses ------------------------------------------------------------------------
 
 # A plausible addr-spec after parsing: one "@", no spaces, brackets, quotes or controls.
@@ -456,7 +594,7 @@ class _Parser:
 
     def run(self) -> InboundMail:
         prepared = _prepare(self.raw, self.limits, self.defects)
-        msg = BytesParser(policy=_POLICY).parsebytes(prepared)
+        msg, nested_too_deep = self._message(prepared)
         self._note_defects("message", msg)
         items = self._raw_items(msg)
         headers = tuple((name.lower(), self._decode_header(name, value)) for name, value in items)
@@ -475,7 +613,14 @@ class _Parser:
             self.defects.append(f"from: {len(from_list)} mailboxes; no single author")
         sender = _parse_addresses("sender", raw_values("sender")[:1], self.defects)
 
-        self._walk(msg, depth=0)
+        if nested_too_deep:
+            self.defects.append(
+                f"MIME nesting deeper than {self.limits.max_depth} levels;"
+                " body kept as one text part"
+            )
+            self.plain.append(self._text_of(msg))
+        else:
+            self._walk(msg, depth=0)
         text = "\n\n".join(t for t in self.plain if t.strip())
         html_src = "\n".join(self.html)
         if not text.strip() and html_src:
@@ -526,6 +671,17 @@ class _Parser:
             report_type=report_type,
             defects=tuple(dict.fromkeys(self.defects)),
         )
+
+    def _message(self, prepared: bytes) -> tuple[Message, bool]:
+        """The parsed message, and whether it was nested too deep to parse beyond its
+        headers (then its body is the payload, as text)."""
+        parser = BytesParser(policy=_POLICY)
+        if not mime_nesting_exceeds(prepared, self.limits.max_depth):
+            try:
+                return parser.parsebytes(prepared), False
+            except RecursionError:  # a structure the scan misjudged; never seen
+                pass
+        return parser.parsebytes(prepared, headersonly=True), True
 
     # -- helpers that never let one bad field sink the whole parse --
 
