@@ -232,6 +232,27 @@ def decode_text(data: bytes, charset: str | None) -> tuple[str, str | None]:
     return data.decode(name, "replace"), f"undecodable bytes in {label[:40]!r} part replaced"
 
 
+_PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+
+
+def header_codec(charset: str | None) -> str | None:
+    """The codec for raw 8-bit header bytes under a declared charset label, or None when the
+    label is unknown, UTF-8 (the bytes were tried as UTF-8 already) or not ASCII-compatible
+    (UTF-7, UTF-16: a header's ASCII would not read as itself)."""
+    label = (charset or "").strip().strip('"').lower()
+    if not label:
+        return None
+    try:
+        name = codecs.lookup(_CHARSET_ALIASES.get(label, label)).name
+    except LookupError:
+        return None
+    try:
+        plain = _PRINTABLE_ASCII.encode(name) == _PRINTABLE_ASCII.encode()
+    except (UnicodeError, LookupError):
+        plain = False
+    return name if plain and name != "utf-8" else None
+
+
 def _decode_guess(data: bytes) -> str:
     try:
         return data.decode("utf-8")
@@ -575,6 +596,7 @@ _REPORT_TYPES = frozenset(
     }
 )
 _LINE_BREAK = re.compile(r"\r|\n")
+_RAW_BYTE = re.compile("[\udc80-\udcff]")  # a raw 8-bit byte as the email package keeps it
 _NESTED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 
 
@@ -591,12 +613,13 @@ class _Parser:
         self.plain: list[str] = []
         self.html: list[str] = []
         self.attachments: list[ParsedAttachment] = []
+        self.raw_header_codec: str | None = None  # for raw 8-bit header bytes, once needed
 
     def run(self) -> InboundMail:
         prepared = _prepare(self.raw, self.limits, self.defects)
         msg, nested_too_deep = self._message(prepared)
         self._note_defects("message", msg)
-        items = self._raw_items(msg)
+        items = [(k, self._raw_8bit(msg, k, v)) for k, v in self._raw_items(msg)]
         headers = tuple((name.lower(), self._decode_header(name, value)) for name, value in items)
 
         def raw_values(name: str) -> list[str]:
@@ -703,6 +726,39 @@ class _Parser:
         except Exception as exc:  # noqa: BLE001 - keep going without headers, noted
             self.defects.append(f"headers unreadable: {type(exc).__name__}")
             return []
+
+    def _raw_8bit(self, msg: Message, name: str, value: str) -> str:
+        """`value` with the raw 8-bit bytes that the email package keeps surrogate-escaped
+        decoded: as UTF-8 (RFC 6532) if they are UTF-8, else in the mail's declared charset,
+        else as windows-1252; a guess is noted as a defect."""
+        if not _RAW_BYTE.search(value):
+            return value
+        data = value.encode("utf-8", "surrogateescape")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        if self.raw_header_codec is None:
+            self.raw_header_codec = self._declared_codec(msg) or "cp1252"
+        label = "windows-1252" if self.raw_header_codec == "cp1252" else self.raw_header_codec
+        self.defects.append(f"{name.lower()[:60]}: raw 8-bit header bytes decoded as {label}")
+        return data.decode(self.raw_header_codec, "replace")
+
+    def _declared_codec(self, msg: Message) -> str | None:
+        """The codec of the first charset the mail declares: on its own Content-Type, else
+        on its first text part's (looked for among at most max_parts parts, no recursion)."""
+        queue = [msg]
+        for _ in range(self.limits.max_parts):
+            if not queue:
+                break
+            part = queue.pop(0)
+            if part is msg or part.get_content_maintype() == "text":
+                charset = self._safe(partial(part.get_param, "charset"), None)
+                if isinstance(charset, str) and charset:
+                    return header_codec(charset)
+            if part.is_multipart():
+                queue.extend(p for p in part.get_payload() if isinstance(p, Message))
+        return None
 
     def _decode_header(self, name: str, value: str) -> str:
         """Unfold and decode RFC 2047 encoded words; never raises."""
@@ -825,6 +881,18 @@ class _Parser:
 
     def _safe_filename(self, part: Message) -> str | None:
         name = self._safe(lambda: part.get_filename(), None)
+        if isinstance(name, str) and "\ufffd" in name:  # raw 8-bit bytes, replaced
+            name = self._safe(lambda: self._filename_of_raw_8bit(part), None) or name
+        return name if isinstance(name, str) else None
+
+    def _filename_of_raw_8bit(self, part: Message) -> str | None:
+        """The file name read from the part's Content-Disposition and Content-Type with their
+        raw 8-bit bytes decoded as every header's are (`_raw_8bit`)."""
+        decoded = Message(policy=_POLICY)
+        for key, value in part.raw_items():
+            if key.lower() in _PARAMETER_HEADERS:
+                decoded[key] = _LINE_BREAK.sub("", self._raw_8bit(part, key, value))
+        name = decoded.get_filename()
         return name if isinstance(name, str) else None
 
     def _payload(self, part: Message) -> bytes:
