@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import email.feedparser
 import hashlib
 import re
 import unicodedata
@@ -15,38 +14,13 @@ from email.headerregistry import AddressHeader
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any, TypeVar
 
 from gateway.mail.html_text import html_to_text, sanitise_html
 from gateway.mail.quotes import strip_reply
 
 T = TypeVar("T")
-
-
-_LINESEP = re.compile(r"\n|\r")  # what EmailPolicy.header_fetch_parse removes
-
-# A Content-Type of plain tokens and parameters: nothing to decode (no encoded words, no
-# comments, no escapes, ASCII only).
-_PLAIN_CONTENT_TYPE = re.compile(
-    r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+"
-    r"(?:[ \t]*;[ \t]*[A-Za-z0-9!#$&^_.+-]+=(?:\"[ !#-\[\]-~]+\"|[A-Za-z0-9!#$&^_.+=-]+))*"
-    r"[ \t]*"
-)
-_PARAM_NAME = re.compile(r";[ \t]*([A-Za-z0-9!#$&^_.+-]+)=")
-
-
-def _is_plain_content_type(value: str) -> bool:
-    """A Content-Type that every reader here gets the same answers from as text as from the
-    parsed header (tests/unit/test_parse_shortcuts.py): plain tokens and non-empty quoted
-    parameters, no encoded words, comments, escapes, RFC 2231, non-ASCII, trailing ";" or
-    repeated parameter names (the parsed header keeps the last, the text reads the first)."""
-    if "=?" in value or not _PLAIN_CONTENT_TYPE.fullmatch(value):
-        return False
-    if value.count(";") > 1:
-        names = [n.lower() for n in _PARAM_NAME.findall(value)]
-        return len(names) == len(set(names))
-    return True
 
 
 # The standard library parses MIME parameters in quadratic time: a 64 KiB Content-Type of
@@ -65,117 +39,19 @@ def cut_parameters(value: str) -> str:
     return head[:cut] if cut > 0 else head
 
 
-@lru_cache(maxsize=512)
-def _parsed_header(name: str, value: str) -> Any:
-    return policy.default.header_factory(name, value)
-
-
 class _IntakePolicy(policy.EmailPolicy):
-    """`policy.default` with each parsed header kept per (name, value).
-
-    The feed parser and our walk ask every part for its Content-Type several times, and the
-    modern policy parses the header again on each call: that was 45 % of parsing a typical
-    mail (py-spy, 2026-11-26). Parsed headers are read-only values, so one can be shared.
-
-    A plain Content-Type (`_is_plain_content_type`) is handed out as its text: the
-    multipart one is new in every mail (its boundary), so the memo never had it, and every
-    reader of it here (`get_content_type`, `get_param`, `get_boundary`, the feed parser)
-    only reads it as text, and answers the same from such a value as from its header object."""
+    """`policy.default`, except that a Content-Type or Content-Disposition over
+    MAX_PARAMETER_HEADER characters is cut (`cut_parameters`) before it is parsed."""
 
     def header_fetch_parse(self, name: str, value: str) -> Any:
-        if hasattr(value, "name"):
-            return super().header_fetch_parse(name, value)
-        if len(value) > MAX_PARAMETER_HEADER and name.lower() in _PARAMETER_HEADERS:
-            value = cut_parameters(value)
-        if len(value) > 4096:
-            return super().header_fetch_parse(name, value)
-        return _fetched_header(name, value)
-
-
-@lru_cache(maxsize=1024)
-def _fetched_header(name: str, value: str) -> Any:
-    """What `_IntakePolicy.header_fetch_parse` hands out for a header as stored; memoised
-    too: each part's Content-Type is asked for about six times (valgrind, 2026-12-01)."""
-    value = _LINESEP.sub("", value)
-    if name.lower() == "content-type" and _is_plain_content_type(value):
-        return value
-    return _parsed_header(name, value)
-
-
-# email.feedparser compiles a regular expression for every multipart boundary it meets, and
-# a boundary is new in every mail: compiling it was a fifth of parsing a typical mail
-# (cProfile, 2026-11-26). The pattern only asks "does this line start with the separator,
-# and what follows it"; `_BoundaryLine` answers that without compiling anything.
-_FEEDPARSER_BOUNDARY = (
-    "(?P<sep>",
-    r")(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$",
-)
-_BOUNDARY_TAIL = re.compile(r"(?P<end>--)?(?P<ws>[ \t]*)(?P<linesep>\r\n|\r|\n)?$")
-_UNESCAPE = re.compile(r"\\(.)", re.DOTALL)
-
-
-class _BoundaryLine:
-    """`re.compile('(?P<sep>' + re.escape(separator) + tail)` as the feed parser uses it:
-    `match(line)` gives the groups `end`, `ws` and `linesep` of the same match."""
-
-    __slots__ = ("separator", "start")
-
-    def __init__(self, separator: str) -> None:
-        self.separator = separator
-        self.start = len(separator)
-
-    def match(self, line: str) -> re.Match[str] | None:
-        if line.startswith(self.separator):
-            return _BOUNDARY_TAIL.match(line, self.start)
-        return None
-
-
-class _FeedParserRe:
-    """The `re` module as email.feedparser sees it: the same, except for boundary patterns.
-    Any other pattern, or a boundary pattern of another shape (a future Python), is compiled
-    by `re` as before."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(re, name)
-
-    @staticmethod
-    def compile(pattern: Any, flags: int = 0) -> Any:
-        head, tail = _FEEDPARSER_BOUNDARY
         if (
-            flags == 0
-            and isinstance(pattern, str)
-            and pattern.startswith(head)
-            and pattern.endswith(tail)
+            len(value) > MAX_PARAMETER_HEADER
+            and name.lower() in _PARAMETER_HEADERS
+            and not hasattr(value, "name")
         ):
-            escaped = pattern[len(head) : -len(tail)]
-            separator = _UNESCAPE.sub(r"\1", escaped)
-            if re.escape(separator) == escaped:
-                return _BoundaryLine(separator)
-        return re.compile(pattern, flags)
+            value = cut_parameters(value)
+        return super().header_fetch_parse(name, value)
 
-
-email.feedparser.re = _FeedParserRe()  # type: ignore[attr-defined]
-
-
-class _EndOfLineAtEnd:
-    r"""email.feedparser's `NLCRE_eol`, `(\r\n|\r|\n)\Z`, searched from where a match can
-    start. The stock search tries every position of a part's whole payload (a fifth of
-    parsing a mail with a 20 KB attachment, cProfile 2026-12-01), though a line end followed
-    by the end of the text starts in its last two characters: the same match, found there."""
-
-    __slots__ = ("pattern",)
-
-    def __init__(self, pattern: re.Pattern[str]) -> None:
-        self.pattern = pattern
-
-    def search(self, text: str) -> re.Match[str] | None:
-        return self.pattern.search(text, max(0, len(text) - 2))
-
-
-if email.feedparser.NLCRE_eol.pattern == r"(\r\n|\r|\n)\Z":  # type: ignore[attr-defined]
-    email.feedparser.NLCRE_eol = _EndOfLineAtEnd(  # type: ignore[attr-defined]
-        email.feedparser.NLCRE_eol  # type: ignore[attr-defined]
-    )
 
 _POLICY = _IntakePolicy()
 
@@ -356,6 +232,27 @@ def decode_text(data: bytes, charset: str | None) -> tuple[str, str | None]:
     return data.decode(name, "replace"), f"undecodable bytes in {label[:40]!r} part replaced"
 
 
+_PRINTABLE_ASCII = "".join(map(chr, range(0x20, 0x7F)))
+
+
+def header_codec(charset: str | None) -> str | None:
+    """The codec for raw 8-bit header bytes under a declared charset label, or None when the
+    label is unknown, UTF-8 (the bytes were tried as UTF-8 already) or not ASCII-compatible
+    (UTF-7, UTF-16: a header's ASCII would not read as itself)."""
+    label = (charset or "").strip().strip('"').lower()
+    if not label:
+        return None
+    try:
+        name = codecs.lookup(_CHARSET_ALIASES.get(label, label)).name
+    except LookupError:
+        return None
+    try:
+        plain = _PRINTABLE_ASCII.encode(name) == _PRINTABLE_ASCII.encode()
+    except (UnicodeError, LookupError):
+        plain = False
+    return name if plain and name != "utf-8" else None
+
+
 def _decode_guess(data: bytes) -> str:
     try:
         return data.decode("utf-8")
@@ -388,6 +285,144 @@ def _prepare(raw: bytes, limits: ParseLimits, defects: list[str]) -> bytes:
     return raw
 
 
+# --- MIME nesting ---------------------------------------------------------------------
+
+# email.feedparser (and the generator that writes a part back out) recurses once per nesting
+# level: about 1,000 levels exhaust Python's recursion limit (issue 12). So the nesting is
+# measured on the raw bytes before the parser runs, and a mail nested deeper than the limit
+# is read as headers and one opaque body.
+#
+# Below the top, a level is a part of a multipart or message/* part, and that needs a
+# Content-Type field, except in a multipart/digest, whose parts are message/rfc822 by
+# default: a mail has at most twice as many levels as Content-Type fields, and one with few
+# of them needs no scan. (Counted as "-type:" in any case: a case-blind search of the whole
+# mail took ten times as long, 0.4 s for 25 MiB.)
+_TYPE_FIELD = re.compile(rb"-[Tt][Yy][Pp][Ee]:")
+# A part whose Content-Type fields name none of these is no multipart or message/* part.
+_CONTENT_TYPE_VALUE = re.compile(rb"(?:^|[\r\n])content-type:((?:[^\r\n]|(?:\r\n|\r|\n)[ \t])*)")
+_CONTAINER_WORDS = (b"multipart", b"message", b"=?")
+
+
+def _may_contain_parts(head: bytes) -> bool:
+    """Whether a Content-Type field of the header section `head` may name a multipart or
+    message/* type (an encoded word is not read here: it may)."""
+    fields = _CONTENT_TYPE_VALUE.finditer(head.lower())
+    return any(w in f.group(1) for f in fields for w in _CONTAINER_WORDS)
+
+
+# RFC 5322 §2.2 field names, continuation lines and the mbox "From " line: what the feed
+# parser reads as part of a header section.
+_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[ \t]")
+
+
+def mime_nesting_exceeds(raw: bytes, limit: int) -> bool:
+    """Whether the email package would nest a part of `raw` deeper than `limit` levels (the
+    message itself is level 0, its parts level 1, a message/rfc822 part's message one more)."""
+    for fields, _ in enumerate(_TYPE_FIELD.finditer(raw), start=1):
+        if 2 * fields > limit:
+            return _NestingScan(raw, limit).exceeds()
+    return False
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class _NestingScan:
+    """Finds where parts begin and end as email.feedparser does (header sections, boundary
+    lines of the enclosing multiparts, repeated boundaries, digests), reading each part's
+    Content-Type with the email package; stops at the first part deeper than the limit.
+    Between header sections it looks only at lines that start with "--"."""
+
+    def __init__(self, raw: bytes, limit: int) -> None:
+        self.raw = raw
+        self.pos = 0
+        self.limit = limit
+        self.enclosing: list[re.Pattern[bytes]] = []  # boundary lines of enclosing multiparts
+
+    def exceeds(self) -> bool:
+        return self._part(0, default_type="text/plain")
+
+    def _line_end(self, pos: int) -> int:
+        eol = _LINE_END.search(self.raw, pos)
+        return eol.end() if eol else len(self.raw)
+
+    def _line(self, pos: int) -> bytes:
+        return self.raw[pos : self._line_end(pos)]
+
+    def _at_end(self) -> bool:
+        """At the end of the input, or at a boundary line of an enclosing multipart."""
+        if self.pos >= len(self.raw):
+            return True
+        if not self.raw.startswith(b"--", self.pos):
+            return False
+        line = self._line(self.pos)
+        return any(b.match(line) for b in self.enclosing)
+
+    def _own_boundary(self, pattern: re.Pattern[bytes]) -> re.Match[bytes] | None:
+        """The match of `pattern` on the line here, unless an enclosing boundary ends it first."""
+        if self._at_end() or not self.raw.startswith(b"--", self.pos):
+            return None
+        return pattern.match(self._line(self.pos))
+
+    def _skip(self, own: re.Pattern[bytes] | None = None) -> re.Match[bytes] | None:
+        """Move to the next line that ends this part (the end, an enclosing boundary) or is a
+        boundary line of `own`; the match of `own` there, if so."""
+        while not self._at_end():
+            if own is not None and (found := self._own_boundary(own)) is not None:
+                return found
+            nxt = self.raw.find(b"--", self.pos + 1)
+            while nxt > 0 and self.raw[nxt - 1 : nxt] not in (b"\n", b"\r"):
+                nxt = self.raw.find(b"--", nxt + 1)
+            self.pos = len(self.raw) if nxt < 0 else nxt
+        return None
+
+    def _part(self, level: int, *, default_type: str) -> bool:
+        if level > self.limit:
+            return True
+        start = self.pos
+        while not self._at_end() and _HEADER_LINE.match(self.raw, self.pos):
+            self.pos = self._line_end(self.pos)
+        head = self.raw[start : self.pos]
+        if not self._at_end() and self.raw[self.pos : self.pos + 1] in (b"\r", b"\n"):
+            self.pos = self._line_end(self.pos)  # the blank line that ends the header section
+        if default_type == "text/plain" and not _may_contain_parts(head):
+            self._skip()  # a leaf, known without parsing its header section
+            return False
+        part = BytesParser(policy=_POLICY).parsebytes(head, headersonly=True)
+        part.set_default_type(default_type)
+        ctype = part.get_content_type()
+        if ctype == "message/delivery-status":  # header blocks, one level down, no deeper
+            self._skip()
+            return level + 1 > self.limit
+        if part.get_content_maintype() == "message":
+            return self._part(level + 1, default_type="text/plain")
+        boundary = part.get_boundary() if part.get_content_maintype() == "multipart" else None
+        try:
+            separator = (
+                None if boundary is None else ("--" + boundary).encode("ascii", "surrogateescape")
+            )
+        except UnicodeEncodeError:  # a decoded non-ASCII boundary matches no raw line
+            separator = None
+        if separator is None:
+            self._skip()
+            return False
+        own = re.compile(re.escape(separator) + rb"(--)?[ \t]*(?:\r\n|\r|\n)?\Z")
+        child_type = "message/rfc822" if ctype == "multipart/digest" else "text/plain"
+        while (found := self._skip(own)) is not None:
+            self.pos = self._line_end(self.pos)
+            if found.group(1):  # the close delimiter; the epilogue follows
+                self._skip()
+                return False
+            while self._own_boundary(own) is not None:
+                self.pos = self._line_end(self.pos)  # repeated boundary lines make no part
+            self.enclosing.append(own)
+            deeper = self._part(level + 1, default_type=child_type)
+            self.enclosing.pop()
+            if deeper:
+                return True
+        return False
+
+
 # --- addresses ------------------------------------------------------------------------
 
 # A plausible addr-spec after parsing: one "@", no spaces, brackets, quotes or controls.
@@ -411,10 +446,7 @@ def _parse_addresses(
         if len(value) > _MAX_ADDRESS_HEADER:
             defects.append(f"{name}: header too long to parse safely")
             return None
-        # memoised: the same senders and department addresses come again and again, and
-        # the two parsers were a tenth of parsing a mail (cProfile, 2026-12-01)
-        read = _address_value if len(value) > _MEMO_ADDRESS_VALUE else _memo_address_value
-        here, defect = read(name, value)
+        here, defect = _address_value(name, value)
         if defect:
             defects.append(defect)
         if here is None:
@@ -423,13 +455,10 @@ def _parse_addresses(
     return tuple(found)
 
 
-_MEMO_ADDRESS_VALUE = 1024  # longer values are read afresh (a memo of them would be large)
-
-
 def _address_value(name: str, value: str) -> tuple[tuple[Address, ...] | None, str]:
     """One address header value: its mailboxes, or None and (mostly) the defect why."""
     try:
-        parsed = _parsed_header(name, value)
+        parsed = policy.default.header_factory(name, value)
     except Exception as exc:  # noqa: BLE001 - header parser bugs (e.g. bpo-44637)
         return None, f"{name}: unparseable ({type(exc).__name__})"
     serious = [d for d in parsed.defects if not _harmless_address_defect(d)]
@@ -451,9 +480,6 @@ def _address_value(name: str, value: str) -> tuple[tuple[Address, ...] | None, s
     if legacy != {a.email for a in here}:
         return None, f"{name}: parsers disagree on the mailboxes; ignored"
     return tuple(here), ""
-
-
-_memo_address_value = lru_cache(maxsize=1024)(_address_value)
 
 
 # Defects that concern only how a display name is written, never which mailbox is meant:
@@ -569,7 +595,8 @@ _REPORT_TYPES = frozenset(
         "message/global-headers",
     }
 )
-_UNFOLD = re.compile(r"\r?\n(?=[ \t])")
+_LINE_BREAK = re.compile(r"\r|\n")
+_RAW_BYTE = re.compile("[\udc80-\udcff]")  # a raw 8-bit byte as the email package keeps it
 _NESTED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 
 
@@ -586,12 +613,13 @@ class _Parser:
         self.plain: list[str] = []
         self.html: list[str] = []
         self.attachments: list[ParsedAttachment] = []
+        self.raw_header_codec: str | None = None  # for raw 8-bit header bytes, once needed
 
     def run(self) -> InboundMail:
         prepared = _prepare(self.raw, self.limits, self.defects)
-        msg = BytesParser(policy=_POLICY).parsebytes(prepared)
+        msg, nested_too_deep = self._message(prepared)
         self._note_defects("message", msg)
-        items = self._raw_items(msg)
+        items = [(k, self._raw_8bit(msg, k, v)) for k, v in self._raw_items(msg)]
         headers = tuple((name.lower(), self._decode_header(name, value)) for name, value in items)
 
         def raw_values(name: str) -> list[str]:
@@ -608,7 +636,14 @@ class _Parser:
             self.defects.append(f"from: {len(from_list)} mailboxes; no single author")
         sender = _parse_addresses("sender", raw_values("sender")[:1], self.defects)
 
-        self._walk(msg, depth=0)
+        if nested_too_deep:
+            self.defects.append(
+                f"MIME nesting deeper than {self.limits.max_depth} levels;"
+                " body kept as one text part"
+            )
+            self.plain.append(self._text_of(msg))
+        else:
+            self._walk(msg, depth=0)
         text = "\n\n".join(t for t in self.plain if t.strip())
         html_src = "\n".join(self.html)
         if not text.strip() and html_src:
@@ -660,6 +695,17 @@ class _Parser:
             defects=tuple(dict.fromkeys(self.defects)),
         )
 
+    def _message(self, prepared: bytes) -> tuple[Message, bool]:
+        """The parsed message, and whether it was nested too deep to parse beyond its
+        headers (then its body is the payload, as text)."""
+        parser = BytesParser(policy=_POLICY)
+        if not mime_nesting_exceeds(prepared, self.limits.max_depth):
+            try:
+                return parser.parsebytes(prepared), False
+            except RecursionError:  # a structure the scan misjudged; never seen
+                pass
+        return parser.parsebytes(prepared, headersonly=True), True
+
     # -- helpers that never let one bad field sink the whole parse --
 
     def _note_defects(self, where: str, part: Message) -> None:
@@ -681,15 +727,51 @@ class _Parser:
             self.defects.append(f"headers unreadable: {type(exc).__name__}")
             return []
 
+    def _raw_8bit(self, msg: Message, name: str, value: str) -> str:
+        """`value` with the raw 8-bit bytes that the email package keeps surrogate-escaped
+        decoded: as UTF-8 (RFC 6532) if they are UTF-8, else in the mail's declared charset,
+        else as windows-1252; a guess is noted as a defect."""
+        if not _RAW_BYTE.search(value):
+            return value
+        data = value.encode("utf-8", "surrogateescape")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        if self.raw_header_codec is None:
+            self.raw_header_codec = self._declared_codec(msg) or "cp1252"
+        label = "windows-1252" if self.raw_header_codec == "cp1252" else self.raw_header_codec
+        self.defects.append(f"{name.lower()[:60]}: raw 8-bit header bytes decoded as {label}")
+        return data.decode(self.raw_header_codec, "replace")
+
+    def _declared_codec(self, msg: Message) -> str | None:
+        """The codec of the first charset the mail declares: on its own Content-Type, else
+        on its first text part's (looked for among at most max_parts parts, no recursion)."""
+        queue = [msg]
+        for _ in range(self.limits.max_parts):
+            if not queue:
+                break
+            part = queue.pop(0)
+            if part is msg or part.get_content_maintype() == "text":
+                charset = self._safe(partial(part.get_param, "charset"), None)
+                if isinstance(charset, str) and charset:
+                    return header_codec(charset)
+            if part.is_multipart():
+                queue.extend(p for p in part.get_payload() if isinstance(p, Message))
+        return None
+
     def _decode_header(self, name: str, value: str) -> str:
         """Unfold and decode RFC 2047 encoded words; never raises."""
         if len(value) > 64 * 1024:
             value = value[: 64 * 1024]
             self.defects.append(f"{name.lower()[:60]}: value over 64 KiB cut")
+        # Unfold as EmailPolicy.header_fetch_parse does: a line break left between two encoded
+        # words would read as a space inside a word ("зо лото").
+        value = _LINE_BREAK.sub("", value)
         if "=?" not in value and value.isascii():
             # Nothing to decode: unfolding is all the header parser would do, at a fraction of
             # its cost (it was the largest part of parsing a typical mail).
-            return _UNFOLD.sub("", value).strip()
+            return value.strip()
         try:
             decoded = str(policy.default.header_factory(name, value))
         except Exception:  # noqa: BLE001 - header parser bugs; fall back to the raw text
@@ -799,6 +881,18 @@ class _Parser:
 
     def _safe_filename(self, part: Message) -> str | None:
         name = self._safe(lambda: part.get_filename(), None)
+        if isinstance(name, str) and "\ufffd" in name:  # raw 8-bit bytes, replaced
+            name = self._safe(lambda: self._filename_of_raw_8bit(part), None) or name
+        return name if isinstance(name, str) else None
+
+    def _filename_of_raw_8bit(self, part: Message) -> str | None:
+        """The file name read from the part's Content-Disposition and Content-Type with their
+        raw 8-bit bytes decoded as every header's are (`_raw_8bit`)."""
+        decoded = Message(policy=_POLICY)
+        for key, value in part.raw_items():
+            if key.lower() in _PARAMETER_HEADERS:
+                decoded[key] = _LINE_BREAK.sub("", self._raw_8bit(part, key, value))
+        name = decoded.get_filename()
         return name if isinstance(name, str) else None
 
     def _payload(self, part: Message) -> bytes:
