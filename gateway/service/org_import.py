@@ -89,6 +89,8 @@ class ImportReport:
 
 
 def _kind(value: Any) -> str:
+    if type(value) is bool:
+        return f"a boolean ({str(value).lower()})"
     for t, name in _KINDS.items():
         if type(value) is t:
             return f"{name} ({value!r})" if t in (str, int, bool) else name
