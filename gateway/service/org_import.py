@@ -93,7 +93,7 @@ def _kind(value: Any) -> str:
         return f"a boolean ({str(value).lower()})"
     for t, name in _KINDS.items():
         if type(value) is t:
-            return f"{name} ({value!r})" if t in (str, int, bool) else name
+            return f"{name} ({value!r})" if t in (str, int) else name
     return type(value).__name__
 
 
@@ -197,6 +197,8 @@ def load_org_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise OrgFileError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise OrgFileError(f"{path}: cannot read: {err}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -290,6 +292,8 @@ def _read_employees_csv(csv_path: Path) -> list[dict[str, Any]]:
         text = csv_path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise OrgFileError(f"organization.employees_csv: no such file {csv_path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise OrgFileError(f"{csv_path}: cannot read: {err}") from None
     reader = csv.DictReader(io.StringIO(text))
     columns = list(reader.fieldnames or [])
     faults = []
