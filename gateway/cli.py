@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from gateway.bootstrap import App, build
@@ -20,11 +21,12 @@ from gateway.domain.lifecycle import ARGUMENT_ACTIONS, Action, Channel
 from gateway.domain.visibility import sees_hidden
 from gateway.service.commands import Act, RaiseTicket
 from gateway.service.directory import Directory
-from gateway.service.errors import NotFound, UserFacingError
-from gateway.service.org_import import import_org
+from gateway.service.errors import NotFound, OrgFileError, UserFacingError
+from gateway.service.org_import import ImportReport, apply_org, load_org_file
 from gateway.service.views import Views
 from store import models as m
-from store.db import is_storage_error, read_session
+from store.db import is_storage_error, make_engine, read_session
+from store.migrate import schema_state, sqlite_file_missing, upgrade
 
 
 class UsageError(Exception):
@@ -114,6 +116,53 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(config_path(args.config, os.environ), os.environ)
 
 
+def _check_config_named(args: argparse.Namespace) -> None:
+    """A file named by ``--config`` must exist (but for `init --demo`, which writes it): a typo
+    must not silently mean "all defaults", as a missing ./ticketgate.toml does."""
+    if args.cmd == "init" and args.demo:
+        return
+    if args.config and not Path(args.config).expanduser().exists():
+        raise UsageError(f"config file {args.config} does not exist")
+
+
+def _check_initialised(settings: Settings) -> None:
+    """Every command but `init` needs the schema `init` makes: say so (exit 2) instead of
+    creating an empty SQLite file and failing on SQL. No file is created here."""
+    url = settings.database.url
+    shown = make_url(url).render_as_string(hide_password=True)
+    if sqlite_file_missing(url):
+        raise UsageError(
+            f"the database is not initialised ({shown} does not exist): run `ticketgate init`"
+        )
+    engine = make_engine(url)
+    try:
+        state = schema_state(engine)
+    finally:
+        engine.dispose()
+    if state.current is None:
+        raise UsageError(
+            f"the database is not initialised ({shown} has no schema): run `ticketgate init`"
+        )
+    if not state.ready:
+        raise UsageError(
+            f"the database {shown} is at revision {state.current}, this ticketgate needs "
+            f"{state.head}: run `ticketgate init` to migrate it"
+        )
+
+
+def _import_org_file(app: App, path: Path) -> ImportReport:
+    """Check the org file whole (a fault in it is bad input: exit 2), then apply it in one
+    transaction (a clash with another organization's rows: exit 1, nothing changed)."""
+    try:
+        data = load_org_file(path)
+    except OrgFileError as e:
+        raise UsageError(e.reason) from None
+    with app.sessions() as s, s.begin():
+        rep = apply_org(s, data, mail_domain=app.settings.mail.domain)
+    print(f"organization {rep.organization}: {rep.created} created, {rep.updated} updated")
+    return rep
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     path = config_path(args.config, os.environ)
     if args.demo:
@@ -130,16 +179,11 @@ def cmd_init(args: argparse.Namespace) -> int:
             csv_file.write_text(DEMO_EMPLOYEES_CSV, encoding="utf-8")
     settings = load_settings(path, os.environ)
     app = build(settings)
-    # Alembic is imported here, not at the top: every other command starts a tenth faster.
-    from store.migrate import upgrade
-
     try:
         upgrade(app.engine)
         org_file = Path(settings.org.file)
         if org_file.exists():
-            with app.sessions() as s, s.begin():
-                rep = import_org(s, org_file, mail_domain=settings.mail.domain)
-            print(f"organization {rep.organization}: {rep.created} created, {rep.updated} updated")
+            _import_org_file(app, org_file)
         print(f"database ready: {app.engine.url.render_as_string(hide_password=True)}")
     finally:
         app.close()
@@ -148,9 +192,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_org(args: argparse.Namespace, app: App) -> int:
     if args.sub == "import":
-        with app.sessions() as s, s.begin():
-            rep = import_org(s, Path(args.file), mail_domain=app.settings.mail.domain)
-        print(f"organization {rep.organization}: {rep.created} created, {rep.updated} updated")
+        _import_org_file(app, Path(args.file))
         return 0
     with read_session(app.sessions) as s:
         q = select(m.Organization).order_by(m.Organization.id)
@@ -201,6 +243,30 @@ def _ticket_line(t: dict[str, Any]) -> str:
     return f"{t['ref']:>8}  {t['status']:<20} {t['priority']:<7} {target:<28} {t['subject']}"
 
 
+def _act_command(args: argparse.Namespace) -> Act:
+    """`ticket act`'s arguments as the command; UsageError when they cannot make one."""
+    name = args.action.lower().replace("-", "_")
+    arguments: tuple[str, ...] = ()
+    remark = body = ""
+    if name in ("reply", "respond", "message"):
+        body = " ".join(args.args)
+        if not body.strip():
+            raise UsageError(f"{name}: give the message text")
+    elif name == "status" or name in {a.value for a in ARGUMENT_ACTIONS}:
+        arguments = tuple(args.args)
+        if not arguments:
+            raise UsageError(f"{name}: missing argument")
+    else:
+        try:
+            Action(name)
+        except ValueError:
+            raise UsageError(f"unknown action {args.action!r}") from None
+        remark = " ".join(args.args)
+    return Act(
+        ref=args.ref, actor=args.actor, action=name, args=arguments, remark=remark, body=body
+    )
+
+
 def cmd_ticket(args: argparse.Namespace, app: App) -> int:
     svc = app.service
     if args.sub == "raise":
@@ -226,33 +292,7 @@ def cmd_ticket(args: argparse.Namespace, app: App) -> int:
             print(ref)
         return 0
     if args.sub == "act":
-        name = args.action.lower().replace("-", "_")
-        arguments: tuple[str, ...] = ()
-        remark = body = ""
-        if name in ("reply", "respond", "message"):
-            body = " ".join(args.args)
-            if not body.strip():
-                raise UsageError(f"{name}: give the message text")
-        elif name == "status" or name in {a.value for a in ARGUMENT_ACTIONS}:
-            arguments = tuple(args.args)
-            if not arguments:
-                raise UsageError(f"{name}: missing argument")
-        else:
-            try:
-                Action(name)
-            except ValueError:
-                raise UsageError(f"unknown action {args.action!r}") from None
-            remark = " ".join(args.args)
-        svc.act(
-            Act(
-                ref=args.ref,
-                actor=args.actor,
-                action=name,
-                args=arguments,
-                remark=remark,
-                body=body,
-            )
-        )
+        svc.act(_act_command(args))
         with read_session(app.sessions) as s:
             t = s.get(m.Ticket, int(args.ref.upper().removeprefix("TKT-")))
             assert t is not None
@@ -300,9 +340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        _check_config_named(args)
         if args.cmd == "init":
             return cmd_init(args)
         settings = _settings(args)
+        if args.cmd == "ticket" and args.sub == "act":
+            _act_command(args)  # its usage faults are told before the database's
+        _check_initialised(settings)
         if args.cmd == "run":
             from gateway.runner import run
 

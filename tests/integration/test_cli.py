@@ -1,14 +1,23 @@
 """The `ticketgate` command line (SPEC §5) as an operator uses it, one process per command:
-`init --demo`, raise, act, show and list with their JSON shapes, and the exit statuses."""
+`init --demo`, raise, act, show and list with their JSON shapes, the exit statuses, and what
+it says (creating nothing) before `init` or with a config file that is not there."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import SECRET, Database, run_cli
+from alembic import command
+from sqlalchemy import inspect
+
+from store.db import make_engine
+from store.migrate import alembic_config, schema_state
+from tests.conftest import SECRET, Database, run_cli, write_demo_org
 
 TICKET_KEYS = {
     "ref",
@@ -273,3 +282,110 @@ def test_bad_usage_exits_2(tmp_path: Path) -> None:
         assert r.stderr and r.stdout == ""
     assert "unknown action 'dance'" in results[0].stderr
     assert "--subject" in results[5].stderr
+
+
+def _bare(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`ticketgate` in ``folder`` with no TICKETGATE_CONFIG or TICKETGATE__… variables but
+    ``env``: what an operator gets in a fresh folder."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TICKETGATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        env={**clean, **env},
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_commands_before_init_say_so_and_create_nothing(tmp_path: Path) -> None:
+    """Before `init`, commands that need the database exit 2 with one sentence naming it and
+    create no file or folder (no SQL shown); then `init` creates it and they work."""
+    folder = tmp_path / "fresh"
+    folder.mkdir()
+    org = write_demo_org(tmp_path / "org")
+    commands = [
+        ("ticket", "list"),
+        ("org", "show", "--json"),
+        ("org", "import", str(org)),
+        ("outbox", "list"),
+        ("ticket", "act", "TKT-1", "--as", "alice@acme.example", "take"),
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda c: _bare(folder, *c), commands))
+        in_sub = _bare(folder, "ticket", "list", TICKETGATE__DATABASE__URL="sqlite:///var/tg.db")
+    said = (
+        f"ticketgate: the database is not initialised (sqlite:///{folder}/ticketgate.db does "
+        "not exist): run `ticketgate init`\n"
+    )
+    for c, r in zip(commands, results, strict=True):
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", said), c
+    assert in_sub.returncode == 2 and "var/tg.db does not exist" in in_sub.stderr
+    assert "SELECT" not in in_sub.stderr
+    assert _files(folder) == []  # no database file, no var/ folder
+
+    init = _bare(folder, "init")
+    assert init.returncode == 0, init.stderr
+    assert (folder / "ticketgate.db").exists()
+    listed = _bare(folder, "ticket", "list")
+    assert (listed.returncode, listed.stdout, listed.stderr) == (0, "", "")
+
+
+def test_database_without_schema_or_behind_the_migrations(
+    database: Database, tmp_path: Path
+) -> None:
+    """A database that exists but has no schema (an empty SQLite file, an empty PostgreSQL
+    schema) or an older revision: exit 2 saying to run `init`, and nothing is written to it."""
+    cli = Cli(tmp_path, database)
+    if database.backend == "sqlite":
+        (tmp_path / "tg.db").touch()
+    r = cli("ticket", "list")
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.startswith("ticketgate: the database is not initialised (")
+    assert r.stderr.endswith(" has no schema): run `ticketgate init`\n")
+    engine = make_engine(database.url)
+    try:
+        with engine.connect() as conn:
+            assert inspect(conn).get_table_names() == []
+        cli.ok("init")
+        head = schema_state(engine).head
+        cfg = alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "-1")
+        older = schema_state(engine).current
+        assert older is not None and older != head
+    finally:
+        engine.dispose()
+    r = cli("ticket", "list")
+    assert (r.returncode, r.stdout) == (2, ""), r.stderr
+    assert r.stderr.endswith(
+        f" is at revision {older}, this ticketgate needs {head}: "
+        "run `ticketgate init` to migrate it\n"
+    )
+    cli.ok("init")
+    assert cli.ok("ticket", "list") == ""
+
+
+def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
+    """`--config FILE` naming no file is an error (exit 2, nothing created) for every command
+    but `init --demo`, which writes it; without --config a missing ./ticketgate.toml means
+    the defaults."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        listed, init = pool.map(
+            lambda c: _bare(tmp_path, "--config", "nope.toml", *c), (("ticket", "list"), ("init",))
+        )
+    for r in (listed, init):
+        assert (r.returncode, r.stdout) == (2, "")
+        assert r.stderr == "ticketgate: config file nope.toml does not exist\n"
+    assert _files(tmp_path) == []
+    demo = _bare(tmp_path, "--config", "demo/ticketgate.toml", "init", "--demo")
+    assert demo.returncode == 0, demo.stderr
+    assert (tmp_path / "demo" / "ticketgate.toml").is_file()
+    shown = _bare(tmp_path, "--config", "demo/ticketgate.toml", "org", "show")
+    assert shown.returncode == 0 and shown.stdout.startswith("Acme Corporation"), shown.stderr

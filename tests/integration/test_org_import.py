@@ -1,5 +1,6 @@
-"""`org import` (SPEC §1.1): idempotent, CSV the same as inline, invalid files named and
-harmless, deactivation keeps history but ends raising and acting."""
+"""`org import` (SPEC §1.1): idempotent, CSV the same as inline, invalid files (unknown keys at
+any level, missing keys, bad values) named with their TOML path and harmless, clashes rolled back
+whole, deactivation keeps history but ends raising and acting."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from gateway.service.errors import ActionRefused, OrgFileError
 from gateway.service.org_import import import_org
 from gateway.service.views import Views
 from store import models as m
-from tests.conftest import Database, make_env, run_cli
+from tests.conftest import FIXTURES, Database, make_env, run_cli
+
+GLOBEX = FIXTURES / "orgs" / "globex.toml"
 
 
 def _rows(env: Any) -> dict[str, Any]:
@@ -34,6 +37,18 @@ def _rows(env: Any) -> dict[str, Any]:
             for r in s.execute(select(m.StatusHistory.__table__).order_by(m.StatusHistory.id))
         ]
     return {"counts": counts, "tickets": tickets, "history": history}
+
+
+def _directory_version(env: Any) -> int:
+    with env.app.sessions() as s:
+        return int(s.scalar(select(m.DirectoryVersion.version)) or 0)
+
+
+def _line(text: str, snippet: str) -> int:
+    """The 1-based number of the only line of ``text`` that contains ``snippet``."""
+    found = [n for n, line in enumerate(text.splitlines(), 1) if snippet in line]
+    assert len(found) == 1, (snippet, found)
+    return found[0]
 
 
 def _org_json(env: Any, name: str = "Acme Corporation") -> dict[str, Any]:
@@ -67,12 +82,16 @@ def test_second_import_changes_nothing(env: Any, tmp_path: Path) -> None:
         )
     )
     svc.act(Act(ref=ref, actor="alice@acme.example", action="take"))
-    before, org_before = _rows(env), _org_json(env)
+    before, org_before, version = _rows(env), _org_json(env), _directory_version(env)
     env.clock.advance(days=1)
     rep = _import(env, _write(tmp_path / "again"))
     assert (rep.created, rep.updated) == (0, 0)
     assert _rows(env) == before
     assert _org_json(env) == org_before
+    assert _directory_version(env) == version  # writers keep their cached directory
+    rep = _import(env, _write(tmp_path / "changed", _sub(DEMO_ORG_TOML, "C0ITSUPPORT", "C0IT")))
+    assert (rep.created, rep.updated) == (0, 1)
+    assert _directory_version(env) == version + 1
 
 
 def _inline(toml: str, csv: str) -> str:
@@ -155,19 +174,108 @@ INVALID = {
         lambda t, c: (t, _sub(c, "email,name,", "e-mail,name,")),
         "employees.csv: missing columns ['email']",
     ),
-    "unknown role, after a new department": (  # found only while writing: rolled back
+    "unknown role, after a new department": (
         lambda t, c: (
             _sub(t, "# --- New York", NEW_DEPARTMENT + "\n# --- New York"),
             _sub(c, "Finance,Accountant", "Finance,Bookkeeper"),
         ),
         "employees.csv line 2: no role 'Bookkeeper' in 'Finance'",
     ),
+    # Unknown keys, one at each level of the file: never imported as "not given".
+    "unknown top-level key": (
+        lambda t, c: (_sub(t, "[organization]", 'organisation_name = "Acme"\n\n[organization]'), c),
+        (
+            "organisation_name: unknown key 'organisation_name' (org.toml line 4); known: "
+            "organization, categories, branches, employees, employees_csv"
+        ),
+    ),
+    "unknown organization key": (
+        lambda t, c: (_sub(t, 'domains = ["acme.example"]', 'domain = ["acme.example"]'), c),
+        "organization.domain: unknown key 'domain' (org.toml line 6)",
+    ),
+    "unknown category key": (
+        lambda t, c: (
+            _sub(t, 'sub_categories = ["Installation', 'subcategories = ["Installation'),
+            c,
+        ),
+        "categories[1].subcategories: unknown key 'subcategories' (org.toml line 18)",
+    ),
+    "unknown branch key (timzone)": (
+        lambda t, c: (_sub(t, 'timezone = "America/New_York"', 'timzone = "America/New_York"'), c),
+        "branches[1].timzone: unknown key 'timzone' (org.toml line 98); known: name, timezone,",
+    ),
+    "unknown branch sub-table": (
+        lambda t, c: (
+            _sub(
+                t,
+                "[branches.working_hours]",
+                "[branches.sla]\nhours = 8\n\n[branches.working_hours]",
+            ),
+            c,
+        ),
+        "branches[0].sla: unknown key 'sla' (org.toml line 46)",
+    ),
+    "unknown department key (slak_channel)": (
+        lambda t, c: (
+            _sub(t, 'slack_channel = "C0FACILITIES"', 'slak_channel = "C0FACILITIES"'),
+            c,
+        ),
+        "branches[0].departments[1].slak_channel: unknown key 'slak_channel' (org.toml line 70)",
+    ),
+    "unknown role key": (
+        lambda t, c: (
+            _sub(t, 'name = "Sales Director"\nlevel = 2', 'name = "Sales Director"\nlvl = 2'),
+            c,
+        ),
+        "branches[1].departments[2].roles[1].lvl: unknown key 'lvl' (org.toml line 148)",
+    ),
+    "unknown employee key": (
+        lambda t, c: (_sub(t, 'slack_user_id = "U0KARL"', 'slack_user = "U0KARL"'), c),
+        "employees[6].slack_user: unknown key 'slack_user' (org.toml line 204)",
+    ),
+    "unknown csv column": (
+        lambda t, c: (
+            t,
+            _sub(c, "email,name,branch,department,role", "email,name,branch,department,role,team"),
+        ),
+        "employees.csv: unknown column(s) 'team'",
+    ),
+    "csv row longer than its header": (
+        lambda t, c: (
+            t,
+            _sub(
+                c,
+                "Nora Davis,New York,Sales,Account Executive",
+                "Nora Davis,New York,Sales,Account Executive,x",
+            ),
+        ),
+        "employees.csv line 5: more fields than the 5 columns",
+    ),
+    "missing department address": (
+        lambda t, c: (_sub(t, 'address = "sales@acme.example"\n', ""), c),
+        "branches[1].departments[2]: missing key 'address'",
+    ),
+    "level not an integer": (
+        lambda t, c: (
+            _sub(t, 'name = "IT Manager"\nlevel = 2', 'name = "IT Manager"\nlevel = "2"'),
+            c,
+        ),
+        "branches[0].departments[0].roles[1].level: expected an integer, got a string ('2')",
+    ),
+    "department twice": (
+        lambda t, c: (
+            _sub(t, 'address = "sales@acme.example"', 'address = "finance@acme.example"'),
+            c,
+        ),
+        "branches[1].departments[2].address: finance@acme.example is given twice",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(INVALID))
 def test_invalid_file_is_named_and_changes_nothing(env: Any, tmp_path: Path, case: str) -> None:
-    """An invalid org file raises OrgFileError naming the key or line, and nothing is stored."""
+    """An invalid org file raises OrgFileError naming the key (with the line it is on) or the
+    CSV line, and nothing is stored."""
     mutate, message = INVALID[case]
     toml, csv = mutate(DEMO_ORG_TOML, DEMO_EMPLOYEES_CSV)
     path = _write(tmp_path / "bad", toml, csv)
@@ -175,13 +283,16 @@ def test_invalid_file_is_named_and_changes_nothing(env: Any, tmp_path: Path, cas
     with pytest.raises(OrgFileError) as exc:
         _import(env, path)
     assert message in exc.value.reason
+    named = re.search(r"unknown key '(\w+)' \(org\.toml line (\d+)\)", exc.value.reason)
+    if named:
+        assert named[1] in toml.splitlines()[int(named[2]) - 1]
     assert _rows(env) == before
     assert _org_json(env) == org_before
 
 
 def test_cli_org_import(env: Any, tmp_path: Path) -> None:
-    """`ticketgate org import`: a good file exits 0 reporting no change, a bad one exits 1 with
-    the reason on stderr, and `org show --json` is the same before and after both."""
+    """`ticketgate org import`: a good file exits 0 reporting no change, a bad one exits 2 (bad
+    input) with the reason on stderr, and `org show --json` is the same before and after both."""
     good = _write(tmp_path / "good")
     bad = _write(tmp_path / "bad", _sub(DEMO_ORG_TOML, "America/New_York", "Mars/Olympus"))
     shown = run_cli(env.env, "org", "show", "--json", cwd=env.dir)
@@ -191,11 +302,93 @@ def test_cli_org_import(env: Any, tmp_path: Path) -> None:
         )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == "organization Acme Corporation: 0 created, 0 updated"
-    assert fail.returncode == 1 and fail.stdout == ""
+    assert fail.returncode == 2 and fail.stdout == ""
     assert fail.stderr.strip() == (
         "ticketgate: branches[1].timezone: unknown time zone 'Mars/Olympus'"
     )
     assert json.loads(shown.stdout) == _org_json(env)
+
+
+def test_cli_misspelt_keys_exit_2_and_change_nothing(env: Any, tmp_path: Path) -> None:
+    """`org import` of files with a misspelt key (a department's `slak_channel`, a branch's
+    `timzone`, an employee's `activ`) or a missing one exits 2 with one line naming the key by
+    its TOML path and line, and `org show --json` and every table are as they were."""
+    changes = {
+        "slak": (
+            "slack_channel",
+            "slak_channel",
+            (
+                "branches[0].departments[0].slak_channel: unknown key 'slak_channel' "
+                "(org.toml line {line}); known: name, address, slack_channel, default_category, roles"
+            ),
+        ),
+        "timzone": (
+            'timezone = "America/New_York"',
+            'timzone = "America/New_York"',
+            (
+                "branches[1].timzone: unknown key 'timzone' (org.toml line {line}); "
+                "known: name, timezone, working_hours, holidays, departments"
+            ),
+        ),
+        "activ": (
+            'role = "HR Director"',
+            'role = "HR Director"\nactiv = false',
+            (
+                "employees[10].activ: unknown key 'activ' (org.toml line {line}); known: email, "
+                "name, branch, department, role, gateway_address, slack_user_id, active"
+            ),
+        ),
+        "missing": ('name = "Finance Controller"\n', "", None),
+    }
+    files = {}
+    for case, (old, new, _) in changes.items():
+        text = _sub(DEMO_ORG_TOML, old, new)
+        # Each file also changes something valid: a half-applied import would show.
+        text = _sub(text, 'domains = ["acme.example"]', 'domains = ["acme.example", "acme.test"]')
+        files[case] = (text, _write(tmp_path / case, text))
+    before, shown = _rows(env), run_cli(env.env, "org", "show", "--json", cwd=env.dir)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(
+            zip(
+                files,
+                pool.map(
+                    lambda f: run_cli(env.env, "org", "import", str(f[1]), cwd=env.dir),
+                    files.values(),
+                ),
+                strict=True,
+            )
+        )
+    for case, (_, new, message) in changes.items():
+        r = results[case]
+        assert (r.returncode, r.stdout) == (2, ""), (case, r.stderr)
+        if message is None:
+            assert (
+                r.stderr == "ticketgate: branches[1].departments[1].roles[1]: missing key 'name'\n"
+            )
+            continue
+        line = _line(files[case][0], new.splitlines()[-1].split(" = ")[0] + " =")
+        assert r.stderr == f"ticketgate: {message.format(line=line)}\n"
+    assert _rows(env) == before
+    assert json.loads(shown.stdout) == _org_json(env)
+
+
+def test_a_clash_found_while_writing_rolls_back_the_whole_import(env: Any, tmp_path: Path) -> None:
+    """A file that is valid by itself but names another organization's employee is refused
+    (exit 1) after its new department and roles were written: the transaction takes all back."""
+    env.import_org(GLOBEX)
+    text = _sub(DEMO_ORG_TOML, "# --- New York", NEW_DEPARTMENT + "\n# --- New York")
+    text += (
+        '\n[[employees]]\nemail = "hank@globex.example"\nname = "Hank"\n'
+        'branch = "Berlin"\ndepartment = "Legal"\nrole = "Counsel"\n'
+    )
+    before, org_before = _rows(env), _org_json(env)
+    r = run_cli(env.env, "org", "import", str(_write(tmp_path / "clash", text)), cwd=env.dir)
+    assert (r.returncode, r.stdout) == (1, ""), r.stderr
+    assert r.stderr == (
+        "ticketgate: employees[11]: hank@globex.example belongs to another organization\n"
+    )
+    assert _rows(env) == before
+    assert _org_json(env) == org_before
 
 
 def test_deactivated_employee_keeps_history_but_cannot_raise_or_act(
