@@ -74,9 +74,10 @@ class SmtpSettings:
 class IntakeSettings:
     """The intake runner, which processes the inbound queue."""
 
-    runners: int = 1  # intake runner threads in `run`; 0 = another process processes the queue
+    runners: int = 1  # intake runners in `run`; 0 = another process processes the queue
+    processes: bool = True  # each runner in a child process of its own (no shared GIL)
     batch_size: int = 32  # queued mails claimed and applied in one transaction
-    poll_seconds: float = 0.5  # how often an idle runner looks (the edge also wakes it)
+    poll_seconds: float = 0.1  # how often an idle runner looks (a thread is also woken)
     reference_wait_seconds: float = 3.0  # a reply naming only unseen Message-IDs waits this long
     max_attempts: int = 3  # a mail whose processing raised this often is quarantined
 

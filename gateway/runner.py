@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import signal
 import threading
 from collections import Counter
 from collections.abc import Callable
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,74 @@ def make_worker(app: App) -> DeliveryWorker:
     )
 
 
+def _runner_process_main(settings: Settings) -> None:
+    """A runner process: its own App on the same database, the intake runner's loop, until
+    SIGTERM."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = build(settings)
+    runner = make_runner(app)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    runner.start()
+    parent = os.getppid()
+    # Killed with its parent's process group, or on its own: a runner whose `run` is gone
+    # (kill -9 of the parent alone) stops too instead of working on beside the next `run`.
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("the `run` process is gone; this intake runner stops")
+            break
+    runner.stop()
+    app.close()
+
+
+class RunnerProcess:
+    """An intake runner in a child process (spawned: this process has threads and open
+    connections a fork would copy), started again by a watcher thread if it dies. The queue is
+    the hand-off: nothing passes between the two processes."""
+
+    def __init__(self, settings: Settings, *, name: str) -> None:
+        self.settings = settings
+        self.name = name
+        self._mp = multiprocessing.get_context("spawn")
+        self._proc: BaseProcess | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def _spawn(self) -> None:
+        self._proc = self._mp.Process(
+            target=_runner_process_main, args=(self.settings,), name=self.name, daemon=True
+        )
+        self._proc.start()
+        log.info("%s: started (pid %s)", self.name, self._proc.pid)
+
+    def start(self) -> None:
+        self._spawn()
+        self._watcher = threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True)
+        self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            proc = self._proc
+            assert proc is not None
+            proc.join(0.5)
+            if proc.exitcode is not None and not self._stop.is_set():
+                log.error("%s: pid %s exited (%s); starting a new one", self.name, proc.pid, proc.exitcode)
+                self._stop.wait(1.0)  # not a restart loop per millisecond if it dies at once
+                if not self._stop.is_set():
+                    self._spawn()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._proc is not None and self._proc.exitcode is None:
+            self._proc.terminate()
+            self._proc.join(30)
+        if self._watcher is not None:
+            self._watcher.join(5)
+
+
 def run(settings: Settings) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -121,10 +192,17 @@ def run(settings: Settings) -> int:
     started: list[Any] = []
     try:
         # intake.runners = 0: another gateway process processes the queue (SPEC §7).
-        runners = [make_runner(app) for _ in range(settings.intake.runners)]
-        for i, runner in enumerate(runners):
-            runner.start(name=f"intake-runner-{i}")
-            started.append(runner)
+        runners: list[IntakeRunner] = []
+        for i in range(settings.intake.runners):
+            if settings.intake.processes:
+                child = RunnerProcess(settings, name=f"intake-runner-{i}")
+                child.start()
+                started.append(child)
+            else:
+                runner = make_runner(app)
+                runner.start(name=f"intake-runner-{i}")
+                started.append(runner)
+                runners.append(runner)
 
         def wake_runners() -> None:
             for r in runners:

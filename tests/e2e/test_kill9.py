@@ -284,6 +284,7 @@ def test_run_without_delivery_workers_leaves_the_outbox_to_others(
         sender, dept, data = message(0)
         with smtplib.SMTP("127.0.0.1", inst.smtp_port, timeout=10) as smtp:
             assert smtp.sendmail(sender, [dept], data) == {}
+        poll_until(lambda: not queued(database), timeout=60, what="the mail processed")
         inst.stop()  # nothing can be delivered by it from here on
         assert inst.proc is not None and inst.proc.returncode == 0
         maildir = inst.dir / "outbox" / "new"

@@ -21,11 +21,11 @@ from gateway.service.org_import import import_org
 from store import inbound_queue as queue
 from store import models as m
 from store.migrate import upgrade
+from tests.conftest import TestClock as UnusedClock
 from tests.conftest import (
     SECRET,
     Database,
     Env,
-    TestClock,
     crlf,
     poll_until,
     serving,
@@ -56,7 +56,7 @@ def live_env(database: Database, tmp_path: Path) -> Iterator[Env]:
     with app.sessions() as s, s.begin():
         import_org(s, write_demo_org(folder), mail_domain="tickets.acme.example")
     try:
-        yield Env(folder, env, app, TestClock())
+        yield Env(folder, env, app, UnusedClock())  # the app runs on the real clock
     finally:
         app.close()
 
@@ -123,6 +123,12 @@ def test_replies_land_on_their_parents_in_any_order(live_env: Env, runners: int)
             msg.message_id: msg.ticket_id
             for msg in s.scalars(select(m.Message).where(m.Message.message_id.like("reply-%")))
         }
+        arrived = {r.message_id: r.id for r in s.scalars(select(m.InboundMail))}
     assert len(tickets) == PAIRS, sorted(set(tickets) - {f"Case {i}" for i in range(PAIRS)})[:5]
     wrong = [i for i in range(PAIRS) if on.get(f"reply-{i}@client.example") != tickets[f"Case {i}"]]
     assert wrong == []
+    # The reply-first pairs really were queued reply first: the wait did the work.
+    early = [i for i in range(2, PAIRS, 3)]
+    assert all(
+        arrived[f"reply-{i}@client.example"] < arrived[f"parent-{i}@client.example"] for i in early
+    )
