@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Connection, bindparam, func, or_, select
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from gateway.domain.lifecycle import AssignmentType, Role
 from gateway.domain.routing import Party, PartyKind
+from store import directory_queries as q
 from store import models as m
-from store.prepared import Prepared
+from store.ticket_queries import CopyRow, copies_of_ticket
 
 _Row = TypeVar("_Row", bound=m.Base)
 
@@ -53,27 +54,6 @@ class TicketAt:
     copies_upto: int
 
 
-_DIRECTORY_VERSION = Prepared(select(m.DirectoryVersion.version).where(m.DirectoryVersion.id == 1))
-
-
-@dataclass(frozen=True, slots=True)
-class CopyRow:
-    """One RC or RHC entry of a ticket, as the directory holds it (read only): plain values
-    from a prepared statement, not ORM objects (building those was most of the look-up)."""
-
-    id: int
-    kind: str  # RC | RHC
-    employee_id: int | None
-    department_id: int | None
-
-
-_COPIES = Prepared(
-    select(m.TicketCopy.id, m.TicketCopy.kind, m.TicketCopy.employee_id, m.TicketCopy.department_id)
-    .where(m.TicketCopy.ticket_id == bindparam("t"))
-    .order_by(m.TicketCopy.id)
-)
-
-
 class DirectoryCache:
     """Organization rows (employees, departments, roles, categories, organizations) kept by
     one writer thread from one transaction to the next, for as long as the directory version
@@ -94,7 +74,7 @@ class DirectoryCache:
     def sync(self, conn: Connection) -> None:
         """At the start of a transaction (on its connection): drop everything if the
         directory changed."""
-        version = int(_DIRECTORY_VERSION(conn, {}) or 0)
+        version = q.directory_version(conn)
         if version != self.version:
             self.clear()
             self.version = version
@@ -128,9 +108,7 @@ class Directory:
         """The ticket's RC and RHC entries, oldest first. (Copies are only ever written as
         Core INSERTs, `Unit.add_copy`, so there is nothing for an ORM query to flush first.)"""
         if ticket_id not in self._copies:
-            self._copies[ticket_id] = [
-                CopyRow(*row) for row in _COPIES.rows(self.s.connection(), {"t": ticket_id})
-            ]
+            self._copies[ticket_id] = copies_of_ticket(self.s.connection(), ticket_id)
         return self._copies[ticket_id]
 
     def copies_of(self, ticket: m.Ticket | TicketAt) -> list[CopyRow]:
@@ -160,11 +138,7 @@ class Directory:
         a = addr.strip().lower()
         key = ("employee", a)
         if key not in self._by_address:
-            self._by_address[key] = self.s.scalars(
-                select(m.Employee).where(
-                    or_(m.Employee.email == a, m.Employee.gateway_address == a)
-                )
-            ).first()
+            self._by_address[key] = q.employee_by_address(self.s, a)
         return self._by_address[key]  # type: ignore[return-value]
 
     def employee_by_id(self, emp_id: int) -> m.Employee:
@@ -180,22 +154,15 @@ class Directory:
         return self._by_address[key]  # type: ignore[return-value]
 
     def _department(self, a: str) -> tuple[m.Department, str] | None:
-        d = self.s.scalars(select(m.Department).where(m.Department.address == a)).first()
+        d = q.department_by_address(self.s, a)
         if d is not None:
             return d, ""
         base, sub = split_subaddress(a)
         if sub:
-            d = self.s.scalars(select(m.Department).where(m.Department.address == base)).first()
+            d = q.department_by_address(self.s, base)
             if d is not None:
                 return d, sub
         return None
-
-    def department_by_name(self, org_id: int, name: str) -> m.Department | None:
-        return self.s.scalars(
-            select(m.Department).where(
-                m.Department.org_id == org_id, func.lower(m.Department.name) == name.lower()
-            )
-        ).first()
 
     def resolve(self, addr: str) -> Resolved | None:
         dep = self.department(addr)
@@ -207,17 +174,13 @@ class Directory:
             return Resolved(Party(PartyKind.EMPLOYEE, e.id, e.org_id))
         return None
 
-    def members(self, department_id: int, *, active_only: bool = True) -> list[m.Employee]:
-        q = select(m.Employee).where(m.Employee.department_id == department_id)
-        if active_only:
-            q = q.where(m.Employee.active.is_(True))
-        return list(self.s.scalars(q.order_by(m.Employee.id)))
+    def members(self, department_id: int) -> list[m.Employee]:
+        """The department's active employees, in id order."""
+        return q.active_members(self.s, department_id)
 
     def top_level(self, department_id: int) -> int | None:
         if department_id not in self._top:
-            self._top[department_id] = self.s.scalar(
-                select(func.max(m.Role.level)).where(m.Role.department_id == department_id)
-            )
+            self._top[department_id] = q.top_role_level(self.s, department_id)
         return self._top[department_id]
 
     def category(self, org_id: int, spec: str) -> tuple[m.Category | None, m.Category | None]:
@@ -227,9 +190,7 @@ class Directory:
             return None, None
         parts = [p.strip().lower() for p in spec.replace("\\", "/").split("/", 1)]
         if org_id not in self._categories:
-            self._categories[org_id] = list(
-                self.s.scalars(select(m.Category).where(m.Category.org_id == org_id))
-            )
+            self._categories[org_id] = q.categories_of_org(self.s, org_id)
         cats = self._categories[org_id]
         tops = {c.name.lower(): c for c in cats if c.parent_id is None}
         if parts[0] in tops:

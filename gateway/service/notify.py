@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from gateway.domain.lifecycle import Action, AssignmentType, Role
@@ -20,7 +18,8 @@ from gateway.domain.visibility import sees_hidden
 from gateway.service.commands import CommandResult
 from gateway.service.directory import Directory, TicketAt
 from store import models as m
-from store.prepared import Prepared
+from store import outbox_queries as oq
+from store import ticket_queries as tq
 
 # Kinds that are automatic mail in the sense of RFC 3834 (counted by the loop breaker).
 AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_request", "refusal"})
@@ -28,10 +27,6 @@ AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_req
 # Loop breaker per (ticket, recipient), after Zammad's notification_email.rb (≤10 mails in
 # 10 min … 100 in 10 h): a ticket that ping-pongs with an autoresponder stops mailing it.
 TICKET_RECIPIENT_WINDOW = timedelta(hours=1)
-_INSERT_EVENT = Prepared(insert(m.OutboxEvent))
-_NEWEST_HISTORY = Prepared(
-    select(func.max(m.StatusHistory.id)).where(m.StatusHistory.ticket_id == bindparam("t"))
-)
 
 _HINTS: dict[Role, tuple[str, ...]] = {
     Role.ASSIGNEE: (
@@ -119,12 +114,12 @@ class Notifier:
     def participants(self, ticket: m.Ticket | TicketAt) -> list[tuple[m.Employee, frozenset[Role]]]:
         """Every active person on the ticket with their roles, requester first."""
         ids: list[int] = [ticket.from_employee_id]
+        if ticket.owner_id:
+            ids.append(ticket.owner_id)
         if ticket.assignment_type == AssignmentType.INDIVIDUAL.value and ticket.to_employee_id:
             ids.append(ticket.to_employee_id)
         else:
             ids.extend(e.id for e in self.d.members(ticket.to_department_id))
-        if ticket.owner_id:
-            ids.insert(1, ticket.owner_id)
         for c in self.d.copies_of(ticket):
             if c.employee_id is not None:
                 ids.append(c.employee_id)
@@ -152,21 +147,15 @@ class Notifier:
     def _newest_history_id(self, ticket_id: int) -> int:
         newest = self._newest_history.get(ticket_id)
         if newest is None:
-            found = _NEWEST_HISTORY(self._conn or self.s.connection(), {"t": ticket_id})
-            newest = self._newest_history[ticket_id] = int(found or 0)
+            found = tq.newest_history_id(self._conn or self.s.connection(), ticket_id)
+            newest = self._newest_history[ticket_id] = found
         return newest
 
     def history_lines(self, ticket_id: int, upto: int) -> list[dict[str, str]]:
         """The last five history entries up to (and with) entry ``upto``."""
-        rows = self.s.scalars(
-            select(m.StatusHistory)
-            .where(m.StatusHistory.ticket_id == ticket_id, m.StatusHistory.id <= upto)
-            .order_by(m.StatusHistory.id.desc())
-            .limit(5)
-        )
         return [
             {"status": h.status, "actor": h.actor_label, "at": h.at.isoformat(), "remark": h.remark}
-            for h in reversed(list(rows))
+            for h in tq.history_upto(self.s, ticket_id, upto, limit=5)
         ]
 
     def target_label(self, ticket: m.Ticket | TicketAt) -> str:
@@ -183,25 +172,13 @@ class Notifier:
         counter upsert each."""
         if not addresses:
             return set()
-        suppressed = set(
-            self.s.scalars(
-                select(m.SuppressedAddress.address).where(
-                    m.SuppressedAddress.address.in_(addresses),
-                    m.SuppressedAddress.suppressed.is_(True),
-                )
-            )
-        )
-        recent: dict[str, int] = dict(
-            self.s.execute(
-                select(m.Outbox.recipient, func.count())
-                .where(
-                    m.Outbox.ticket_id == ticket_id,
-                    m.Outbox.recipient.in_(addresses),
-                    m.Outbox.kind.in_(sorted(AUTOMATIC_KINDS)),
-                    m.Outbox.created_at > self.now - TICKET_RECIPIENT_WINDOW,
-                )
-                .group_by(m.Outbox.recipient)
-            ).all()
+        suppressed = oq.suppressed_among(self.s, addresses)
+        recent = oq.outbox_counts_since(
+            self.s,
+            ticket_id=ticket_id,
+            recipients=addresses,
+            kinds=AUTOMATIC_KINDS,
+            since=self.now - TICKET_RECIPIENT_WINDOW,
         )
         # Counters are locked in address order: fewer lock-order deadlocks between workers.
         return {
@@ -213,23 +190,8 @@ class Notifier:
         }
 
     def _count_automatic(self, address: str) -> int:
-        """Add one to today's counter for ``address`` and return it.
-
-        An atomic upsert: two processes mailing one address for the first time that day must
-        not both INSERT the row (the loser's whole transaction would fail)."""
-        day = self.now.date().isoformat()
-        dialect = self.s.get_bind().dialect.name
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        upsert = (
-            insert(m.AutoMailCounter)
-            .values(address=address, day=day, count=1)
-            .on_conflict_do_update(
-                index_elements=[m.AutoMailCounter.address, m.AutoMailCounter.day],
-                set_={"count": m.AutoMailCounter.count + 1},
-            )
-            .returning(m.AutoMailCounter.count)
-        )
-        return int(self.s.execute(upsert).scalar_one())
+        """Add one to today's counter for ``address`` and return it (an atomic upsert)."""
+        return oq.bump_auto_mail_counter(self.s, address=address, day=self.now.date().isoformat())
 
     # ---- in the change's transaction ------------------------------------------------------------
     def enqueue(
@@ -278,18 +240,13 @@ class Notifier:
             "extra": dict(extra or {}),
             "at": self.now.isoformat(),
         }
-        # A Core INSERT: the unit never reads the event back (see tickets._INSERT_HISTORY).
-        _INSERT_EVENT(
+        # A Core INSERT: the unit never reads the event back.
+        oq.insert_event(
             self._conn or self.s.connection(),
-            {
-                "ticket_id": ticket.id,
-                "kind": kind,
-                "payload": payload,
-                "state": "pending",
-                "last_error": "",
-                "created_at": self.now,
-                "done_at": None,
-            },
+            ticket_id=ticket.id,
+            kind=kind,
+            payload=payload,
+            created_at=self.now,
         )
 
     # ---- in the delivery worker ------------------------------------------------------------------

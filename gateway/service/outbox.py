@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,6 +16,7 @@ from gateway.service.clock import Clock
 from gateway.service.directory import Directory
 from gateway.service.notify import MailIdentity, Notifier, retry_delay
 from store import models as m
+from store import outbox_queries as q
 from store.db import read_session
 
 LEASE = timedelta(minutes=5)
@@ -82,15 +82,7 @@ class OutboxService:
 
     def _fan_out(self, limit: int) -> int:
         with self.sessions() as s, s.begin():
-            events = list(
-                s.scalars(
-                    select(m.OutboxEvent)
-                    .where(m.OutboxEvent.state == "pending")
-                    .order_by(m.OutboxEvent.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            )
+            events = q.lock_pending_events(s, limit=limit)
             d = Directory(s)
             done_at = self.clock.now()
             for ev in events:
@@ -125,18 +117,7 @@ class OutboxService:
         SQLite the write transaction (BEGIN IMMEDIATE) serialises claims."""
         now = self.clock.now()
         with self.sessions() as s, s.begin():
-            rows = list(
-                s.scalars(
-                    select(m.Outbox)
-                    .where(
-                        or_(m.Outbox.state == "pending", m.Outbox.state == "sending"),
-                        m.Outbox.next_attempt_at <= now,
-                    )
-                    .order_by(m.Outbox.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                )
-            )
+            rows = q.lock_due_outbox(s, now=now, limit=limit)
             for r in rows:
                 r.state = "sending"
                 r.attempts += 1
@@ -196,10 +177,8 @@ class OutboxService:
         """`outbox retry`: put dead (or given) rows back to pending, due now."""
         now = self.clock.now()
         with self.sessions() as s, s.begin():
-            q = select(m.Outbox)
-            q = q.where(m.Outbox.id.in_(ids)) if ids else q.where(m.Outbox.state == "dead")
             n = 0
-            for r in s.scalars(q):
+            for r in q.outbox_by_ids_or_dead(s, ids):
                 if r.state == "sent":
                     continue
                 r.state = "pending"
@@ -210,9 +189,6 @@ class OutboxService:
 
     def rows(self, state: str | None = None) -> list[dict[str, Any]]:
         with read_session(self.sessions) as s:
-            q = select(m.Outbox).order_by(m.Outbox.id)
-            if state:
-                q = q.where(m.Outbox.state == state)
             return [
                 {
                     "id": r.id,
@@ -227,7 +203,7 @@ class OutboxService:
                     "created_at": _iso(r.created_at),
                     "sent_at": _iso(r.sent_at),
                 }
-                for r in s.scalars(q)
+                for r in q.outbox_rows(s, state)
             ]
 
 

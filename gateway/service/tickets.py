@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, make_transient_to_detached, sessionmaker
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.domain.lifecycle import (
     TERMINAL,
@@ -38,11 +32,12 @@ from gateway.service.commands import (
     CommandSpec,
     RaiseTicket,
 )
-from gateway.service.directory import CopyRow, Directory, DirectoryCache
+from gateway.service.directory import Directory, DirectoryCache
 from gateway.service.errors import ActionRefused, NotFound, UserFacingError
-from gateway.service.notify import MailIdentity, Notifier, status_kind
+from gateway.service.notify import MailIdentity, Notifier, new_message_id, status_kind
 from store import models as m
-from store.prepared import Prepared
+from store import ticket_queries as q
+from store.ticket_queries import CopyRow
 
 REF_RE = re.compile(r"^\s*TKT-(\d+)\s*$", re.IGNORECASE)
 
@@ -52,34 +47,6 @@ def parse_ref(ref: str) -> int:
     if not mt:
         raise NotFound(f"not a ticket reference: {ref!r} (expected TKT-<n>)")
     return int(mt.group(1))
-
-
-# Rows a unit only writes (history, messages, attachments, copies) are Core INSERTs, not ORM
-# objects: a flush per object was a third of the intake writer's time (cProfile, 2026-11-26),
-# the INSERT itself a tenth of that. The ids come back by RETURNING where someone needs them.
-_INSERT_HISTORY = Prepared(insert(m.StatusHistory).returning(m.StatusHistory.id))
-_INSERT_MESSAGE = Prepared(insert(m.Message).returning(m.Message.id))
-_INSERT_ATTACHMENT = Prepared(insert(m.Attachment))
-_INSERT_COPY = Prepared(insert(m.TicketCopy).returning(m.TicketCopy.id))
-_INSERT_TICKET = Prepared(insert(m.Ticket).returning(m.Ticket.id))
-
-
-def _as_loaded(values: dict[str, Any]) -> m.Ticket:
-    """A detached `Ticket` holding `values` as its loaded state (the row that was just
-    inserted), ready for `Session.add`. Not `Ticket(**values)`: its instrumented constructor
-    records a change per attribute (about 30), which `make_transient_to_detached` then drops."""
-    t: m.Ticket = m.Ticket.__mapper__.class_manager.new_instance()
-    for key, value in values.items():
-        set_committed_value(t, key, value)
-    make_transient_to_detached(t)
-    return t
-
-
-@functools.cache
-def _blob_insert(dialect: str) -> Any:
-    """`INSERT INTO blobs … ON CONFLICT (sha256) DO NOTHING` in the dialect's own spelling."""
-    ins = pg_insert if dialect == "postgresql" else sqlite_insert
-    return Prepared(ins(m.Blob).on_conflict_do_nothing(index_elements=[m.Blob.sha256]))
 
 
 @dataclass(frozen=True)
@@ -98,16 +65,14 @@ class Unit:
     ) -> None:
         self.svc = svc
         self.s = session
-        # The transaction's connection: the same object for the whole unit (SAVEPOINTs
-        # included); asking the session for it again cost ~8 session calls a mail.
+        # The transaction's connection, for the rows the unit only writes (history, messages,
+        # copies …): Core statements on it, the same connection the session flushes on.
         self.conn = session.connection()
         if cache is not None:
             cache.sync(self.conn)
         self.d = Directory(session, cache)
         self.now = svc.clock.now()
         self._stored_blobs: set[str] = set()
-        # Tickets this unit inserted with Core and attached to the session (`raise_ticket`).
-        self._raised: dict[int, m.Ticket] = {}
         self.notify = Notifier(
             session,
             identity=svc.identity,
@@ -144,31 +109,27 @@ class Unit:
         channel: Channel,
         remark: str = "",
     ) -> None:
-        row_id = _INSERT_HISTORY(
+        row_id = q.insert_history(
             self.conn,
-            {
-                "ticket_id": t.id,
-                "status": t.status,
-                "action": action,
-                "actor_id": actor.id if actor else None,
-                "actor_label": actor.email if actor else "system",
-                "at": self.now,
-                "channel": channel.value,
-                "remark": remark,
-            },
+            ticket_id=t.id,
+            status=t.status,
+            action=action,
+            actor_id=actor.id if actor else None,
+            actor_label=actor.email if actor else "system",
+            at=self.now,
+            channel=channel.value,
+            remark=remark,
         )
-        self.notify.history_added(t.id, int(row_id))
+        self.notify.history_added(t.id, row_id)
 
     def store_blob(self, sha: str, data: bytes) -> None:
         """Content-addressed: one statement, a no-op when the bytes are already stored.
 
-        (Not the ORM: a look-up, an object and a flush for every attachment and raw mail was a
-        tenth of the intake writer's time.) What this unit stored is remembered until a
-        SAVEPOINT rollback (`forget_cached`), which takes the blobs with it."""
+        What this unit stored is remembered until a SAVEPOINT rollback (`forget_cached`),
+        which takes the blobs with it."""
         if sha in self._stored_blobs:
             return
-        conn = self.conn
-        _blob_insert(conn.dialect.name)(conn, {"sha256": sha, "size": len(data), "data": data})
+        q.insert_blob_if_new(self.conn, sha256=sha, data=data)
         self._stored_blobs.add(sha)
 
     def add_message(
@@ -184,36 +145,31 @@ class Unit:
         raw_sha256: str | None = None,
         attachments: tuple[AttachmentData, ...] = (),
     ) -> int:
-        """Store one message and its attachments; returns the message's id. (No ORM object:
-        building one only to hand back what was stored cost more than its INSERT.)"""
-        values: dict[str, Any] = {
-            "ticket_id": t.id,
-            "sender_id": sender.id if sender else None,
-            "sender_label": sender.email if sender else "system",
-            "body": body,
-            "html": html,
-            "hidden": hidden,
-            "channel": channel.value,
-            "at": self.now,
-            "message_id": message_id,
-            "raw_sha256": raw_sha256,
-            "slack_ts": None,
-        }
-        conn = self.conn
-        msg_id = int(_INSERT_MESSAGE(conn, values))
+        """Store one message and its attachments; returns the message's id."""
+        msg_id = q.insert_message(
+            self.conn,
+            ticket_id=t.id,
+            sender_id=sender.id if sender else None,
+            sender_label=sender.email if sender else "system",
+            body=body,
+            html=html,
+            hidden=hidden,
+            channel=channel.value,
+            at=self.now,
+            message_id=message_id,
+            raw_sha256=raw_sha256,
+        )
         for a in attachments:
             self.store_blob(a.sha256, a.data)
         for a in attachments:
-            _INSERT_ATTACHMENT(
-                conn,
-                {
-                    "message_id": msg_id,
-                    "sha256": a.sha256,
-                    "filename": a.filename,
-                    "content_type": a.content_type,
-                    "size": len(a.data),
-                    "inline": a.inline,
-                },
+            q.insert_attachment(
+                self.conn,
+                message_id=msg_id,
+                sha256=a.sha256,
+                filename=a.filename,
+                content_type=a.content_type,
+                size=len(a.data),
+                inline=a.inline,
             )
         return msg_id
 
@@ -225,33 +181,25 @@ class Unit:
             c.kind == kind and c.employee_id == emp_id and c.department_id == dep_id for c in copies
         ):
             return False
-        values = {
-            "ticket_id": t.id,
-            "kind": kind,
-            "employee_id": emp_id,
-            "department_id": dep_id,
-            "added_at": self.now,
-        }
-        row_id = int(_INSERT_COPY(self.conn, values))
+        row_id = q.insert_copy(
+            self.conn,
+            ticket_id=t.id,
+            kind=kind,
+            employee_id=emp_id,
+            department_id=dep_id,
+            added_at=self.now,
+        )
         copies.append(CopyRow(row_id, kind, emp_id, dep_id))  # for this unit's cache
         return True
 
     def forget_cached(self) -> None:
-        """After a SAVEPOINT rollback: what the caches learnt inside it may no longer exist."""
+        """After a SAVEPOINT rollback: what the caches learnt inside it may no longer exist.
+
+        (A ticket raised inside the SAVEPOINT needs nothing here: the session expunges the
+        objects it inserted when their SAVEPOINT is rolled back.)"""
         self.d.forget_all()
         self.notify.forget_all()
         self._stored_blobs.clear()
-        # The rollback took the rows of tickets raised inside the SAVEPOINT, but not their
-        # objects: the ORM expunges only what it inserted itself. Left in the session, such an
-        # object would also clash with the next ticket (SQLite hands out its id again).
-        if self._raised:
-            alive = set(
-                self.conn.execute(
-                    select(m.Ticket.id).where(m.Ticket.id.in_(list(self._raised)))
-                ).scalars()
-            )
-            for tid in [tid for tid in self._raised if tid not in alive]:
-                self.s.expunge(self._raised.pop(tid))
 
     # ---- raising ----------------------------------------------------------------------------
     def raise_ticket(
@@ -300,44 +248,31 @@ class Unit:
             raise UserFacingError(f"unknown priority {priority!r} (low, normal, high, urgent)")
         req_dep = self.d.get(m.Department, requester.department_id)
         assert req_dep is not None
-        values: dict[str, Any] = {
-            "org_id": requester.org_id,
-            "subject": subject.strip() or "(no subject)",
-            "description": body,
-            "category_id": cat.id if cat else None,
-            "sub_category_id": sub.id if sub else None,
-            "priority": prio,
-            "assignment_type": assignment.value,
-            "from_employee_id": requester.id,
-            "from_department_id": requester.department_id,
-            "from_branch_id": req_dep.branch_id,
-            "channel": channel.value,
-            "device": dict(device or {}),
-            "to_department_id": dep.id,
-            "to_employee_id": to_emp.id if to_emp else None,
-            "to_branch_id": dep.branch_id,
-            "status": Status.RAISED.value,
-            "escalation_level": 0,
-            "linked_ticket_id": linked_ticket_id,
-            "root_message_id": message_id,
-            "created_at": self.now,
-            "updated_at": self.now,
-            "closed_at": None,
-            "owner_id": None,
-            "first_response_due": None,
-            "resolution_due": None,
-            "reminder_due": None,
-            "auto_close_due": None,
-            "feedback_due": None,
-            "version": 1,
-        }
-        # A Core INSERT, and the object attached as if loaded: the ORM's flush of a new ticket
-        # was a seventh of the intake writer's instructions (valgrind, 2026-12-01). Later
-        # changes to it are ORM updates as usual (with the version check).
-        values["id"] = int(_INSERT_TICKET(self.conn, values))
-        t = _as_loaded(values)
+        t = m.Ticket(
+            org_id=requester.org_id,
+            subject=subject.strip() or "(no subject)",
+            description=body,
+            category_id=cat.id if cat else None,
+            sub_category_id=sub.id if sub else None,
+            priority=prio,
+            assignment_type=assignment.value,
+            from_employee_id=requester.id,
+            from_department_id=requester.department_id,
+            from_branch_id=req_dep.branch_id,
+            channel=channel.value,
+            device=dict(device or {}),
+            to_department_id=dep.id,
+            to_employee_id=to_emp.id if to_emp else None,
+            to_branch_id=dep.branch_id,
+            status=Status.RAISED.value,
+            escalation_level=0,
+            linked_ticket_id=linked_ticket_id,
+            root_message_id=message_id,
+            created_at=self.now,
+            updated_at=self.now,
+        )
         self.s.add(t)
-        self._raised[t.id] = t
+        self.s.flush()  # its id, for the rows that refer to it
         self.d.new_ticket(t.id)
         remark = ""
         if linked_ticket_id:
@@ -366,8 +301,6 @@ class Unit:
             attachments=attachments,
         )
         if t.root_message_id is None:
-            from gateway.service.notify import new_message_id
-
             t.root_message_id = new_message_id(f"TKT-{t.id}", self.svc.identity.domain)
         return t
 
