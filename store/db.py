@@ -7,16 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.prepared import Prepared
-
 READ_ONLY = "ticketgate_read_only"
-_BEGIN = Prepared(text("BEGIN"))
-_BEGIN_IMMEDIATE = Prepared(text("BEGIN IMMEDIATE"))
 
 
 class StorageUnavailable(Exception):
@@ -66,12 +62,8 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             # Reads (RCPT checks, views) take no write lock: in WAL mode a deferred transaction
             # reads a snapshot while the writer commits. Only `read_session` asks for one,
             # because a deferred transaction that reads and then writes can fail as above.
-            # On the driver's cursor (store/prepared.py): `exec_driver_sql` cost the intake
-            # writer a fifth of its per-batch work; errors are wrapped as SQLAlchemy's own.
-            if conn.get_execution_options().get(READ_ONLY):
-                _BEGIN(conn, {})
-            else:
-                _BEGIN_IMMEDIATE(conn, {})
+            read_only = conn.get_execution_options().get(READ_ONLY)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     engine = create_engine(u, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
@@ -84,10 +76,6 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         dbapi_conn.commit()
 
     return engine
-
-
-def is_postgres(engine: Engine) -> bool:
-    return engine.dialect.name == "postgresql"
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

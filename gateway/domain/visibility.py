@@ -11,8 +11,3 @@ _HIDDEN_AUDIENCE = frozenset({Role.ASSIGNEE, Role.OWNER, Role.HIGHER_AUTHORITY, 
 def sees_hidden(roles: frozenset[Role]) -> bool:
     """True when a person with ``roles`` may see hidden messages and the RHC list."""
     return bool(roles & _HIDDEN_AUDIENCE)
-
-
-def in_hidden_audience_only(roles: frozenset[Role]) -> bool:
-    """An RHC member who holds no visible role: never named to others."""
-    return Role.RHC in roles and not (roles - {Role.RHC})

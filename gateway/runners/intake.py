@@ -61,7 +61,7 @@ class IntakeRunner:
             cmd = parse_and_translate(
                 mail.raw, mail.envelope_from, mail.envelope_rcpts, self.limits, ctx
             )
-        except Exception as e:  # noqa: BLE001 - poison mail: quarantined with the error
+        except Exception as e:
             log.error("queued mail %d could not be parsed", mail.record_id, exc_info=e)
             return ParsedMail(mail, None, f"{type(e).__name__}: {e}")
         return ParsedMail(mail, cmd)

@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 
 from gateway.domain.tokens import token_from_address
-from gateway.service.commands import QueueMail, Queued, SenderStanding
+from gateway.service.commands import Queued, QueueMail, SenderStanding
 from gateway.service.directory import Directory
+from gateway.service.storage import storage_errors
 from gateway.service.tickets import TicketService
 from store import inbound_queue as queue
 from store import models as m
-from gateway.service.storage import storage_errors
 from store.db import read_session
 
 log = logging.getLogger("ticketgate.intake")

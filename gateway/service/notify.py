@@ -137,9 +137,6 @@ class Notifier:
                 out.append((e, roles))
         return out
 
-    def forget_all(self) -> None:
-        self._newest_history.clear()
-
     def history_added(self, ticket_id: int, row_id: int) -> None:
         """The unit added a history entry: it is the newest one events of this ticket show."""
         self._newest_history[ticket_id] = row_id

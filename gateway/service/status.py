@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.service.storage import storage_errors
 from gateway.service.errors import StorageUnavailable
+from gateway.service.storage import storage_errors
 from store import status as store_status
 
 

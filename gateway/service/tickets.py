@@ -123,10 +123,8 @@ class Unit:
         self.notify.history_added(t.id, row_id)
 
     def store_blob(self, sha: str, data: bytes) -> None:
-        """Content-addressed: one statement, a no-op when the bytes are already stored.
-
-        What this unit stored is remembered until a SAVEPOINT rollback (`forget_cached`),
-        which takes the blobs with it."""
+        """Content-addressed: one statement, a no-op when the bytes are already stored (and
+        none at all for bytes this unit stored already)."""
         if sha in self._stored_blobs:
             return
         q.insert_blob_if_new(self.conn, sha256=sha, data=data)
@@ -191,15 +189,6 @@ class Unit:
         )
         copies.append(CopyRow(row_id, kind, emp_id, dep_id))  # for this unit's cache
         return True
-
-    def forget_cached(self) -> None:
-        """After a SAVEPOINT rollback: what the caches learnt inside it may no longer exist.
-
-        (A ticket raised inside the SAVEPOINT needs nothing here: the session expunges the
-        objects it inserted when their SAVEPOINT is rolled back.)"""
-        self.d.forget_all()
-        self.notify.forget_all()
-        self._stored_blobs.clear()
 
     # ---- raising ----------------------------------------------------------------------------
     def raise_ticket(

@@ -21,7 +21,6 @@ from gateway.service.org_import import import_org
 from store import inbound_queue as queue
 from store import models as m
 from store.migrate import upgrade
-from tests.conftest import TestClock as UnusedClock
 from tests.conftest import (
     SECRET,
     Database,
@@ -31,6 +30,7 @@ from tests.conftest import (
     serving,
     write_demo_org,
 )
+from tests.conftest import TestClock as UnusedClock
 
 REQ = "frank@acme.example"
 IT = "it@acme.example"

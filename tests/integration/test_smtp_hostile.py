@@ -8,7 +8,6 @@ import base64
 import itertools
 import os
 import re
-import signal
 import smtplib
 import socket
 from dataclasses import dataclass
