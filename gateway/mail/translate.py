@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.domain.lifecycle import Channel
+from gateway.mail.auth_results import dmarc_verdict
 from gateway.mail.commands import split_commands
 from gateway.mail.parse import InboundMail, ParseLimits, parse_mail
 from gateway.mail.rules import RuleContext, classify, suppresses_auto_reply
@@ -27,22 +28,6 @@ def dedupe_key(sender: str, message_id: str | None, raw_sha256: str) -> str:
     if message_id:
         return "mid:" + hashlib.sha256(f"{sender.lower()}\n{message_id}".encode()).hexdigest()
     return "raw:" + raw_sha256
-
-
-_RESULT = re.compile(r"\bdmarc\s*=\s*([a-z]+)", re.IGNORECASE)
-
-
-def dmarc_verdict(mail: InboundMail, trusted: Sequence[str]) -> str | None:
-    """RFC 8601: only the topmost Authentication-Results of a trusted authserv-id counts."""
-    if not trusted:
-        return None
-    ids = {t.lower() for t in trusted}
-    for value in mail.auth_results:
-        authserv = value.split(";", 1)[0].strip().split()[0].lower() if value.strip() else ""
-        if authserv in ids:
-            found = _RESULT.search(value)
-            return found.group(1).lower() if found else "none"
-    return "none"
 
 
 def device_details(mail: InboundMail, trusted: Sequence[str]) -> dict[str, str]:
@@ -108,7 +93,7 @@ def translate(
         references=mail.references,
         commands=tuple(CommandSpec(c.action, c.args, c.remark, c.raw) for c in commands),
         quarantine=quarantine,
-        dmarc=dmarc_verdict(mail, ctx.trusted_authserv_ids),
+        dmarc=dmarc_verdict(mail.auth_results, ctx.trusted_authserv_ids),
         suppress_auto_reply=suppresses_auto_reply(mail),
         device=device_details(mail, ctx.trusted_authserv_ids),
         defects=mail.defects,
