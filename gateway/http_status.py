@@ -40,7 +40,11 @@ class StatusServer:
     def answer(self, req: BaseHTTPRequestHandler) -> None:
         if req.path == "/healthz":
             problem = self.status.storage_problem()
-            body = {"status": "ok"} if problem is None else {"status": "storage unavailable", "error": problem}
+            body = (
+                {"status": "ok"}
+                if problem is None
+                else {"status": "storage unavailable", "error": problem}
+            )
             self._send(req, 200 if problem is None else 503, "application/json", json.dumps(body))
         elif req.path == "/metrics":
             lines = self.status.metric_lines()

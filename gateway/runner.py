@@ -74,9 +74,7 @@ def make_runner(app: App) -> IntakeRunner:
     )
 
 
-def make_edge(
-    app: App, *, on_queued: Callable[[], None] = lambda: None
-) -> EdgeHandler:
+def make_edge(app: App, *, on_queued: Callable[[], None] = lambda: None) -> EdgeHandler:
     """The SMTP edge's handler; `on_queued` runs after each commit of queued mail (it wakes
     the intake runner)."""
     inbound = make_inbound(app)
@@ -167,7 +165,9 @@ class RunnerProcess:
             assert proc is not None
             proc.join(0.5)
             if proc.exitcode is not None and not self._stop.is_set():
-                log.error("%s: pid %s exited (%s); starting a new one", self.name, proc.pid, proc.exitcode)
+                log.error(
+                    "%s: pid %s exited (%s); starting a new one", self.name, proc.pid, proc.exitcode
+                )
                 self._stop.wait(1.0)  # not a restart loop per millisecond if it dies at once
                 if not self._stop.is_set():
                     self._spawn()
@@ -207,6 +207,7 @@ def run(settings: Settings) -> int:
         def wake_runners() -> None:
             for r in runners:
                 r.wake()
+
         if settings.smtp.enabled:
             server = SmtpEdgeServer(
                 make_edge(app, on_queued=wake_runners),

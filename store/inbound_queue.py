@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -111,7 +111,7 @@ def enqueue(s: Session, mails: Sequence[NewInbound], *, now: datetime) -> list[E
             continue
         if mail.refs:
             s.execute(
-                m.InboundRef.__table__.insert(),
+                insert(m.InboundRef),
                 [{"inbound_id": new_id, "message_id": r} for r in mail.refs[:MAX_REFS]],
             )
         out.append(Enqueued(int(new_id), False, QUEUED, ""))
@@ -200,9 +200,7 @@ def seen_message_ids(s: Session, mids: Iterable[str]) -> set[str]:
 
 def defer(s: Session, record_id: int, *, until: datetime) -> None:
     """Leave a queued mail for later: not claimed before `until` (or until released)."""
-    s.execute(
-        update(m.InboundMail).where(m.InboundMail.id == record_id).values(not_before=until)
-    )
+    s.execute(update(m.InboundMail).where(m.InboundMail.id == record_id).values(not_before=until))
 
 
 def release_replies_to(s: Session, message_id: str) -> None:
@@ -217,9 +215,7 @@ def release_replies_to(s: Session, message_id: str) -> None:
         q = q.with_for_update(skip_locked=True)  # one another runner holds: it decides that one
     ids = list(s.scalars(q))
     if ids:
-        s.execute(
-            update(m.InboundMail).where(m.InboundMail.id.in_(ids)).values(not_before=None)
-        )
+        s.execute(update(m.InboundMail).where(m.InboundMail.id.in_(ids)).values(not_before=None))
 
 
 def finish(
@@ -245,7 +241,7 @@ def finish(
             not_before=None,
         )
     )
-    s.execute(m.InboundRef.__table__.delete().where(m.InboundRef.inbound_id == record_id))
+    s.execute(delete(m.InboundRef).where(m.InboundRef.inbound_id == record_id))
 
 
 def note_failure(s: Session, record_id: int, *, error: str) -> int:
@@ -255,9 +251,7 @@ def note_failure(s: Session, record_id: int, *, error: str) -> int:
         .where(m.InboundMail.id == record_id)
         .values(attempts=m.InboundMail.attempts + 1, last_error=error)
     )
-    return int(
-        s.scalar(select(m.InboundMail.attempts).where(m.InboundMail.id == record_id)) or 0
-    )
+    return int(s.scalar(select(m.InboundMail.attempts).where(m.InboundMail.id == record_id)) or 0)
 
 
 def record(s: Session, record_id: int) -> m.InboundMail | None:

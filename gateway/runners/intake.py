@@ -121,7 +121,9 @@ class IntakeRunner:
             log.warning("intake runner: storage unavailable (%s); mail stays queued", error)
         elif now - self._reminded >= REMINDER_SECONDS:
             self._reminded = now
-            log.warning("intake runner: storage still unavailable after %.0f s", now - self._down_since)
+            log.warning(
+                "intake runner: storage still unavailable after %.0f s", now - self._down_since
+            )
 
     def _storage_up(self) -> None:
         if self._down_since is not None:
@@ -139,4 +141,3 @@ class IntakeRunner:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-

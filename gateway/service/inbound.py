@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import TypeVar
 
 from gateway.domain.tokens import token_from_address
 from gateway.service.commands import Queued, QueueMail, SenderStanding
@@ -17,6 +18,7 @@ from store import models as m
 from store.db import read_session
 
 log = logging.getLogger("ticketgate.intake")
+T = TypeVar("T")
 
 # How long a recipient or sender looked up is taken as known without asking the database again.
 DIRECTORY_TTL = 30.0
@@ -138,7 +140,7 @@ class InboundQueue:
             return queue.requeue(s, record_id)
 
 
-def _remember(memo: dict[str, tuple[object, float]], key: str, value: object) -> None:
+def _remember(memo: dict[str, tuple[T, float]], key: str, value: T) -> None:
     if len(memo) >= 10_000:
         memo.clear()
     memo[key] = (value, time.monotonic())

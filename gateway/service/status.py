@@ -36,7 +36,9 @@ class StatusService:
         except StorageUnavailable:
             return ["ticketgate_storage_up 0"]
         lines = ["ticketgate_storage_up 1", f"ticketgate_tickets_total {c['tickets']['']}"]
-        lines += [f'ticketgate_inbound{{outcome="{k}"}} {n}' for k, n in sorted(c["inbound"].items())]
+        lines += [
+            f'ticketgate_inbound{{outcome="{k}"}} {n}' for k, n in sorted(c["inbound"].items())
+        ]
         lines += [f'ticketgate_outbox{{state="{k}"}} {n}' for k, n in sorted(c["outbox"].items())]
         lines += [
             f'ticketgate_outbox_events{{state="{k}"}} {n}'

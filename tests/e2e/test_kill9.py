@@ -227,9 +227,7 @@ def test_kill9_mid_stream_loses_and_duplicates_nothing(database: Database, tmp_p
         )
 
 
-def test_kill9_while_the_runner_works_through_the_queue(
-    database: Database, tmp_path: Path
-) -> None:
+def test_kill9_while_the_runner_works_through_the_queue(database: Database, tmp_path: Path) -> None:
     """200 mails queued by a `run` without a runner (`intake.runners = 0`), then a `run` with
     one, killed -9 while it works through them, then started again: every mail becomes one
     ticket, with one acknowledgement and one notice (nothing applied twice, nothing lost)."""

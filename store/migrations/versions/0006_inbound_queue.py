@@ -17,8 +17,12 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("inbound_mail", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("envelope_from", sa.String(320), nullable=False, server_default=""))
-        batch_op.add_column(sa.Column("envelope_rcpts", sa.JSON(), nullable=False, server_default="[]"))
+        batch_op.add_column(
+            sa.Column("envelope_from", sa.String(320), nullable=False, server_default="")
+        )
+        batch_op.add_column(
+            sa.Column("envelope_rcpts", sa.JSON(), nullable=False, server_default="[]")
+        )
         batch_op.add_column(sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("last_error", sa.Text(), nullable=False, server_default=""))
         batch_op.add_column(sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
@@ -39,5 +43,12 @@ def downgrade() -> None:
     op.drop_index("ix_inbound_refs_message_id", table_name="inbound_refs")
     op.drop_table("inbound_refs")
     with op.batch_alter_table("inbound_mail", schema=None) as batch_op:
-        for name in ("processed_at", "not_before", "last_error", "attempts", "envelope_rcpts", "envelope_from"):
+        for name in (
+            "processed_at",
+            "not_before",
+            "last_error",
+            "attempts",
+            "envelope_rcpts",
+            "envelope_from",
+        ):
             batch_op.drop_column(name)
