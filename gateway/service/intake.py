@@ -26,6 +26,7 @@ from gateway.service.commands import (
     QueuedMail,
     ReceiveMail,
 )
+from gateway.service.directory import DirectoryCache
 from gateway.service.errors import StorageUnavailable, UserFacingError
 from gateway.service.storage import storage_errors
 from gateway.service.tickets import TicketService, Unit
@@ -66,6 +67,9 @@ class MailIntake:
         self.svc = service
         self.options = options
         self.on_storage_error = on_storage_error
+        # Organization rows kept from batch to batch while the directory version stays (the
+        # same senders and departments come again and again); one runner, one thread.
+        self._directory = DirectoryCache()
 
     # ---- the queue ------------------------------------------------------------------------------
     def waiting(self, limit: int) -> list[QueuedMail]:
@@ -91,7 +95,7 @@ class MailIntake:
         transaction, where it counts a failed attempt (quarantined after the last). Storage
         errors raise: nothing was applied, the mails stay queued."""
         try:
-            with storage_errors(self.on_storage_error), self.svc.unit() as u:
+            with storage_errors(self.on_storage_error), self.svc.unit(self._directory) as u:
                 return self._process(u, batch)
         except Exception as e:
             if isinstance(e, StorageUnavailable):
