@@ -55,6 +55,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# --env KEY=VALUE pairs for the gateway runs (e.g. TICKETGATE__INTAKE__BATCH_SIZE=8)
+EXTRA_ENV: dict[str, str] = {}
 PARENTS: dict[str, str] = {}  # reply Message-ID → its parent's, filled by build_messages
 
 
@@ -258,6 +260,7 @@ def wait_processed(url: str, timeout: float = 600) -> dict[str, float]:
                 time.sleep(0.02)
             roots = dict(c.execute(select(m.Ticket.id, m.Ticket.root_message_id)).all())
             on = dict(c.execute(select(m.Message.message_id, m.Message.ticket_id)).all())
+            rules = dict(c.execute(select(m.InboundMail.message_id, m.InboundMail.rule)).all())
             outcomes = dict(
                 c.execute(
                     select(m.InboundMail.outcome, func.count()).group_by(m.InboundMail.outcome)
@@ -265,8 +268,13 @@ def wait_processed(url: str, timeout: float = 600) -> dict[str, float]:
             )
     finally:
         eng.dispose()
-    wrong = sum(1 for r, p in PARENTS.items() if roots.get(on.get(r, -1)) != p)
-    return {"done": done, "replies_misthreaded": wrong, "outcomes": outcomes}  # type: ignore[dict-item]
+    wrong = [r for r, p in PARENTS.items() if roots.get(on.get(r, -1)) != p]
+    return {
+        "done": done,
+        "replies_misthreaded": len(wrong),
+        "misthreaded_rules": sorted({rules.get(r, "?") for r in wrong})[:5],  # type: ignore[dict-item]
+        "outcomes": outcomes,  # type: ignore[dict-item]
+    }
 
 
 def run_gateway(
@@ -292,6 +300,7 @@ def run_gateway(
             "TICKETGATE__OUTBOUND__WORKERS": "0",
             "TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "1000000",
             "TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "1000000",
+            **EXTRA_ENV,
         }
         cli = [sys.executable, "-m", "gateway"]
         subprocess.run([*cli, "init", "--demo"], env=env, cwd=d, check=True, capture_output=True)
@@ -307,11 +316,15 @@ def run_gateway(
             wait_port(port, proc)
             start = time.perf_counter()
             res = blast(port, msgs, conns)
+            if EXTRA_ENV.get("TICKETGATE__INTAKE__RUNNERS") == "0":
+                return res  # the edge alone: nothing processes the queue
             after = wait_processed(url)
             res["e2e_seconds"] = round(after["done"] - start, 3)
             res["e2e_msg_per_s"] = round(len(msgs) / (after["done"] - start), 1)
             res["replies_misthreaded"] = after["replies_misthreaded"]
             res["outcomes"] = after["outcomes"]  # type: ignore[assignment]
+            if after["replies_misthreaded"]:
+                res["misthreaded_rules"] = after["misthreaded_rules"]  # type: ignore[assignment]
         finally:
             proc.terminate()
             proc.wait(30)
@@ -331,7 +344,9 @@ def main() -> None:
         default=3,
         help="sink and gateway measured alternately this many times; medians are reported",
     )
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for `ticketgate run`")
     a = ap.parse_args()
+    EXTRA_ENV.update(kv.split("=", 1) for kv in a.env)
     msgs = build_messages(a.n)
     backends = [
         b

@@ -7,12 +7,13 @@ transaction as the ticket changes. See docs/DECISIONS.md, "The inbound queue".
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -63,46 +64,55 @@ class QueuedRow:
     attempts: int
 
 
-def _insert(s: Session, model: type[m.Base]) -> Any:
-    return (pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert)(model)
+@functools.cache
+def _enqueue_statements(dialect: str) -> tuple[Any, Any, Any]:
+    """The edge's three INSERTs in the dialect's spelling of ON CONFLICT DO NOTHING, built once
+    (building one is about as costly as running it)."""
+    ins = pg_insert if dialect == "postgresql" else sqlite_insert
+    blob = ins(m.Blob).on_conflict_do_nothing(index_elements=[m.Blob.sha256])
+    record = (
+        ins(m.InboundMail)
+        .on_conflict_do_nothing(index_elements=[m.InboundMail.dedupe_key])
+        .returning(m.InboundMail.id)
+    )
+    return blob, record, insert(m.InboundRef)
 
 
-def store_blob(s: Session, sha256: str, data: bytes) -> None:
+def store_blob(conn: Connection, sha256: str, data: bytes) -> None:
     """Content-addressed bytes: a no-op when they are already stored."""
-    stmt = _insert(s, m.Blob).on_conflict_do_nothing(index_elements=[m.Blob.sha256])
-    s.execute(stmt, {"sha256": sha256, "size": len(data), "data": data})
+    blob, _, _ = _enqueue_statements(conn.dialect.name)
+    conn.execute(blob, {"sha256": sha256, "size": len(data), "data": data})
 
 
-def enqueue(s: Session, mails: Sequence[NewInbound], *, now: datetime) -> list[Enqueued]:
+def enqueue(conn: Connection, mails: Sequence[NewInbound], *, now: datetime) -> list[Enqueued]:
     """Insert each mail as `queued` (a mail whose dedupe key is known is a duplicate and adds
-    nothing); the caller commits. In order: one answer per mail."""
+    nothing), in the caller's transaction on `conn`; the caller commits. In order: one answer
+    per mail."""
+    blob, record, ref = _enqueue_statements(conn.dialect.name)
     out: list[Enqueued] = []
     for mail in mails:
-        store_blob(s, mail.raw_sha256, mail.raw)
-        stmt = (
-            _insert(s, m.InboundMail)
-            .values(
-                dedupe_key=mail.dedupe_key,
-                message_id=mail.message_id,
-                sender=mail.sender,
-                channel=mail.channel,
-                outcome=QUEUED,
-                rule="queued: waiting for the intake runner",
-                ticket_id=None,
-                raw_sha256=mail.raw_sha256,
-                at=now,
-                detail={},
-                envelope_from=mail.envelope_from,
-                envelope_rcpts=list(mail.envelope_rcpts),
-                attempts=0,
-                last_error="",
-            )
-            .on_conflict_do_nothing(index_elements=[m.InboundMail.dedupe_key])
-            .returning(m.InboundMail.id)
-        )
-        new_id = s.execute(stmt).scalar()
+        conn.execute(blob, {"sha256": mail.raw_sha256, "size": len(mail.raw), "data": mail.raw})
+        new_id = conn.execute(
+            record,
+            {
+                "dedupe_key": mail.dedupe_key,
+                "message_id": mail.message_id,
+                "sender": mail.sender,
+                "channel": mail.channel,
+                "outcome": QUEUED,
+                "rule": "queued: waiting for the intake runner",
+                "ticket_id": None,
+                "raw_sha256": mail.raw_sha256,
+                "at": now,
+                "detail": {},
+                "envelope_from": mail.envelope_from,
+                "envelope_rcpts": list(mail.envelope_rcpts),
+                "attempts": 0,
+                "last_error": "",
+            },
+        ).scalar()
         if new_id is None:
-            prior = s.execute(
+            prior = conn.execute(
                 select(m.InboundMail.id, m.InboundMail.outcome, m.InboundMail.rule).where(
                     m.InboundMail.dedupe_key == mail.dedupe_key
                 )
@@ -110,9 +120,8 @@ def enqueue(s: Session, mails: Sequence[NewInbound], *, now: datetime) -> list[E
             out.append(Enqueued(prior.id, True, prior.outcome, prior.rule))
             continue
         if mail.refs:
-            s.execute(
-                insert(m.InboundRef),
-                [{"inbound_id": new_id, "message_id": r} for r in mail.refs[:MAX_REFS]],
+            conn.execute(
+                ref, [{"inbound_id": new_id, "message_id": r} for r in mail.refs[:MAX_REFS]]
             )
         out.append(Enqueued(int(new_id), False, QUEUED, ""))
     return out

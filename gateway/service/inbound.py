@@ -128,7 +128,7 @@ class InboundQueue:
             for x in mails
         ]
         with self._storage(), self.svc.sessions() as s, s.begin():
-            done = queue.enqueue(s, new, now=self.svc.now())
+            done = queue.enqueue(s.connection(), new, now=self.svc.now())
         return [Queued(d.record_id, d.duplicate, d.outcome, d.rule) for d in done]
 
     def _storage(self) -> AbstractContextManager[None]:

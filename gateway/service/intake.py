@@ -36,6 +36,9 @@ from store.db import read_session
 
 log = logging.getLogger("ticketgate.intake")
 
+# A reply waits for a parent queued after it for at most this many reference windows.
+PARENT_WAIT_LIMIT = 20
+
 # Commands that are raise-time parameters when they arrive with a new ticket.
 _RAISE_PARAMS = {"category", "priority", "cc", "bcc"}
 
@@ -70,6 +73,7 @@ class MailIntake:
         # Organization rows kept from batch to batch while the directory version stays (the
         # same senders and departments come again and again); one runner, one thread.
         self._directory = DirectoryCache()
+        self._refs_of_queued: dict[int, list[str]] = {}
 
     # ---- the queue ------------------------------------------------------------------------------
     def waiting(self, limit: int) -> list[QueuedMail]:
@@ -115,6 +119,9 @@ class MailIntake:
         named = {mid for ids in refs.values() for mid in ids}
         still_queued = queue.queued_with_message_ids(u.s, named)
         seen = queue.seen_message_ids(u.s, named)
+        # What the queued parents name in turn (two mails naming each other, see _must_wait).
+        newer = {pid for pid in still_queued.values() if pid not in refs}
+        self._refs_of_queued = {**refs, **queue.refs_of(u.s, newer)} if newer else dict(refs)
         results: list[tuple[int, IntakeResult]] = []
         pending = list(claimed)
         progress = True
@@ -156,21 +163,30 @@ class MailIntake:
     ) -> datetime | None:
         """When a mail must wait (until when), or None: it may be processed now.
 
-        A parent still queued that arrived earlier is always waited for (it is processed
-        first, so this ends); one that arrived later (the MTA delivered the reply first) only
-        within the reference window, so that two mails naming each other never wait for ever."""
+        A parent still queued is waited for: one that arrived earlier is processed first, so
+        that wait ends; one that arrived later (the MTA delivered the reply first) unless it
+        names this mail itself (two mails naming each other: the older goes first), and at
+        most `PARENT_WAIT_LIMIT` reference windows. A mail naming only Message-IDs never seen
+        waits one reference window for a parent that may still be on its way."""
         if not refs or p.cmd is None:
             return None
         opts = self.options
         rid = p.mail.record_id
-        deadline = p.mail.at + opts.reference_wait
         parents = [still_queued[r] for r in refs if r in still_queued and still_queued[r] != rid]
         if any(pid < rid for pid in parents):
             return u.now + opts.parent_retry
+        if parents:
+            mine = p.cmd.message_id
+            names_me = mine is not None and any(
+                mine in self._refs_of_queued.get(pid, ()) for pid in parents
+            )
+            limit = p.mail.at + opts.reference_wait * PARENT_WAIT_LIMIT
+            if not names_me and u.now < limit:
+                return min(u.now + opts.parent_retry, limit)
+            return None
+        deadline = p.mail.at + opts.reference_wait
         if u.now >= deadline:
             return None
-        if parents:
-            return deadline
         if any(r in seen for r in refs) or self._has_reply_token(p.cmd):
             return None
         return deadline

@@ -74,7 +74,7 @@ def test_adapters_import_nothing_from_store() -> None:
 
 _SQL = re.compile(
     r"\b(select|insert|update|delete)\s*\(|postgresql\.insert|sqlite\.insert"
-    r"|make_transient_to_detached|set_committed_value|text\s*\("
+    r"|make_transient_to_detached|set_committed_value|\btext\s*\("
 )
 
 
