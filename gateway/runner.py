@@ -102,6 +102,7 @@ def make_worker(app: App) -> DeliveryWorker:
         max_attempts=o.max_attempts,
         backoff_seconds=o.backoff_seconds,
         backoff_max_seconds=o.backoff_max_seconds,
+        on_storage_error=app.engine.dispose,
     )
     return DeliveryWorker(
         outbox,

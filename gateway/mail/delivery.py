@@ -108,14 +108,20 @@ class SmtpRelayTransport:
         self._tls_context = tls_context
 
     def send(self, *, envelope_from: str, recipient: str, data: bytes) -> None:
-        """Deliver ``data`` to ``recipient``; raise the error tier the outbox needs."""
+        """Deliver ``data`` to ``recipient``; raise the error tier the outbox needs.
+
+        Returns once the relay answered 250 to the data: from then on the mail is the
+        relay's (RFC 5321 §6.1), whatever happens to the connection afterwards. Anything
+        earlier, a dropped connection or a timeout while waiting for that 250 included, is
+        an error: the outbox sends the mail again, with the same Message-ID."""
         _check_envelope_address(recipient)
         if envelope_from:
             _check_envelope_address(envelope_from)
         try:
-            with smtplib.SMTP(
+            smtp = smtplib.SMTP(
                 self.host, self.port, local_hostname=self.helo, timeout=self.timeout
-            ) as smtp:
+            )
+            try:
                 smtp.ehlo_or_helo_if_needed()
                 if self.starttls:
                     smtp.starttls(context=self._tls_context or ssl.create_default_context())
@@ -123,6 +129,8 @@ class SmtpRelayTransport:
                 if self.username is not None:
                     smtp.login(self.username, self._password or "")
                 smtp.sendmail(envelope_from, [recipient], data)
+            finally:
+                _hang_up(smtp)
         except smtplib.SMTPAuthenticationError as exc:
             # RFC 4954 §6: a 535 refuses our credentials, not this mail. Dead-lettering every
             # mail while an operator fixes the relay password would be the wrong outcome.
@@ -137,6 +145,16 @@ class SmtpRelayTransport:
             # Disconnects, refused connections, timeouts, TLS failures: the relay may be back
             # later (RFC 5321 §4.5.4.1 asks senders to retry).
             raise TemporaryDeliveryError(f"{self.host}:{self.port}: {exc!r}") from exc
+
+
+def _hang_up(smtp: smtplib.SMTP) -> None:
+    """QUIT and close. Its answer changes nothing: after the 250 to the data the relay has the
+    mail, before it the error is known already. (smtplib's `with` block raises on a QUIT
+    answered with anything but 221, which would have made a delivered mail a failure.)"""
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()
 
 
 def _by_code(code: int, reply: bytes | str, stage: str) -> Exception:

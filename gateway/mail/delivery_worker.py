@@ -1,15 +1,24 @@
-"""The delivery worker: fans out events, claims outbox rows, renders each for its recipient, sends."""
+"""The delivery worker: fans out events, claims outbox rows, renders each for its recipient, sends.
+
+A mail is resent only when its send failed or its outcome is unknown, always from its own
+outbox row, rendered with the Message-ID that row was given: the receiving side can tell a
+resend from a new mail. While the database is down the loop says so once (then a reminder a
+minute), not a traceback a pass.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from gateway.mail.delivery import PermanentDeliveryError, TemporaryDeliveryError, Transport
 from gateway.mail.outbound import CommandResult, HistoryLine, Notice, Renderer
 from gateway.service.outbox import OutboxItem, OutboxService
+from gateway.service.storage_state import StorageState
 
 log = logging.getLogger("ticketgate.delivery")
 
@@ -65,6 +74,7 @@ class DeliveryWorker:
         *,
         poll_seconds: float = 1.0,
         batch: int = 20,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.outbox = outbox
         self.transport = transport
@@ -73,6 +83,7 @@ class DeliveryWorker:
         self.batch = batch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.storage = StorageState(log, "delivery", meanwhile="will retry", monotonic=monotonic)
 
     def deliver(self, item: OutboxItem) -> str:
         try:
@@ -107,14 +118,21 @@ class DeliveryWorker:
                 self.deliver(item)
                 n += 1
 
+    def step(self) -> int:
+        """One pass of the loop: `run_once`, its failure logged by state (StorageState: one
+        line when the database goes away, a reminder a minute, one line when it is back);
+        returns how many rows were handled (0 after a failure)."""
+        try:
+            handled = self.run_once()
+        except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
+            self.storage.failed(e)
+            return 0
+        self.storage.succeeded()
+        return handled
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                handled = self.run_once()
-            except Exception:
-                log.exception("delivery loop")
-                handled = 0
-            if not handled:
+            if not self.step():
                 self._stop.wait(self.poll_seconds)
 
     def start(self, name: str = "delivery") -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from dataclasses import replace
 
@@ -19,13 +18,10 @@ from gateway.domain.lifecycle import Channel
 from gateway.mail.parse import ParseLimits
 from gateway.mail.translate import TranslateContext, parse_and_translate
 from gateway.service.commands import ParsedMail, QueuedMail
-from gateway.service.errors import StorageUnavailable
 from gateway.service.intake import MailIntake
+from gateway.service.storage_state import StorageState
 
 log = logging.getLogger("ticketgate.intake")
-
-# While storage is down, the runner says so again this often (one line, not a traceback a try).
-REMINDER_SECONDS = 60.0
 
 
 class IntakeRunner:
@@ -51,8 +47,7 @@ class IntakeRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._down_since: float | None = None
-        self._reminded = 0.0
+        self.storage = StorageState(log, "intake runner", meanwhile="mail stays queued")
 
     def parse(self, mail: QueuedMail) -> ParsedMail:
         """Bytes and envelope → the service's command; a parser failure is kept as the error."""
@@ -102,35 +97,13 @@ class IntakeRunner:
             try:
                 handled = self.run_once()
             except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
-                self._storage_down(e)
+                self.storage.failed(e)
                 self._stop.wait(self.retry_seconds)
                 continue
-            self._storage_up()
+            self.storage.succeeded()
             if not handled:
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
-
-    def _storage_down(self, error: Exception) -> None:
-        """One line when storage goes away, then a reminder every REMINDER_SECONDS."""
-        now = time.monotonic()
-        if not isinstance(error, StorageUnavailable):
-            log.error("intake runner: unexpected error; trying again", exc_info=error)
-            return
-        if self._down_since is None:
-            self._down_since = self._reminded = now
-            log.warning("intake runner: storage unavailable (%s); mail stays queued", error)
-        elif now - self._reminded >= REMINDER_SECONDS:
-            self._reminded = now
-            log.warning(
-                "intake runner: storage still unavailable after %.0f s", now - self._down_since
-            )
-
-    def _storage_up(self) -> None:
-        if self._down_since is not None:
-            log.warning(
-                "intake runner: storage back after %.0f s", time.monotonic() - self._down_since
-            )
-            self._down_since = None
 
     def start(self, name: str = "intake-runner") -> None:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)

@@ -1,9 +1,14 @@
-"""The outbox: claim due rows (SKIP LOCKED across workers), record sent / retry / dead-letter."""
+"""The outbox: claim due rows (SKIP LOCKED across workers), record sent / retry / dead-letter.
+
+The delivery worker's calls (`fan_out`, `claim`, `sent`, `failed`) raise StorageUnavailable
+when the database is down or read-only, after `on_storage_error` (which drops the pooled
+connections), so that the worker can tell an outage from a defect."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,12 +20,14 @@ from gateway.domain.tokens import ReplyTokens, reply_address
 from gateway.service.clock import Clock
 from gateway.service.directory import Directory
 from gateway.service.notify import MailIdentity, Notifier, retry_delay
+from gateway.service.storage import storage_errors
 from store import models as m
 from store import outbox_queries as q
 from store.db import read_session
 
 LEASE = timedelta(minutes=5)
 FAN_OUT_TRIES = 5
+SQLITE_BUSY, SQLITE_LOCKED = 5, 6  # sqlite3.h primary result codes
 
 log = logging.getLogger("ticketgate.outbox")
 
@@ -49,6 +56,7 @@ class OutboxService:
         max_attempts: int = 8,
         backoff_seconds: float = 30.0,
         backoff_max_seconds: float = 3600.0,
+        on_storage_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
@@ -59,6 +67,7 @@ class OutboxService:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.backoff_max_seconds = backoff_max_seconds
+        self.on_storage_error = on_storage_error
 
     def fan_out(self, limit: int = 20) -> int:
         """Turn up to ``limit`` pending events into per-recipient outbox rows; returns how many
@@ -69,15 +78,17 @@ class OutboxService:
         each event yields its rows exactly once. Two workers may still collide on the daily
         counters of the loop breaker (a deadlock on PostgreSQL, a busy database on SQLite):
         then the whole batch is rolled back and tried again. An event whose fan-out fails for
-        any other reason is marked failed, with the error, instead of blocking those after it."""
-        for attempt in range(1, FAN_OUT_TRIES + 1):
-            try:
-                return self._fan_out(limit)
-            except OperationalError:
-                if attempt == FAN_OUT_TRIES:
-                    raise
-                log.info("outbox events: fan-out collided with another worker; again")
-                time.sleep(0.05 * attempt)
+        any other reason is marked failed, with the error, instead of blocking those after it.
+        A database that is down is no collision: StorageUnavailable at once."""
+        with storage_errors(self.on_storage_error):
+            for attempt in range(1, FAN_OUT_TRIES + 1):
+                try:
+                    return self._fan_out(limit)
+                except OperationalError as e:
+                    if attempt == FAN_OUT_TRIES or not _collided(e):
+                        raise
+                    log.info("outbox events: fan-out collided with another worker; again")
+                    time.sleep(0.05 * attempt)
         return 0  # pragma: no cover - the loop returns or raises
 
     def _fan_out(self, limit: int) -> int:
@@ -116,7 +127,7 @@ class OutboxService:
         On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several workers claim disjoint rows; on
         SQLite the write transaction (BEGIN IMMEDIATE) serialises claims."""
         now = self.clock.now()
-        with self.sessions() as s, s.begin():
+        with storage_errors(self.on_storage_error), self.sessions() as s, s.begin():
             rows = q.lock_due_outbox(s, now=now, limit=limit)
             for r in rows:
                 r.state = "sending"
@@ -149,7 +160,7 @@ class OutboxService:
         return reply_address(self.identity.reply_local, token, self.identity.domain)
 
     def sent(self, item_id: int) -> None:
-        with self.sessions() as s, s.begin():
+        with storage_errors(self.on_storage_error), self.sessions() as s, s.begin():
             r = s.get(m.Outbox, item_id, with_for_update=True)
             if r is not None:
                 r.state = "sent"
@@ -159,7 +170,7 @@ class OutboxService:
     def failed(self, item_id: int, error: str, *, permanent: bool) -> str:
         """Retry later with backoff, or dead-letter after the last try or a permanent error."""
         now = self.clock.now()
-        with self.sessions() as s, s.begin():
+        with storage_errors(self.on_storage_error), self.sessions() as s, s.begin():
             r = s.get(m.Outbox, item_id, with_for_update=True)
             if r is None:
                 return "gone"
@@ -205,6 +216,19 @@ class OutboxService:
                 }
                 for r in q.outbox_rows(s, state)
             ]
+
+
+def _collided(e: OperationalError) -> bool:
+    """A deadlock or serialization failure (PostgreSQL) or a busy, locked database (SQLite):
+    another worker held what this one needed. Not a connection that broke or a file that
+    cannot be opened or written: trying again at once would not help those."""
+    if e.connection_invalidated:
+        return False
+    if getattr(e.orig, "sqlstate", None) in ("40P01", "40001"):
+        return True
+    # sqlite3 (Python 3.11+): the primary result code is the low byte of the extended one.
+    code = getattr(e.orig, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (SQLITE_BUSY, SQLITE_LOCKED)
 
 
 def _iso(d: datetime | None) -> str | None:
