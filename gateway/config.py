@@ -76,7 +76,7 @@ class IntakeSettings:
 
     runners: int = 1  # intake runners in `run`; 0 = another process processes the queue
     processes: bool = True  # each runner in a child process of its own (no shared GIL)
-    batch_size: int = 32  # queued mails claimed and applied in one transaction
+    batch_size: int = 8  # queued mails claimed and applied in one transaction
     poll_seconds: float = 0.1  # how often an idle runner looks (a thread is also woken)
     reference_wait_seconds: float = 3.0  # a reply naming only unseen Message-IDs waits this long
     max_attempts: int = 3  # a mail whose processing raised this often is quarantined

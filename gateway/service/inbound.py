@@ -15,7 +15,7 @@ from gateway.service.storage import storage_errors
 from gateway.service.tickets import TicketService
 from store import inbound_queue as queue
 from store import models as m
-from store.db import read_session
+from store.db import read_session, write_session
 
 log = logging.getLogger("ticketgate.intake")
 T = TypeVar("T")
@@ -127,7 +127,7 @@ class InboundQueue:
             )
             for x in mails
         ]
-        with self._storage(), self.svc.sessions() as s, s.begin():
+        with self._storage(), write_session(self.svc.sessions) as s:
             done = queue.enqueue(s.connection(), new, now=self.svc.now())
         return [Queued(d.record_id, d.duplicate, d.outcome, d.rule) for d in done]
 
@@ -136,7 +136,7 @@ class InboundQueue:
 
     def release(self, record_id: int) -> bool:
         """`quarantine release ID`: a quarantined mail goes back into the queue."""
-        with self.svc.sessions() as s, s.begin():
+        with write_session(self.svc.sessions) as s:
             return queue.requeue(s, record_id)
 
 

@@ -37,6 +37,7 @@ from gateway.service.errors import ActionRefused, NotFound, UserFacingError
 from gateway.service.notify import MailIdentity, Notifier, new_message_id, status_kind
 from store import models as m
 from store import ticket_queries as q
+from store.db import write_session
 from store.ticket_queries import CopyRow
 
 REF_RE = re.compile(r"^\s*TKT-(\d+)\s*$", re.IGNORECASE)
@@ -563,7 +564,7 @@ class TicketService:
         """A transaction: committed when the block ends, rolled back on any exception.
         ``cache``: organization rows kept from earlier transactions of the same thread."""
         try:
-            with self.sessions() as s, s.begin():
+            with write_session(self.sessions) as s:
                 yield Unit(self, s, cache)
         except BaseException:
             if cache is not None:

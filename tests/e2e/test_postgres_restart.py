@@ -43,9 +43,7 @@ def _stream_through_a_restart(tmp_path: Path, total: int, kill_after: int) -> No
         database = Database("postgres", with_search_path(PG_URL, schema))
         with installation(database, tmp_path) as inst:
             inst.start()
-            clients = [
-                Client(inst.smtp_port, range(i, total, 8), deadline_s=300) for i in range(8)
-            ]
+            clients = [Client(inst.smtp_port, range(i, total, 8), deadline_s=300) for i in range(8)]
             for c in clients:
                 c.start()
             poll_until(
