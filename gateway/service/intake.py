@@ -429,6 +429,7 @@ class MailIntake:
                 only=frozenset({sender.id}),
                 applied=tuple(results),
             )
+        u.attachments_not_kept(t, sender, _not_kept(cmd), tell=not cmd.suppress_auto_reply)
         if any(not r.applied for r in results) and not cmd.suppress_auto_reply:
             reasons = "; ".join(f"{r.command}: {r.reason}" for r in results if not r.applied)
             u.notify.enqueue(
@@ -583,7 +584,11 @@ class MailIntake:
                 )
                 continue
             results.append(u.apply(t, sender, c, cmd.channel))
-        u.notify_raised(t, sender, ack=not cmd.suppress_auto_reply, applied=tuple(results))
+        notes = _not_kept(cmd)
+        u.attachments_not_kept(t, sender, notes, tell=False)  # the acknowledgement says it
+        u.notify_raised(
+            t, sender, ack=not cmd.suppress_auto_reply, applied=tuple(results), not_kept=notes
+        )
         self._record(
             u,
             record_id,
@@ -648,6 +653,11 @@ class MailIntake:
             sup.hard_bounces += 1
             sup.suppressed = sup.hard_bounces >= 3
             sup.updated_at = u.now
+
+
+def _not_kept(cmd: ReceiveMail) -> tuple[str, ...]:
+    """One line per attachment of the mail that was not kept, for the ticket and the sender."""
+    return tuple(_clean(d.note()) for d in cmd.dropped_attachments)
 
 
 def _clean(text: str) -> str:

@@ -22,7 +22,16 @@ from store import outbox_queries as oq
 from store import ticket_queries as tq
 
 # Kinds that are automatic mail in the sense of RFC 3834 (counted by the loop breaker).
-AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_request", "refusal"})
+AUTOMATIC_KINDS = frozenset(
+    {
+        "ack",
+        "status_change",
+        "escalation",
+        "feedback_request",
+        "refusal",
+        "attachments_not_kept",
+    }
+)
 
 # Loop breaker per (ticket, recipient), after Zammad's notification_email.rb (≤10 mails in
 # 10 min … 100 in 10 h): a ticket that ping-pongs with an autoresponder stops mailing it.
@@ -308,6 +317,7 @@ class Notifier:
         references = tuple(dict.fromkeys(references))
         auto = {
             "refusal": "auto-replied",
+            "attachments_not_kept": "auto-replied",
             "new_message": None,
         }.get(kind, "auto-generated")
         rows: list[m.Outbox] = []
