@@ -81,7 +81,10 @@ def run(backend: str, transport: str, tickets: int, workers: int) -> dict[str, f
         port = free_port()
         ctl = Controller(sink, hostname="127.0.0.1", port=port)
         ctl.start()
-        extra = {"TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "1000000"}
+        extra = {
+            "TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "1000000",
+            "TICKETGATE__MAIL__NOTICES_PER_SENDER_HOUR": "1000000",
+        }
         if transport == "smtp":
             extra |= {
                 "TICKETGATE__OUTBOUND__TRANSPORT": "smtp",

@@ -299,6 +299,7 @@ def run_gateway(
             # Delivery is its own benchmark: no worker competes for the CPU here.
             "TICKETGATE__OUTBOUND__WORKERS": "0",
             "TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "1000000",
+            "TICKETGATE__SMTP__SENDER_BURST_PER_MINUTE": "1000000",
             "TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "1000000",
             **EXTRA_ENV,
         }

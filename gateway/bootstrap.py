@@ -90,6 +90,7 @@ def make_intake(app: App) -> MailIntake:
         app.service,
         IntakeOptions(
             sender_rate_per_hour=app.settings.smtp.sender_rate_per_hour,
+            sender_burst_per_minute=app.settings.smtp.sender_burst_per_minute,
             refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
             reference_wait=timedelta(seconds=i.reference_wait_seconds),
             max_attempts=i.max_attempts,

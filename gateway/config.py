@@ -66,6 +66,7 @@ class SmtpSettings:
     max_parts: int = 200
     max_depth: int = 10
     sender_rate_per_hour: int = 120
+    sender_burst_per_minute: int = 20
     hostname: str = ""  # EHLO name; "" = mail.domain
     max_recipients: int = 100  # RCPT TO per transaction; more: 452 4.5.3
 
@@ -97,6 +98,7 @@ class MailSettings:
     default_department: str = ""  # intake address used when no rule finds a target
     auto_mail_per_day: int = 40
     auto_mail_per_ticket_hour: int = 10
+    notices_per_sender_hour: int = 10
 
 
 @dataclass(frozen=True)
@@ -503,6 +505,7 @@ def _validate(s: Settings) -> None:
         "max_parts",
         "max_depth",
         "sender_rate_per_hour",
+        "sender_burst_per_minute",
         "max_recipients",
     ):
         positive(f"[smtp] {key}", getattr(s.smtp, key))
@@ -531,6 +534,7 @@ def _validate(s: Settings) -> None:
         "reopen_window_days",
         "auto_mail_per_day",
         "auto_mail_per_ticket_hour",
+        "notices_per_sender_hour",
     ):
         positive(f"[mail] {key}", getattr(s.mail, key))
 

@@ -99,6 +99,7 @@ def make_worker(app: App) -> DeliveryWorker:
         tokens=app.tokens,
         auto_mail_per_day=app.service.options.auto_mail_per_day,
         auto_mail_per_ticket_hour=app.service.options.auto_mail_per_ticket_hour,
+        notices_per_sender_hour=app.settings.mail.notices_per_sender_hour,
         max_attempts=o.max_attempts,
         backoff_seconds=o.backoff_seconds,
         backoff_max_seconds=o.backoff_max_seconds,

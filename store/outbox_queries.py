@@ -105,6 +105,30 @@ def outbox_counts_since(
     return {recipient: int(n) for recipient, n in s.execute(stmt)}
 
 
+def notice_counts_since(
+    s: Session,
+    *,
+    sender_id: int,
+    recipients: Collection[str],
+    kinds: Collection[str],
+    since: datetime,
+) -> dict[str, int]:
+    """Per recipient, how many outbox rows of these kinds caused by employee ``sender_id``
+    (the payload's ``actor_id``) were written after ``since``; suppressed rows do not count."""
+    stmt = (
+        select(m.Outbox.recipient, func.count())
+        .where(
+            m.Outbox.recipient.in_(recipients),
+            m.Outbox.kind.in_(sorted(kinds)),
+            m.Outbox.created_at > since,
+            m.Outbox.state != "suppressed",
+            m.Outbox.payload["actor_id"].as_integer() == sender_id,
+        )
+        .group_by(m.Outbox.recipient)
+    )
+    return {recipient: int(n) for recipient, n in s.execute(stmt)}
+
+
 def bump_auto_mail_counter(s: Session, *, address: str, day: str) -> int:
     """Add one to the day's automatic-mail counter of ``address``; returns the new count.
 

@@ -34,6 +34,7 @@ KINDS = (
     "escalation",
     "feedback_request",
     "refusal",
+    "attachments_not_kept",
 )
 # Keys of Notice.extra that a kind's templates read; checked before rendering so a missing
 # one is a clear error rather than a half-rendered mail.
@@ -41,6 +42,7 @@ KINDS = (
 REQUIRED_EXTRA: Mapping[str, tuple[str, ...]] = {
     "feedback_request": ("question",),
     "refusal": ("reason",),
+    "attachments_not_kept": ("not_kept",),
 }
 # RFC 3834 §5 and RFC 5436: the values an automatic message may carry.
 AUTO_SUBMITTED_VALUES = frozenset({"auto-generated", "auto-replied", "auto-notified"})

@@ -88,6 +88,17 @@ class ParsedAttachment:
 
 
 @dataclass(frozen=True)
+class DroppedAttachment:
+    """A file the mail carried that was not kept: `size` bytes over `limit`, the cap per file
+    (`per_file`) or for all attachments of the mail together (not `per_file`)."""
+
+    filename: str
+    size: int
+    limit: int
+    per_file: bool
+
+
+@dataclass(frozen=True)
 class ParseLimits:
     """Bounds that keep a hostile or broken message from exhausting memory or time."""
 
@@ -125,6 +136,7 @@ class InboundMail:
     new_text: str = ""
     html: str | None = None
     attachments: tuple[ParsedAttachment, ...] = ()
+    dropped_attachments: tuple[DroppedAttachment, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     auth_results: tuple[str, ...] = ()
     user_agent: str | None = None
@@ -623,6 +635,7 @@ class _Parser:
         self.plain: list[str] = []
         self.html: list[str] = []
         self.attachments: list[ParsedAttachment] = []
+        self.dropped: list[DroppedAttachment] = []
         self.raw_header_codec: str | None = None  # for raw 8-bit header bytes, once needed
 
     def run(self) -> InboundMail:
@@ -693,6 +706,7 @@ class _Parser:
             new_text=strip_reply(text),
             html=html,
             attachments=tuple(self.attachments),
+            dropped_attachments=tuple(self.dropped),
             headers=tuple((k, one_line(v)) for k, v in headers),
             auth_results=tuple(one_line(v) for v in values("authentication-results")),
             user_agent=next(
@@ -948,9 +962,17 @@ class _Parser:
             self.defects.append(
                 f"attachment {filename!r} ({size} bytes) over the per-file limit; dropped"
             )
+            self.dropped.append(
+                DroppedAttachment(filename, size, self.limits.max_attachment_bytes, per_file=True)
+            )
             return
         if self.attachment_bytes + size > self.limits.max_total_attachment_bytes:
             self.defects.append(f"attachment {filename!r} over the per-message limit; dropped")
+            self.dropped.append(
+                DroppedAttachment(
+                    filename, size, self.limits.max_total_attachment_bytes, per_file=False
+                )
+            )
             return
         self.attachment_bytes += size
         cid = self._safe(lambda: part.get("content-id"), None)

@@ -12,7 +12,13 @@ from gateway.mail.auth_results import dmarc_verdict
 from gateway.mail.commands import split_commands
 from gateway.mail.parse import InboundMail, ParseLimits, parse_mail
 from gateway.mail.rules import RuleContext, classify, suppresses_auto_reply
-from gateway.service.commands import AttachmentData, CommandSpec, Quarantine, ReceiveMail
+from gateway.service.commands import (
+    AttachmentData,
+    CommandSpec,
+    DroppedFile,
+    Quarantine,
+    ReceiveMail,
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,9 @@ def translate(
         suppress_auto_reply=suppresses_auto_reply(mail),
         device=device_details(mail, ctx.trusted_authserv_ids),
         defects=mail.defects,
+        dropped_attachments=tuple(
+            DroppedFile(d.filename, d.size, d.limit, d.per_file) for d in mail.dropped_attachments
+        ),
     )
 
 

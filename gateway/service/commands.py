@@ -19,6 +19,35 @@ class AttachmentData:
 
 
 @dataclass(frozen=True)
+class DroppedFile:
+    """An attachment the mail carried that was not kept: `size` bytes, over `limit` per file
+    (`per_file`) or for all attachments of the mail together."""
+
+    filename: str
+    size: int
+    limit: int
+    per_file: bool
+
+    def note(self) -> str:
+        """What the sender and the ticket are told, e.g. `scan.pdf (31 MB) was not kept: over
+        the 10 MB limit per file`."""
+        scope = "per file" if self.per_file else "for all attachments of one mail"
+        return (
+            f"{self.filename} ({human_size(self.size)}) was not kept: "
+            f"over the {human_size(self.limit)} limit {scope}"
+        )
+
+
+def human_size(n: int) -> str:
+    """Bytes for people: `31 MB`, `1.5 MB`, `700 KB`, `12 bytes` (binary multiples)."""
+    for unit, factor in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= factor:
+            v = n / factor
+            return f"{v:.0f} {unit}" if v >= 10 or v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} bytes"
+
+
+@dataclass(frozen=True)
 class CommandSpec:
     """One requested action with its arguments (from a body command, the CLI or Slack)."""
 
@@ -89,6 +118,8 @@ class ReceiveMail:
     suppress_auto_reply: bool
     device: dict[str, Any] = field(default_factory=dict)
     defects: tuple[str, ...] = ()
+    # Attachments over smtp.max_attachment_bytes or max_total_attachment_bytes, not kept.
+    dropped_attachments: tuple[DroppedFile, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ _RAISE_PARAMS = {"category", "priority", "cc", "bcc"}
 @dataclass(frozen=True)
 class IntakeOptions:
     sender_rate_per_hour: int = 120
+    sender_burst_per_minute: int = 20
     refuse_dmarc_fail: bool = True
     # A mail naming only Message-IDs never seen waits this long for its parent (which may
     # still be in DATA on another connection) before it is taken as a new ticket.
@@ -312,18 +313,25 @@ class MailIntake:
                 u, record_id, cmd, "refused: DMARC failed for the organization's own domain"
             )
         trusted = cmd.dmarc in (None, "pass")
-        limit = self.options.sender_rate_per_hour
-        recent = queue.sender_mails_since(
-            u.s,
-            sender=cmd.from_email,
-            since=u.now - timedelta(hours=1),
-            before_id=record_id,
-            limit=limit,
-        )
-        if recent >= limit:
-            rule = f"quarantined: rate limit ({limit} mails an hour from one sender)"
-            self._record(u, record_id, cmd, "quarantined", rule, None, kind="rate_limit")
-            return IntakeResult("quarantined", rule)
+        # Flood guards: a sender's mails that arrived within the last minute (burst) and hour
+        # before this one, counted whatever became of them, up to the limit. Over a limit the
+        # mail is quarantined (the sender got 250 and hears nothing); `quarantine release ID`
+        # queues it again, to be checked again when the runner takes it.
+        for limit, window, per in (
+            (self.options.sender_burst_per_minute, timedelta(minutes=1), "a minute"),
+            (self.options.sender_rate_per_hour, timedelta(hours=1), "an hour"),
+        ):
+            recent = queue.sender_mails_since(
+                u.s,
+                sender=cmd.from_email,
+                since=u.now - window,
+                before_id=record_id,
+                limit=limit,
+            )
+            if recent >= limit:
+                rule = f"quarantined: rate limit ({limit} mails {per} from one sender)"
+                self._record(u, record_id, cmd, "quarantined", rule, None, kind="rate_limit")
+                return IntakeResult("quarantined", rule)
         me = Party(PartyKind.EMPLOYEE, sender.id, sender.org_id)
 
         ticket, rule = self._thread(u, cmd, sender)
@@ -441,6 +449,7 @@ class MailIntake:
                 only=frozenset({sender.id}),
                 applied=tuple(results),
             )
+        u.attachments_not_kept(t, sender, _not_kept(cmd), tell=not cmd.suppress_auto_reply)
         if any(not r.applied for r in results) and not cmd.suppress_auto_reply:
             reasons = "; ".join(f"{r.command}: {r.reason}" for r in results if not r.applied)
             u.notify.enqueue(
@@ -595,7 +604,11 @@ class MailIntake:
                 )
                 continue
             results.append(u.apply(t, sender, c, cmd.channel))
-        u.notify_raised(t, sender, ack=not cmd.suppress_auto_reply, applied=tuple(results))
+        notes = _not_kept(cmd)
+        u.attachments_not_kept(t, sender, notes, tell=False)  # the acknowledgement says it
+        u.notify_raised(
+            t, sender, ack=not cmd.suppress_auto_reply, applied=tuple(results), not_kept=notes
+        )
         self._record(
             u,
             record_id,
@@ -660,6 +673,11 @@ class MailIntake:
             sup.hard_bounces += 1
             sup.suppressed = sup.hard_bounces >= 3
             sup.updated_at = u.now
+
+
+def _not_kept(cmd: ReceiveMail) -> tuple[str, ...]:
+    """One line per attachment of the mail that was not kept, for the ticket and the sender."""
+    return tuple(_clean(d.note()) for d in cmd.dropped_attachments)
 
 
 def _clean(text: str) -> str:

@@ -22,11 +22,27 @@ from store import outbox_queries as oq
 from store import ticket_queries as tq
 
 # Kinds that are automatic mail in the sense of RFC 3834 (counted by the loop breaker).
-AUTOMATIC_KINDS = frozenset({"ack", "status_change", "escalation", "feedback_request", "refusal"})
+AUTOMATIC_KINDS = frozenset(
+    {
+        "ack",
+        "status_change",
+        "escalation",
+        "feedback_request",
+        "refusal",
+        "attachments_not_kept",
+    }
+)
 
 # Loop breaker per (ticket, recipient), after Zammad's notification_email.rb (≤10 mails in
 # 10 min … 100 in 10 h): a ticket that ping-pongs with an autoresponder stops mailing it.
 TICKET_RECIPIENT_WINDOW = timedelta(hours=1)
+
+# Notices of what a person did (a new ticket, a new message) are not automatic mail, but one
+# sender's flood must not become a flood in every recipient's inbox: at most
+# ``notices_per_sender_hour`` of them per (recipient, sender) within this window. Those over
+# it are kept as outbox rows in state ``suppressed`` (never sent; `outbox retry ID` sends one).
+NOTICE_KINDS = frozenset({"new_ticket", "new_message"})
+NOTICE_WINDOW = timedelta(hours=1)
 
 _HINTS: dict[Role, tuple[str, ...]] = {
     Role.ASSIGNEE: (
@@ -96,6 +112,7 @@ class Notifier:
         now: datetime,
         auto_mail_per_day: int = 40,
         auto_mail_per_ticket_hour: int = 10,
+        notices_per_sender_hour: int = 10,
         directory: Directory | None = None,
         connection: Connection | None = None,
     ) -> None:
@@ -108,6 +125,7 @@ class Notifier:
         self.now = now
         self.auto_mail_per_day = auto_mail_per_day
         self.auto_mail_per_ticket_hour = auto_mail_per_ticket_hour
+        self.notices_per_sender_hour = notices_per_sender_hour
         # Per ticket: the newest status_history row of this unit, or its id looked up once.
         self._newest_history: dict[int, int] = {}
 
@@ -185,6 +203,25 @@ class Notifier:
             and recent.get(a, 0) < self.auto_mail_per_ticket_hour
             and self._count_automatic(a) <= self.auto_mail_per_day
         }
+
+    def _over_notice_cap(self, sender_id: int, addresses: list[str]) -> set[str]:
+        """Of ``addresses``, those that already got ``notices_per_sender_hour`` notices caused
+        by employee ``sender_id`` within the last hour (suppressed ones not counted)."""
+        if not addresses:
+            return set()
+        recent = oq.notice_counts_since(
+            self.s,
+            sender_id=sender_id,
+            recipients=addresses,
+            kinds=NOTICE_KINDS,
+            since=self.now - NOTICE_WINDOW,
+        )
+        return {a for a in addresses if recent.get(a, 0) >= self.notices_per_sender_hour}
+
+    def _suppressed_note(self, sender_id: int | None) -> str:
+        """Why a notice row was not sent, for `outbox list`."""
+        sender = self.d.employee_by_id(sender_id).email if sender_id is not None else "system"
+        return f"not sent: over {self.notices_per_sender_hour} notices an hour from {sender}"
 
     def _count_automatic(self, address: str) -> int:
         """Add one to today's counter for ``address`` and return it (an atomic upsert)."""
@@ -280,6 +317,7 @@ class Notifier:
         references = tuple(dict.fromkeys(references))
         auto = {
             "refusal": "auto-replied",
+            "attachments_not_kept": "auto-replied",
             "new_message": None,
         }.get(kind, "auto-generated")
         rows: list[m.Outbox] = []
@@ -294,6 +332,9 @@ class Notifier:
         if kind in AUTOMATIC_KINDS:
             allowed = self._allow_automatic(ticket.id, [p.email.lower() for p, _ in audience])
             audience = [(p, r) for p, r in audience if p.email.lower() in allowed]
+        over_cap: set[str] = set()
+        if kind in NOTICE_KINDS and actor_id is not None:
+            over_cap = self._over_notice_cap(actor_id, [p.email.lower() for p, _ in audience])
         for emp, roles in audience:
             address = emp.email.lower()
             reply_addr = self.identity.from_address
@@ -326,6 +367,7 @@ class Notifier:
                 ),
                 "auto_submitted": auto,
                 "actor": e["actor"],
+                "actor_id": actor_id,
                 "body": e["body"],
                 "remark": e["remark"],
                 "history": history,
@@ -337,6 +379,7 @@ class Notifier:
                 "date": self.now.isoformat(),
                 "loop_token": self.identity.loop_token,
             }
+            suppressed = address in over_cap
             row = m.Outbox(
                 ticket_id=ticket.id,
                 channel="email",
@@ -346,9 +389,10 @@ class Notifier:
                 message_id=msg_id,
                 hidden=hidden or Role.RHC in roles,
                 payload=payload,
-                state="pending",
+                state="suppressed" if suppressed else "pending",
                 attempts=0,
                 next_attempt_at=self.now,
+                last_error=self._suppressed_note(actor_id) if suppressed else "",
                 created_at=self.now,
             )
             self.s.add(row)

@@ -53,6 +53,7 @@ class OutboxService:
         tokens: ReplyTokens | None,
         auto_mail_per_day: int = 40,
         auto_mail_per_ticket_hour: int = 10,
+        notices_per_sender_hour: int = 10,
         max_attempts: int = 8,
         backoff_seconds: float = 30.0,
         backoff_max_seconds: float = 3600.0,
@@ -64,6 +65,7 @@ class OutboxService:
         self.tokens = tokens
         self.auto_mail_per_day = auto_mail_per_day
         self.auto_mail_per_ticket_hour = auto_mail_per_ticket_hour
+        self.notices_per_sender_hour = notices_per_sender_hour
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.backoff_max_seconds = backoff_max_seconds
@@ -104,6 +106,7 @@ class OutboxService:
                     now=datetime.fromisoformat(ev.payload["at"]),
                     auto_mail_per_day=self.auto_mail_per_day,
                     auto_mail_per_ticket_hour=self.auto_mail_per_ticket_hour,
+                    notices_per_sender_hour=self.notices_per_sender_hour,
                     directory=d,
                 )
                 try:

@@ -301,7 +301,11 @@ class Unit:
         *,
         ack: bool,
         applied: tuple[CommandResult, ...] = (),
+        not_kept: tuple[str, ...] = (),
     ) -> None:
+        """The requester's acknowledgement (with ``ack``; it names the files ``not_kept``,
+        one line each, in ``extra["not_kept"]``) and the notice of the new ticket to everyone
+        else on it."""
         if ack:
             self.notify.enqueue(
                 t,
@@ -310,10 +314,29 @@ class Unit:
                 only=frozenset({requester.id}),
                 applied=applied,
                 body=t.description,
+                extra={"not_kept": "\n".join(not_kept)} if not_kept else None,
             )
         self.notify.enqueue(
             t, "new_ticket", actor=requester, exclude=frozenset({requester.id}), body=t.description
         )
+
+    def attachments_not_kept(
+        self, t: m.Ticket, sender: m.Employee, notes: tuple[str, ...], *, tell: bool
+    ) -> None:
+        """Files of ``sender``'s mail that were not kept (over the size caps), one ``notes``
+        line each: a history line on the ticket names them; with ``tell`` the sender gets a
+        mail saying so (on a new ticket the acknowledgement says it instead)."""
+        if not notes:
+            return
+        self.history(t, "attachments_not_kept", None, Channel.SYSTEM, "; ".join(notes))
+        if tell:
+            self.notify.enqueue(
+                t,
+                "attachments_not_kept",
+                actor=sender,
+                only=frozenset({sender.id}),
+                extra={"not_kept": "\n".join(notes)},
+            )
 
     # ---- actions ----------------------------------------------------------------------------
     def apply(

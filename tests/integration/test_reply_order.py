@@ -49,6 +49,7 @@ def live_env(database: Database, tmp_path: Path) -> Iterator[Env]:
         "TICKETGATE__OUTBOUND__MAILDIR": str(folder / "outbox"),
         "TICKETGATE__INTAKE__REFERENCE_WAIT_SECONDS": "5",
         "TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "100000",
+        "TICKETGATE__SMTP__SENDER_BURST_PER_MINUTE": "100000",
     }
     settings = load_settings(folder / "ticketgate.toml", env)
     app = build(settings)

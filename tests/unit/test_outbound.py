@@ -24,7 +24,12 @@ from gateway.mail.outbound import (
 )
 
 AT = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
-EXTRA = {"level": "2", "question": "How was the service?", "reason": "#approve: not allowed"}
+EXTRA = {
+    "level": "2",
+    "question": "How was the service?",
+    "reason": "#approve: not allowed",
+    "not_kept": "scan.pdf (31 MB) was not kept: over the 10 MB limit per file",
+}
 SINGLE_HEADERS = (
     "From", "To", "Reply-To", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
     "Thread-Topic", "Thread-Index", "X-Auto-Response-Suppress", "X-Loop", "X-Ticketgate-Ticket",
