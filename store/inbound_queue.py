@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from store import models as m
 
 QUEUED = "queued"
+RELEASED = "queued: released from quarantine"
 # References kept per mail for the wait rules: In-Reply-To and the newest References.
 MAX_REFS = 50
 
@@ -62,6 +63,7 @@ class QueuedRow:
     message_id: str | None
     raw: bytes
     attempts: int
+    rule: str
 
 
 @functools.cache
@@ -139,6 +141,7 @@ def queued_batch(s: Session, *, now: datetime, limit: int) -> list[QueuedRow]:
             m.InboundMail.message_id,
             m.Blob.data,
             m.InboundMail.attempts,
+            m.InboundMail.rule,
         )
         .join(m.Blob, m.Blob.sha256 == m.InboundMail.raw_sha256)
         .where(
@@ -149,7 +152,8 @@ def queued_batch(s: Session, *, now: datetime, limit: int) -> list[QueuedRow]:
         .limit(limit)
     ).all()
     return [
-        QueuedRow(r[0], r[1], r[2], r[3], tuple(r[4] or ()), r[5], bytes(r[6]), r[7]) for r in rows
+        QueuedRow(r[0], r[1], r[2], r[3], tuple(r[4] or ()), r[5], bytes(r[6]), r[7], r[8])
+        for r in rows
     ]
 
 
@@ -365,7 +369,7 @@ def requeue(s: Session, record_id: int) -> bool:
         .where(m.InboundMail.id == record_id, m.InboundMail.outcome == "quarantined")
         .values(
             outcome=QUEUED,
-            rule="queued: released from quarantine",
+            rule=RELEASED,
             attempts=0,
             last_error="",
             not_before=None,

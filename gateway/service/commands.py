@@ -168,6 +168,7 @@ class QueuedMail:
     envelope_rcpts: tuple[str, ...]
     raw: bytes
     attempts: int
+    released: bool = False  # put back by `quarantine release`: the flood guards let it pass
 
 
 @dataclass(frozen=True)

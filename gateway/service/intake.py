@@ -90,6 +90,7 @@ class MailIntake:
                 envelope_rcpts=r.envelope_rcpts,
                 raw=r.raw,
                 attempts=r.attempts,
+                released=r.rule == queue.RELEASED,
             )
             for r in rows
         ]
@@ -218,7 +219,7 @@ class MailIntake:
                 now=u.now,
             )
             return IntakeResult("quarantined", rule)
-        return self.apply(u, p.cmd, rid)
+        return self.apply(u, p.cmd, rid, arrived=p.mail.at, released=p.mail.released)
 
     def _failed(self, p: ParsedMail, error: Exception) -> tuple[int, IntakeResult]:
         """Applying one mail raised (a bug, or input nobody foresaw): count the attempt, and
@@ -276,7 +277,15 @@ class MailIntake:
         self._record(u, record_id, cmd, "refused", rule, None)
         return IntakeResult("refused", rule)
 
-    def apply(self, u: Unit, cmd: ReceiveMail, record_id: int) -> IntakeResult:
+    def apply(
+        self,
+        u: Unit,
+        cmd: ReceiveMail,
+        record_id: int,
+        *,
+        arrived: datetime | None = None,
+        released: bool = False,
+    ) -> IntakeResult:
         """Decide and write one mail inside the caller's unit of work (no commit here)."""
         # SPEC §2.5: automatic mail is recognised before the sender check and kept, never answered.
         q = cmd.quarantine
@@ -313,18 +322,19 @@ class MailIntake:
                 u, record_id, cmd, "refused: DMARC failed for the organization's own domain"
             )
         trusted = cmd.dmarc in (None, "pass")
-        # Flood guards: a sender's mails that arrived within the last minute (burst) and hour
-        # before this one, counted whatever became of them, up to the limit. Over a limit the
-        # mail is quarantined (the sender got 250 and hears nothing); `quarantine release ID`
-        # queues it again, to be checked again when the runner takes it.
-        for limit, window, per in (
+        # Flood guards: a sender's mails that arrived within the minute (burst) and the hour
+        # before this one arrived, counted whatever became of them, up to the limit. Over a
+        # limit the mail is quarantined (the sender got 250 and hears nothing); a mail an
+        # operator released from quarantine (`quarantine release ID`) is not held again.
+        limits = (
             (self.options.sender_burst_per_minute, timedelta(minutes=1), "a minute"),
             (self.options.sender_rate_per_hour, timedelta(hours=1), "an hour"),
-        ):
+        )
+        for limit, window, per in () if released else limits:
             recent = queue.sender_mails_since(
                 u.s,
                 sender=cmd.from_email,
-                since=u.now - window,
+                since=(arrived or u.now) - window,
                 before_id=record_id,
                 limit=limit,
             )

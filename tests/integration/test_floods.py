@@ -21,7 +21,7 @@ def rcpt(x: EmailMessage) -> str:
 def test_burst_from_one_sender_is_quarantined_after_the_limit(gateway: Gateway) -> None:
     """30 mails within a minute: the first 20 (`smtp.sender_burst_per_minute`) become tickets,
     the other 10 are quarantined with the rule and listed by `quarantine list`; once the minute
-    is over, `quarantine release ID` brings one back and it becomes a ticket."""
+    `quarantine release ID` brings one back and it becomes a ticket."""
     env = gateway.env
     assert env.app.settings.smtp.sender_burst_per_minute == 20
     ids = []
@@ -43,13 +43,9 @@ def test_burst_from_one_sender_is_quarantined_after_the_limit(gateway: Gateway) 
     assert sorted(q["message_id"] for q in held) == sorted(m.strip("<>") for m in ids[20:])
     assert {q["reason"] for q in held} == {rule.removeprefix("quarantined: ")}
 
-    # Released while the burst is still within the minute, a mail is checked again and held.
+    # Released by an operator, a mail is processed, even while the burst is still within the
+    # minute: the release is the operator's decision (the flood guards let it pass).
     first = next(q for q in held if q["message_id"] == ids[20].strip("<>"))
-    assert run_cli(env.env, "quarantine", "release", str(first["id"])).returncode == 0
-    gateway.process()
-    assert gateway.explain(ids[20])["outcome"] == "quarantined"
-    # After the minute it goes through.
-    env.clock.advance(minutes=2)
     assert run_cli(env.env, "quarantine", "release", str(first["id"])).returncode == 0
     gateway.process()
     back = gateway.explain(ids[20])

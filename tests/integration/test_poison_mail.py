@@ -13,6 +13,7 @@ import smtplib
 from email import policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -32,8 +33,8 @@ IT = "it@acme.example"
 class FailsOnPoison(MailIntake):
     """Fault injection: a mail whose subject says POISON raises after its first writes."""
 
-    def apply(self, u: Unit, cmd: ReceiveMail, record_id: int) -> IntakeResult:
-        result = super().apply(u, cmd, record_id)
+    def apply(self, u: Unit, cmd: ReceiveMail, record_id: int, **kw: Any) -> IntakeResult:
+        result = super().apply(u, cmd, record_id, **kw)
         if "POISON" in cmd.subject:
             raise ValueError("injected: the service cannot handle this mail")
         return result
