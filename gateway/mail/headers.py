@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -25,16 +24,11 @@ class MailHeaders:
     raw_sha256: str
 
 
-def _read_author(values: tuple[str, ...]) -> str | None:
+def _author(values: list[str]) -> str | None:
     """The one mailbox of the From header(s), read as the parser reads it; None unless there
     is exactly one."""
-    found = parse_addresses("from", list(values), [])
+    found = parse_addresses("from", values, [])
     return found[0].email if found is not None and len(found) == 1 else None
-
-
-# Remembered per value (short ones only): the same senders write again and again, and the two
-# address parsers were most of the edge's header work (cProfile, 2026-12-01).
-_remembered_author = functools.lru_cache(maxsize=4096)(_read_author)
 
 
 def read_headers(raw: bytes) -> MailHeaders:
@@ -49,9 +43,7 @@ def read_headers(raw: bytes) -> MailHeaders:
     def values(name: str) -> list[str]:
         return [v for k, v in items if k == name]
 
-    authors = tuple(values("from"))
-    short = sum(map(len, authors)) <= 1024
-    from_email = _remembered_author(authors) if short else _read_author(authors)
+    from_email = _author(values("from"))
     ids = message_ids(values("message-id")[0]) if values("message-id") else ()
     in_reply_to = message_ids(" ".join(values("in-reply-to")))
     references = message_ids(" ".join(values("references")))

@@ -468,7 +468,8 @@ def _parse_addresses(
         if len(value) > _MAX_ADDRESS_HEADER:
             defects.append(f"{name}: header too long to parse safely")
             return None
-        here, defect = _address_value(name, value)
+        read = _remembered_address_value if len(value) <= _MEMO_HEADER_VALUE else _address_value
+        here, defect = read(name, value)
         if defect:
             defects.append(defect)
         if here is None:
@@ -502,6 +503,12 @@ def _address_value(name: str, value: str) -> tuple[tuple[Address, ...] | None, s
     if legacy != {a.email for a in here}:
         return None, f"{name}: parsers disagree on the mailboxes; ignored"
     return tuple(here), ""
+
+
+# The verdict on a short address value, remembered: the same senders and department
+# addresses come in every mail, and the two parsers were a third of parsing (cProfile,
+# 2026-12-01). The verdict is an immutable value.
+_remembered_address_value = functools.lru_cache(maxsize=2048)(_address_value)
 
 
 # Defects that concern only how a display name is written, never which mailbox is meant:
