@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesHeaderParser
@@ -21,9 +22,18 @@ class MailHeaders:
     raw_sha256: str
 
 
+# Two line ends in a row (LF LF, LF CR, CR CR; a CR LF is one): an empty line, at or after
+# the end of the header block (the parser may stop earlier, at a line that is no field).
+_EMPTY_LINE = re.compile(rb"\n\r|\r\r|\n\n")
+
+
 def read_headers(raw: bytes) -> MailHeaders:
-    """The header block of `raw` (BytesHeaderParser stops at the first empty line)."""
-    msg = BytesHeaderParser(policy=policy.compat32).parsebytes(raw)
+    """The header block of `raw` (BytesHeaderParser stops at the first empty line). Only the
+    bytes up to the first empty line are handed to the parser: it would decode the whole mail
+    and keep the body as a str, five copies of a large mail (issue 12)."""
+    empty = _EMPTY_LINE.search(raw)
+    head = raw[: empty.end() + 1] if empty else raw
+    msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
 
     items = [(str(k).lower(), str(v)) for k, v in msg.raw_items()]
 
