@@ -118,8 +118,32 @@ def enqueue(s: Session, mails: Sequence[NewInbound], *, now: datetime) -> list[E
     return out
 
 
-def queued_batch(s: Session, *, now: datetime, limit: int) -> list[QueuedRow]:
-    """The oldest queued mails that may be claimed now (with their raw bytes)."""
+def queued_batch(
+    s: Session, *, now: datetime, limit: int, max_bytes: int | None = None
+) -> list[QueuedRow]:
+    """The oldest queued mails that may be claimed now, with their raw bytes: at most `limit`
+    mails, and with `max_bytes`, no more once their raw bytes would pass it (the first is
+    always taken), so that a queue of large mails is not read into memory at once."""
+    claimable = (
+        m.InboundMail.outcome == QUEUED,
+        (m.InboundMail.not_before.is_(None)) | (m.InboundMail.not_before <= now),
+    )
+    sizes = s.execute(
+        select(m.InboundMail.id, m.Blob.size)
+        .join(m.Blob, m.Blob.sha256 == m.InboundMail.raw_sha256)
+        .where(*claimable)
+        .order_by(m.InboundMail.id)
+        .limit(limit)
+    ).all()
+    ids: list[int] = []
+    total = 0
+    for record_id, size in sizes:
+        if ids and max_bytes is not None and total + size > max_bytes:
+            break
+        ids.append(record_id)
+        total += size
+    if not ids:
+        return []
     rows = s.execute(
         select(
             m.InboundMail.id,
@@ -132,12 +156,8 @@ def queued_batch(s: Session, *, now: datetime, limit: int) -> list[QueuedRow]:
             m.InboundMail.attempts,
         )
         .join(m.Blob, m.Blob.sha256 == m.InboundMail.raw_sha256)
-        .where(
-            m.InboundMail.outcome == QUEUED,
-            (m.InboundMail.not_before.is_(None)) | (m.InboundMail.not_before <= now),
-        )
+        .where(m.InboundMail.id.in_(ids), *claimable)
         .order_by(m.InboundMail.id)
-        .limit(limit)
     ).all()
     return [
         QueuedRow(r[0], r[1], r[2], r[3], tuple(r[4] or ()), r[5], bytes(r[6]), r[7]) for r in rows

@@ -17,9 +17,20 @@ import pytest
 from sqlalchemy import select
 
 from gateway.mail.smtp_server import SmtpEdgeServer
-from gateway.runner import make_edge, make_runner
+from gateway.runner import make_edge, make_intake, make_runner, parse_limits, translate_context
+from gateway.runners.intake import IntakeRunner
 from store import models as m
-from tests.conftest import ROOT, Database, Env, crlf, demo_env, free_port, mail, poll_until
+from tests.conftest import (
+    ROOT,
+    Database,
+    Env,
+    Gateway,
+    crlf,
+    demo_env,
+    free_port,
+    mail,
+    poll_until,
+)
 
 REQ = "frank@acme.example"
 IT = "it@acme.example"
@@ -164,6 +175,37 @@ def test_the_101st_recipient_gets_452_and_the_mail_is_accepted_for_the_first_100
             select(m.InboundMail).where(m.InboundMail.message_id == "many@client.example")
         ).one()
         assert rec.outcome == "ticket"
+
+
+def test_the_runner_reads_queued_mail_in_batches_bounded_by_their_bytes(gateway: Gateway) -> None:
+    """Three queued mails of about 300 KB: a batch bounded to 700 KB takes the first two, one
+    bounded below the first mail's size takes that mail alone, an unbounded one all three;
+    a runner bounded so takes one mail a batch, and processes every one."""
+    sizes = []
+    for i in range(3):
+        msg = mail(REQ, [IT], f"Scan {i}", "See the attachment.")
+        msg.add_attachment(  # type: ignore[attr-defined]
+            bytes(range(256)) * 900, maintype="application", subtype="pdf", filename="scan.pdf"
+        )
+        assert gateway.send(msg, REQ, [IT], process=False)[0] == 250
+        sizes.append(len(crlf(msg.as_bytes())))  # type: ignore[attr-defined]
+    assert all(250_000 < n < 350_000 for n in sizes), sizes
+    intake = make_intake(gateway.env.app)
+    assert len(intake.waiting(32)) == 3
+    assert len(intake.waiting(32, max_bytes=700_000)) == 2
+    first = intake.waiting(32, max_bytes=1)
+    assert [len(q.raw) for q in first] == [sizes[0]]
+    assert make_runner(gateway.env.app).batch_bytes == 16 * 1024 * 1024
+    runner = IntakeRunner(
+        intake,
+        ctx=translate_context(gateway.env.app),
+        limits=parse_limits(gateway.env.app.settings),
+        batch_bytes=1,
+    )
+    assert [runner.run_once() for _ in range(4)] == [1, 1, 1, 0]
+    with gateway.env.app.sessions() as s:
+        outcomes = s.scalars(select(m.InboundMail.outcome).order_by(m.InboundMail.id)).all()
+    assert outcomes == ["ticket"] * 3
 
 
 def test_the_banner_and_the_ehlo_answer_name_no_version(sqlite_env: Env) -> None:
