@@ -930,9 +930,10 @@ class _Parser:
         return name if isinstance(name, str) else None
 
     def _payload(self, part: Message) -> bytes:
-        data = self._safe(lambda: _base64_payload(part), None)
-        if data is None:
-            data = self._safe(lambda: part.get_payload(decode=True), None)
+        decoded = self._safe(lambda: _base64_payload(part), None)
+        if decoded is not None:
+            return decoded
+        data = self._safe(lambda: part.get_payload(decode=True), None)
         if isinstance(data, bytes):
             return data
         return b""
