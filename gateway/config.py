@@ -69,6 +69,7 @@ class SmtpSettings:
     sender_burst_per_minute: int = 20
     hostname: str = ""  # EHLO name; "" = mail.domain
     max_recipients: int = 100  # RCPT TO per transaction; more: 452 4.5.3
+    max_sessions: int = 200  # SMTP sessions open at once; more: 421 4.7.0 and closed
 
 
 @dataclass(frozen=True)
@@ -507,6 +508,7 @@ def _validate(s: Settings) -> None:
         "sender_rate_per_hour",
         "sender_burst_per_minute",
         "max_recipients",
+        "max_sessions",
     ):
         positive(f"[smtp] {key}", getattr(s.smtp, key))
     for key in ("batch_size", "poll_seconds", "max_attempts"):

@@ -217,6 +217,7 @@ def run(settings: Settings) -> int:
                 port=settings.smtp.port,
                 max_message_bytes=settings.smtp.max_message_bytes,
                 hostname=settings.smtp.hostname or app.identity.domain,
+                max_sessions=settings.smtp.max_sessions,
             )
             server.start()
             started.append(server)

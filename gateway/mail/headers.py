@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from email import policy
 from email.parser import BytesHeaderParser
 
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-
 from gateway.mail.parse import message_ids, parse_addresses
 
 
@@ -31,12 +29,18 @@ def _author(values: list[str]) -> str | None:
     return found[0].email if found is not None and len(found) == 1 else None
 
 
+# Two line ends in a row (LF LF, LF CR, CR CR; a CR LF is one): an empty line, at or after
+# the end of the header block (the parser may stop earlier, at a line that is no field).
+_EMPTY_LINE = re.compile(rb"\n\r|\r\r|\n\n")
+
+
 def read_headers(raw: bytes) -> MailHeaders:
-    """The header block of `raw`: the bytes up to the first empty line, parsed alone (the
-    body, attachments and all, is not even decoded)."""
-    end = _HEADER_END.search(raw)
-    block = raw[: end.end()] if end is not None else raw
-    msg = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+    """The header block of `raw` (BytesHeaderParser stops at the first empty line). Only the
+    bytes up to the first empty line are handed to the parser: it would decode the whole mail
+    and keep the body as a str, five copies of a large mail (issue 12)."""
+    empty = _EMPTY_LINE.search(raw)
+    head = raw[: empty.end() + 1] if empty else raw
+    msg = BytesHeaderParser(policy=policy.compat32).parsebytes(head)
 
     items = [(str(k).lower(), str(v)) for k, v in msg.raw_items()]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import functools
 import hashlib
@@ -13,7 +14,7 @@ from datetime import UTC, datetime
 from email import errors, policy
 from email.headerregistry import AddressHeader
 from email.message import Message
-from email.parser import BytesParser
+from email.parser import BytesFeedParser, BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -628,6 +629,40 @@ _LINE_BREAK = re.compile(r"\r|\n")
 _RAW_BYTE = re.compile("[\udc80-\udcff]")  # a raw 8-bit byte as the email package keeps it
 _NESTED_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 
+# Peak memory (issue 12): BytesParser.parsebytes decodes the whole mail to one str and reads it
+# through a StringIO, which holds 4 bytes a character: 5 copies of a mail of ASCII before the
+# parse begins. Fed in slices, the feed parser (which parsebytes drives in 8 KiB pieces
+# itself) never holds more than a slice of the undivided mail.
+_FEED_BYTES = 64 * 1024
+
+
+def _feed(data: bytes) -> Message:
+    """`data` parsed as BytesParser(policy=_POLICY).parsebytes would, fed in slices."""
+    parser = BytesFeedParser(policy=_POLICY)
+    view = memoryview(data)
+    for start in range(0, len(data), _FEED_BYTES):
+        parser.feed(bytes(view[start : start + _FEED_BYTES]))
+    msg = parser.close()
+    assert isinstance(msg, Message)
+    return msg
+
+
+def _base64_payload(part: Message) -> bytes | None:
+    """A base64 body decoded straight from the part's str, or None for the email package to
+    decode. `get_payload(decode=True)` holds four copies at once (the str, its bytes, the
+    lines of those, the lines joined); a2b_base64 skips the line breaks in one pass and gives
+    the same bytes for well-formed base64. What it refuses (bad padding, non-ASCII) is left
+    to the email package's lenient decoder."""
+    if str(part.get("content-transfer-encoding", "")).lower() != "base64":
+        return None
+    payload = part.get_payload()
+    if not isinstance(payload, str) or not payload.isascii():
+        return None
+    try:
+        return binascii.a2b_base64(payload)
+    except (binascii.Error, ValueError):
+        return None
+
 
 class _Parser:
     """One parse; collects defects as it goes so each step can fail on its own."""
@@ -729,13 +764,12 @@ class _Parser:
     def _message(self, prepared: bytes) -> tuple[Message, bool]:
         """The parsed message, and whether it was nested too deep to parse beyond its
         headers (then its body is the payload, as text)."""
-        parser = BytesParser(policy=_POLICY)
         if not mime_nesting_exceeds(prepared, self.limits.max_depth):
             try:
-                return parser.parsebytes(prepared), False
+                return _feed(prepared), False
             except RecursionError:  # a structure the scan misjudged; never seen
                 pass
-        return parser.parsebytes(prepared, headersonly=True), True
+        return BytesParser(policy=_POLICY).parsebytes(prepared, headersonly=True), True
 
     # -- helpers that never let one bad field sink the whole parse --
 
@@ -927,6 +961,9 @@ class _Parser:
         return name if isinstance(name, str) else None
 
     def _payload(self, part: Message) -> bytes:
+        decoded = self._safe(lambda: _base64_payload(part), None)
+        if decoded is not None:
+            return decoded
         data = self._safe(lambda: part.get_payload(decode=True), None)
         if isinstance(data, bytes):
             return data

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -31,6 +31,7 @@ log = logging.getLogger("ticketgate.smtp")
 
 TEMPFAIL = "451 4.3.0 Temporary failure: storage unavailable, try again later"
 PROCESSING_TEMPFAIL = "451 4.3.0 Temporary failure, try again later"
+TOO_MANY_SESSIONS = b"421 4.7.0 Too many connections, try again later\r\n"
 
 
 class Inbound(Protocol):
@@ -265,9 +266,67 @@ class EdgeHandler:
         self.writer.close()
 
 
+class SessionSlots:
+    """How many SMTP sessions are open, and how many may be (`smtp.max_sessions`). Used only
+    from the server's event loop thread."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+
+class LimitedSMTP(SMTP):
+    """aiosmtpd's session, taking one of the server's slots when its connection is made and
+    freeing it when the connection is lost. With no slot free, the connection is answered
+    `421 4.7.0` and closed before aiosmtpd sees it: no session, no task is made for it.
+
+    Only asyncio's public Protocol methods are overridden (aiosmtpd 1.4.6 makes the session
+    and starts its handler task in `connection_made`, and ends them in `connection_lost`)."""
+
+    def __init__(self, handler: Any, *, slots: SessionSlots, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.slots = slots
+        self.holds_slot = False
+        self.refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.holds_slot:  # a second call would be STARTTLS's (not offered here)
+            if self.slots.open >= self.slots.limit:
+                self.refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(TOO_MANY_SESSIONS)
+                transport.close()  # flushes the 421, then connection_lost
+                return
+            self.slots.open += 1
+            self.holds_slot = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return  # aiosmtpd never saw this connection
+        try:
+            super().connection_lost(error)
+        finally:
+            if self.holds_slot:
+                self.holds_slot = False
+                self.slots.open -= 1
+
+
+class LimitedController(Controller):
+    """aiosmtpd's Controller making `LimitedSMTP` sessions that share one `SessionSlots`."""
+
+    def __init__(self, handler: Any, *, slots: SessionSlots, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.slots = slots
+
+    def factory(self) -> LimitedSMTP:
+        return LimitedSMTP(self.handler, slots=self.slots, **self.SMTP_kwargs)
+
+
 class SmtpEdgeServer:
-    """Runs the edge on host:port with SIZE advertised (552 over the limit, from aiosmtpd);
-    the greeting names the host and ticketgate, no versions."""
+    """Runs the edge on host:port with SIZE advertised (552 over the limit, from aiosmtpd),
+    at most `max_sessions` sessions at once (421 beyond); the greeting names the host and
+    ticketgate, no versions."""
 
     def __init__(
         self,
@@ -277,11 +336,14 @@ class SmtpEdgeServer:
         port: int,
         max_message_bytes: int,
         hostname: str,
+        max_sessions: int = 200,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.handler = handler
-        self.controller = Controller(
+        self.slots = SessionSlots(max_sessions)
+        self.controller = LimitedController(
             handler,
+            slots=self.slots,
             loop=loop,
             hostname=host,
             port=port,
@@ -303,3 +365,8 @@ class SmtpEdgeServer:
     @property
     def port(self) -> int:
         return int(self.controller.port)
+
+    @property
+    def open_sessions(self) -> int:
+        """SMTP sessions open now."""
+        return self.slots.open

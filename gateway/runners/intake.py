@@ -23,6 +23,11 @@ from gateway.service.storage_state import StorageState
 
 log = logging.getLogger("ticketgate.intake")
 
+# A batch holds its mails' raw bytes and parsed attachments until it is applied: it takes no
+# more mails once their raw bytes would pass this (a mail bigger than it is a batch of its
+# own), so a backlog of large mails is not held `batch_size` at a time (issue 12).
+BATCH_BYTES = 16 * 1024 * 1024
+
 
 class IntakeRunner:
     """Claims queued mail, parses it and has the service apply it; `run_once` for one batch."""
@@ -34,6 +39,7 @@ class IntakeRunner:
         ctx: TranslateContext,
         limits: ParseLimits,
         batch_size: int = 32,
+        batch_bytes: int = BATCH_BYTES,
         poll_seconds: float = 0.5,
         retry_seconds: float = 1.0,
     ) -> None:
@@ -41,6 +47,7 @@ class IntakeRunner:
         self.ctx = ctx
         self.limits = limits
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         self.poll_seconds = poll_seconds
         self.retry_seconds = retry_seconds
         self.counts: Counter[str] = Counter()  # mails that left the queue, by outcome
@@ -63,7 +70,7 @@ class IntakeRunner:
 
     def run_once(self) -> int:
         """Process one batch of queued mail; returns how many mails left the queue."""
-        mails = self.intake.waiting(self.batch_size)
+        mails = self.intake.waiting(self.batch_size, max_bytes=self.batch_bytes)
         if not mails:
             return 0
         results = self.intake.process([self.parse(q) for q in mails])

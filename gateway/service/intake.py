@@ -77,10 +77,11 @@ class MailIntake:
         self._refs_of_queued: dict[int, list[str]] = {}
 
     # ---- the queue ------------------------------------------------------------------------------
-    def waiting(self, limit: int) -> list[QueuedMail]:
-        """The oldest queued mails that may be processed now (read without a write lock)."""
+    def waiting(self, limit: int, *, max_bytes: int | None = None) -> list[QueuedMail]:
+        """The oldest queued mails that may be processed now (read without a write lock): at
+        most `limit`, and no more than `max_bytes` of raw mail unless the first is bigger."""
         with storage_errors(self.on_storage_error), read_session(self.svc.sessions) as s:
-            rows = queue.queued_batch(s, now=self.svc.now(), limit=limit)
+            rows = queue.queued_batch(s, now=self.svc.now(), limit=limit, max_bytes=max_bytes)
         return [
             QueuedMail(
                 record_id=r.id,
