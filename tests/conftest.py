@@ -70,6 +70,7 @@ def postgres_schema(base_url: str = PG_URL) -> Iterator[str]:
     try:
         yield schema
     finally:
+        admin.dispose()  # a connection from before may be gone (a test restarted the server)
         with admin.connect() as c:
             c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
