@@ -72,7 +72,7 @@ def drop(schema: str) -> None:
 
 
 def run(backend: str, transport: str, tickets: int, workers: int) -> dict[str, float]:
-    from gateway.runner import make_worker
+    from gateway.bootstrap import make_worker
 
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)

@@ -1,22 +1,33 @@
-"""The only place that builds concrete objects: engine, sessions, tokens, the service."""
+"""The only place that builds concrete objects: engine, sessions, tokens, the service, and the
+edge, runner and delivery worker over them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import ConfigError, Settings
 from gateway.domain.tokens import ReplyTokens
+from gateway.mail.delivery import MaildirTransport, SmtpRelayTransport, Transport
+from gateway.mail.delivery_worker import DeliveryWorker
+from gateway.mail.outbound import Renderer, templates_dir
+from gateway.mail.parse import ParseLimits
+from gateway.mail.smtp_server import EdgeHandler, EdgePolicy, QueueWriter
+from gateway.mail.translate import TranslateContext
+from gateway.runners.intake import IntakeRunner
 from gateway.service.clock import Clock, SystemClock
 from gateway.service.inbound import InboundQueue
 from gateway.service.intake import IntakeOptions, MailIntake
 from gateway.service.notify import MailIdentity
+from gateway.service.outbox import OutboxService
 from gateway.service.tickets import ServiceOptions, TicketService
-from store import models as m
 from store.db import make_engine, session_factory
+from store.org_queries import first_organization
 
 
 @dataclass
@@ -38,7 +49,7 @@ def mail_domain(settings: Settings, sessions: sessionmaker[Session]) -> str:
         return settings.mail.domain.lower()
     with sessions() as s:
         try:
-            org = s.scalars(select(m.Organization).order_by(m.Organization.id)).first()
+            org = first_organization(s)
         except Exception:  # noqa: BLE001 - before `init` there is no schema: fall back below
             org = None
         if org is not None and org.domains:
@@ -102,3 +113,87 @@ def make_intake(app: App) -> MailIntake:
 def make_inbound(app: App) -> InboundQueue:
     """The service side of the edges (SMTP, IMAP): checks and the durable queue."""
     return InboundQueue(app.service, on_storage_error=app.engine.dispose)
+
+
+def make_transport(settings: Settings) -> Transport:
+    o = settings.outbound
+    if o.transport == "maildir":
+        return MaildirTransport(Path(o.maildir))
+    if o.transport == "smtp":
+        return SmtpRelayTransport(
+            host=o.relay_host,
+            port=o.relay_port,
+            starttls=o.starttls,
+            username=o.username or None,
+            password=o.password or None,
+        )
+    raise ValueError(f"outbound.transport: unknown transport {o.transport!r} (smtp or maildir)")
+
+
+def translate_context(app: App) -> TranslateContext:
+    return TranslateContext(
+        own_domains=frozenset({app.identity.domain}),
+        loop_token=app.identity.loop_token,
+        trusted_authserv_ids=app.settings.mail.trusted_authserv_ids,
+    )
+
+
+def parse_limits(settings: Settings) -> ParseLimits:
+    s = settings.smtp
+    return ParseLimits(
+        max_parts=s.max_parts,
+        max_depth=s.max_depth,
+        max_attachment_bytes=s.max_attachment_bytes,
+        max_total_attachment_bytes=s.max_total_attachment_bytes,
+    )
+
+
+def make_runner(app: App) -> IntakeRunner:
+    """The intake runner over `app`'s inbound queue."""
+    i = app.settings.intake
+    return IntakeRunner(
+        make_intake(app),
+        ctx=translate_context(app),
+        limits=parse_limits(app.settings),
+        batch_size=i.batch_size,
+        poll_seconds=i.poll_seconds,
+    )
+
+
+def make_edge(app: App, *, on_queued: Callable[[], None] = lambda: None) -> EdgeHandler:
+    """The SMTP edge's handler; `on_queued` runs after each commit of queued mail (it wakes
+    the intake runner)."""
+    inbound = make_inbound(app)
+    return EdgeHandler(
+        inbound,
+        QueueWriter(inbound.enqueue, on_committed=on_queued),
+        ctx=translate_context(app),
+        limits=parse_limits(app.settings),
+        policy=EdgePolicy(
+            refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
+            max_recipients=app.settings.smtp.max_recipients,
+        ),
+    )
+
+
+def make_worker(app: App) -> DeliveryWorker:
+    o = app.settings.outbound
+    outbox = OutboxService(
+        app.sessions,
+        clock=app.service.clock,
+        identity=app.identity,
+        tokens=app.tokens,
+        auto_mail_per_day=app.service.options.auto_mail_per_day,
+        auto_mail_per_ticket_hour=app.service.options.auto_mail_per_ticket_hour,
+        notices_per_sender_hour=app.settings.mail.notices_per_sender_hour,
+        max_attempts=o.max_attempts,
+        backoff_seconds=o.backoff_seconds,
+        backoff_max_seconds=o.backoff_max_seconds,
+        on_storage_error=app.engine.dispose,
+    )
+    return DeliveryWorker(
+        outbox,
+        make_transport(app.settings),
+        Renderer(templates_dir()),
+        poll_seconds=o.poll_seconds,
+    )

@@ -32,7 +32,7 @@ def _record(r: m.InboundMail) -> dict[str, Any]:
 
 def dispatch(args: argparse.Namespace, app: App) -> int:
     if args.cmd == "outbox":
-        from gateway.runner import make_worker
+        from gateway.bootstrap import make_worker
 
         worker = make_worker(app)
         if args.sub == "list":

@@ -8,109 +8,17 @@ import os
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
-from gateway.bootstrap import App, build, make_inbound, make_intake
+from gateway.bootstrap import build, make_edge, make_runner, make_worker
 from gateway.config import Settings
 from gateway.http_status import StatusServer
-from gateway.mail.delivery import MaildirTransport, SmtpRelayTransport, Transport
-from gateway.mail.delivery_worker import DeliveryWorker
-from gateway.mail.outbound import Renderer, templates_dir
-from gateway.mail.parse import ParseLimits
-from gateway.mail.smtp_server import EdgeHandler, EdgePolicy, QueueWriter, SmtpEdgeServer
-from gateway.mail.translate import TranslateContext
+from gateway.mail.smtp_server import SmtpEdgeServer
 from gateway.runners.intake import IntakeRunner
-from gateway.service.outbox import OutboxService
 from gateway.service.status import StatusService
 
 log = logging.getLogger("ticketgate")
-
-
-def make_transport(settings: Settings) -> Transport:
-    o = settings.outbound
-    if o.transport == "maildir":
-        return MaildirTransport(Path(o.maildir))
-    if o.transport == "smtp":
-        return SmtpRelayTransport(
-            host=o.relay_host,
-            port=o.relay_port,
-            starttls=o.starttls,
-            username=o.username or None,
-            password=o.password or None,
-        )
-    raise ValueError(f"outbound.transport: unknown transport {o.transport!r} (smtp or maildir)")
-
-
-def translate_context(app: App) -> TranslateContext:
-    return TranslateContext(
-        own_domains=frozenset({app.identity.domain}),
-        loop_token=app.identity.loop_token,
-        trusted_authserv_ids=app.settings.mail.trusted_authserv_ids,
-    )
-
-
-def parse_limits(settings: Settings) -> ParseLimits:
-    s = settings.smtp
-    return ParseLimits(
-        max_parts=s.max_parts,
-        max_depth=s.max_depth,
-        max_attachment_bytes=s.max_attachment_bytes,
-        max_total_attachment_bytes=s.max_total_attachment_bytes,
-    )
-
-
-def make_runner(app: App) -> IntakeRunner:
-    """The intake runner over `app`'s inbound queue."""
-    i = app.settings.intake
-    return IntakeRunner(
-        make_intake(app),
-        ctx=translate_context(app),
-        limits=parse_limits(app.settings),
-        batch_size=i.batch_size,
-        poll_seconds=i.poll_seconds,
-    )
-
-
-def make_edge(app: App, *, on_queued: Callable[[], None] = lambda: None) -> EdgeHandler:
-    """The SMTP edge's handler; `on_queued` runs after each commit of queued mail (it wakes
-    the intake runner)."""
-    inbound = make_inbound(app)
-    return EdgeHandler(
-        inbound,
-        QueueWriter(inbound.enqueue, on_committed=on_queued),
-        ctx=translate_context(app),
-        limits=parse_limits(app.settings),
-        policy=EdgePolicy(
-            refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
-            max_recipients=app.settings.smtp.max_recipients,
-        ),
-    )
-
-
-def make_worker(app: App) -> DeliveryWorker:
-    o = app.settings.outbound
-    outbox = OutboxService(
-        app.sessions,
-        clock=app.service.clock,
-        identity=app.identity,
-        tokens=app.tokens,
-        auto_mail_per_day=app.service.options.auto_mail_per_day,
-        auto_mail_per_ticket_hour=app.service.options.auto_mail_per_ticket_hour,
-        notices_per_sender_hour=app.settings.mail.notices_per_sender_hour,
-        max_attempts=o.max_attempts,
-        backoff_seconds=o.backoff_seconds,
-        backoff_max_seconds=o.backoff_max_seconds,
-        on_storage_error=app.engine.dispose,
-    )
-    return DeliveryWorker(
-        outbox,
-        make_transport(app.settings),
-        Renderer(templates_dir()),
-        poll_seconds=o.poll_seconds,
-    )
 
 
 def _runner_process_main(settings: Settings) -> None:

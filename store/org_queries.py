@@ -11,6 +11,11 @@ from sqlalchemy.orm import Session
 from store import models as m
 
 
+def first_organization(s: Session) -> m.Organization | None:
+    """The organization imported first (its domain is the default mail domain)."""
+    return s.scalars(select(m.Organization).order_by(m.Organization.id)).first()
+
+
 def organization_named(s: Session, name: str) -> m.Organization | None:
     return s.scalars(select(m.Organization).where(m.Organization.name == name)).first()
 

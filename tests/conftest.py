@@ -292,8 +292,8 @@ class Gateway:
 def serving(env: Env, handler: object = None, runner: object = None) -> Iterator[Gateway]:
     """The SMTP edge of ``env`` on a free port of 127.0.0.1, stopped afterwards; ``handler``
     and ``runner`` replace the ones `ticketgate run` builds (a test injecting faults)."""
+    from gateway.bootstrap import make_edge, make_runner, make_worker
     from gateway.mail.smtp_server import SmtpEdgeServer
-    from gateway.runner import make_edge, make_runner, make_worker
 
     app = env.app
     port = free_port()
@@ -313,7 +313,7 @@ def serving(env: Env, handler: object = None, runner: object = None) -> Iterator
 
 def intake_of_class(env: Env, cls: type) -> object:
     """``make_intake``'s MailIntake, as an instance of the subclass ``cls`` (fault injection)."""
-    from gateway.runner import make_intake
+    from gateway.bootstrap import make_intake
 
     plain = make_intake(env.app)
     return cls(env.app.service, plain.options, on_storage_error=plain.on_storage_error)

@@ -102,7 +102,7 @@ def test_database_down_is_one_line_then_a_reminder_a_minute(
     """150 polls, one a second, with the database gone: the delivery loop logs one WARNING
     (storage unavailable, will retry) and a reminder at 60 s and 120 s, nothing else and no
     traceback; once the database is back, one line says so and the pending notices go out."""
-    from gateway.runner import make_worker
+    from gateway.bootstrap import make_worker
 
     made = make_worker(outage.env.app)
     ticks = Ticks()

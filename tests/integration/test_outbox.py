@@ -23,8 +23,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import select
 
+from gateway.bootstrap import make_worker
 from gateway.mail.delivery_worker import DeliveryWorker
-from gateway.runner import make_worker
 from gateway.service.commands import Act, RaiseTicket
 from store import models as m
 from tests.conftest import (

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from gateway.bootstrap import make_intake, make_runner
 from gateway.mail.translate import TranslateContext
-from gateway.runner import make_intake, make_runner
 from gateway.runners.intake import IntakeRunner
 from gateway.service.commands import IntakeResult, ReceiveMail
 from gateway.service.intake import MailIntake

@@ -135,7 +135,7 @@ def test_loop_breaker_caps_automatic_mail_per_address_and_day(
     env = make_env(database, tmp_path / "install", {"TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "3"})
     try:
         env.import_org(write_demo_org(tmp_path / "install"))
-        from gateway.runner import make_worker
+        from gateway.bootstrap import make_worker
 
         worker = make_worker(env.app)
 

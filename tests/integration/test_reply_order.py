@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway.bootstrap import build
+from gateway.bootstrap import build, make_runner
 from gateway.config import load_settings
-from gateway.runner import make_runner
 from gateway.service.org_import import import_org
 from store import inbound_queue as queue
 from store import models as m

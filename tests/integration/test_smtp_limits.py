@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from gateway.bootstrap import make_edge, make_intake, make_runner, parse_limits, translate_context
 from gateway.mail.smtp_server import SmtpEdgeServer
-from gateway.runner import make_edge, make_intake, make_runner, parse_limits, translate_context
 from gateway.runners.intake import IntakeRunner
 from store import models as m
 from tests.conftest import (
