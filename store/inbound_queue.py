@@ -218,6 +218,7 @@ class _RunnerStatements:
     drop_refs: Any
     fail: Any
     recent: Any
+    by_message_id: tuple[Any, ...]
 
 
 def _ids(name: str) -> Any:
@@ -230,7 +231,7 @@ def _runner_statements(dialect: str) -> _RunnerStatements:
     lock = select(mail.id).where(mail.id.in_(_ids("ids")), mail.outcome == QUEUED)
     lock = lock.order_by(mail.id)
     waiting = select(mail.id).where(
-        mail.id.in_(select(ref.inbound_id).where(ref.message_id == bindparam("mid"))),
+        mail.id.in_(select(ref.inbound_id).where(ref.message_id.in_(_ids("mids")))),
         mail.outcome == QUEUED,
         mail.not_before.is_not(None),
     )
@@ -238,16 +239,20 @@ def _runner_statements(dialect: str) -> _RunnerStatements:
         # Rows another runner holds are skipped: that runner decides them.
         lock = lock.with_for_update(skip_locked=True)
         waiting = waiting.with_for_update(skip_locked=True)
-    window = (
-        select(mail.id)
-        .where(
-            mail.sender == bindparam("sender"),
-            mail.at >= bindparam("since"),
-            mail.id < bindparam("before_id"),
+
+    def window(since: str, limit: str) -> Any:
+        return (
+            select(mail.id)
+            .where(
+                mail.sender == bindparam("sender"),
+                mail.at >= bindparam(since, type_=mail.at.type),
+                mail.id < bindparam("before_id"),
+            )
+            .limit(bindparam(limit))
+            .subquery()
         )
-        .limit(bindparam("limit"))
-        .subquery()
-    )
+
+    burst, hour = window("burst_since", "burst_limit"), window("since", "limit")
     by_id = mail.id == bindparam("rid")
     return _RunnerStatements(
         lock=lock,
@@ -284,7 +289,18 @@ def _runner_statements(dialect: str) -> _RunnerStatements:
         .where(by_id)
         .values(attempts=mail.attempts + 1, last_error=bindparam("error"))
         .returning(mail.attempts),
-        recent=select(func.count()).select_from(window),
+        recent=select(
+            select(func.count()).select_from(burst).scalar_subquery(),
+            select(func.count()).select_from(hour).scalar_subquery(),
+        ),
+        by_message_id=tuple(
+            select(col).where(where == bindparam("mid")).limit(1)
+            for col, where in (
+                (m.Outbox.ticket_id, m.Outbox.message_id),
+                (m.Message.ticket_id, m.Message.message_id),
+                (m.Ticket.id, m.Ticket.root_message_id),
+            )
+        ),
     )
 
 
@@ -337,10 +353,14 @@ def defer(s: Session, record_id: int, *, until: datetime) -> None:
     conn.execute(q.defer, {"rid": record_id, "until": until})
 
 
-def release_replies_to(s: Session, message_id: str) -> None:
-    """Queued mails that name `message_id` may be claimed at once (their parent is processed)."""
+def release_replies_to(s: Session, message_ids: Iterable[str]) -> None:
+    """Queued mails that name one of `message_ids` may be claimed at once (their parent is
+    processed)."""
+    mids = list(set(message_ids))
+    if not mids:
+        return
     conn, q = _run(s)
-    ids = list(conn.execute(q.waiting_replies, {"mid": message_id}).scalars())
+    ids = list(conn.execute(q.waiting_replies, {"mids": mids}).scalars())
     if ids:
         conn.execute(q.release, {"ids": ids})
 
@@ -354,8 +374,10 @@ def finish(
     ticket_id: int | None,
     detail: dict[str, Any],
     now: datetime,
+    had_refs: bool = True,
 ) -> None:
-    """Set a claimed mail's outcome: it leaves the queue."""
+    """Set a claimed mail's outcome: it leaves the queue (with the Message-IDs it named, when
+    it `had_refs`)."""
     conn, q = _run(s)
     conn.execute(
         q.finish,
@@ -368,7 +390,8 @@ def finish(
             "now": now,
         },
     )
-    conn.execute(q.drop_refs, {"rid": record_id})
+    if had_refs:
+        conn.execute(q.drop_refs, {"rid": record_id})
 
 
 def note_failure(s: Session, record_id: int, *, error: str) -> int:
@@ -424,13 +447,27 @@ def requeue(s: Session, record_id: int) -> bool:
 
 
 def sender_mails_since(
-    s: Session, *, sender: str, since: datetime, before_id: int, limit: int
-) -> int:
-    """How many mails from `sender` arrived since `since` before record `before_id` (counted up
-    to `limit` only, so that a flood costs no more per mail)."""
+    s: Session,
+    *,
+    sender: str,
+    before_id: int,
+    windows: tuple[tuple[datetime, int], tuple[datetime, int]],
+) -> tuple[int, int]:
+    """How many mails from `sender` arrived before record `before_id` within each of two
+    windows, ((since, limit) for the burst, then for the hour), each counted up to its limit
+    only, so that a flood costs no more per mail; one round trip."""
     conn, q = _run(s)
-    params = {"sender": sender, "since": since, "before_id": before_id, "limit": limit}
-    return int(conn.execute(q.recent, params).scalar() or 0)
+    (burst_since, burst_limit), (since, limit) = windows
+    params = {
+        "sender": sender,
+        "before_id": before_id,
+        "burst_since": burst_since,
+        "burst_limit": burst_limit,
+        "since": since,
+        "limit": limit,
+    }
+    row = conn.execute(q.recent, params).one()
+    return int(row[0] or 0), int(row[1] or 0)
 
 
 def queue_counts(s: Session) -> dict[str, int]:
@@ -445,12 +482,9 @@ def queue_counts(s: Session) -> dict[str, int]:
 
 def ticket_for_message_id(s: Session, message_id: str) -> int | None:
     """Threading rule 2: the ticket of a Message-ID we sent, received, or a ticket's root."""
-    for q in (
-        select(m.Outbox.ticket_id).where(m.Outbox.message_id == message_id).limit(1),
-        select(m.Message.ticket_id).where(m.Message.message_id == message_id).limit(1),
-        select(m.Ticket.id).where(m.Ticket.root_message_id == message_id).limit(1),
-    ):
-        found = s.scalar(q)
+    conn, q = _run(s)
+    for stmt in q.by_message_id:
+        found = conn.execute(stmt, {"mid": message_id}).scalar()
         if found is not None:
             return int(found)
     return None

@@ -126,6 +126,7 @@ class MailIntake:
         newer = {pid for pid in still_queued.values() if pid not in refs}
         self._refs_of_queued = {**refs, **queue.refs_of(u.s, newer)} if newer else dict(refs)
         results: list[tuple[int, IntakeResult]] = []
+        processed_ids: list[str] = []
         pending = list(claimed)
         progress = True
         while pending and progress:
@@ -144,8 +145,10 @@ class MailIntake:
                     if still_queued.get(mid) == rid:
                         del still_queued[mid]
                     seen.add(mid)
-                    queue.release_replies_to(u.s, mid)
+                    processed_ids.append(mid)
             pending = later
+        # Replies deferred in earlier batches whose parent this batch processed: at once.
+        queue.release_replies_to(u.s, processed_ids)
         for rid in pending:
             p = by_id[rid]
             wait = self._must_wait(u, p, refs.get(rid, []), still_queued, seen)
@@ -272,6 +275,7 @@ class MailIntake:
             ticket_id=ticket_id,
             detail=dict(detail),
             now=u.now,
+            had_refs=record_id in self._refs_of_queued,
         )
 
     def _refuse(self, u: Unit, record_id: int, cmd: ReceiveMail, rule: str) -> IntakeResult:
@@ -331,18 +335,19 @@ class MailIntake:
             (self.options.sender_burst_per_minute, timedelta(minutes=1), "a minute"),
             (self.options.sender_rate_per_hour, timedelta(hours=1), "an hour"),
         )
-        for limit, window, per in () if released else limits:
-            recent = queue.sender_mails_since(
+        if not released:
+            since = arrived or u.now
+            counts = queue.sender_mails_since(
                 u.s,
                 sender=cmd.from_email,
-                since=(arrived or u.now) - window,
                 before_id=record_id,
-                limit=limit,
+                windows=tuple((since - window, limit) for limit, window, _ in limits),  # type: ignore[arg-type]
             )
-            if recent >= limit:
-                rule = f"quarantined: rate limit ({limit} mails {per} from one sender)"
-                self._record(u, record_id, cmd, "quarantined", rule, None, kind="rate_limit")
-                return IntakeResult("quarantined", rule)
+            for (limit, _, per), recent in zip(limits, counts, strict=True):
+                if recent >= limit:
+                    rule = f"quarantined: rate limit ({limit} mails {per} from one sender)"
+                    self._record(u, record_id, cmd, "quarantined", rule, None, kind="rate_limit")
+                    return IntakeResult("quarantined", rule)
         me = Party(PartyKind.EMPLOYEE, sender.id, sender.org_id)
 
         ticket, rule = self._thread(u, cmd, sender)
