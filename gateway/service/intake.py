@@ -207,22 +207,7 @@ class MailIntake:
     def _apply_parsed(self, u: Unit, p: ParsedMail) -> IntakeResult:
         rid = p.mail.record_id
         if p.cmd is None:
-            rule = f"quarantined: processing error ({p.error.split(':', 1)[0]})"
-            queue.finish(
-                u.s,
-                rid,
-                outcome="quarantined",
-                rule=rule,
-                ticket_id=None,
-                detail={
-                    "kind": "processing_error",
-                    "error": _clean(p.error),
-                    "stage": "parse",
-                    "envelope_rcpts": list(p.mail.envelope_rcpts),
-                },
-                now=u.now,
-            )
-            return IntakeResult("quarantined", rule)
+            return _keep_failed(u, p.mail, p.error.split(":", 1)[0], _clean(p.error), "parse")
         return self.apply(u, p.cmd, rid, arrived=p.mail.at, released=p.mail.released)
 
     def _failed(self, p: ParsedMail, error: Exception) -> tuple[int, IntakeResult]:
@@ -235,23 +220,8 @@ class MailIntake:
             attempts = queue.note_failure(u.s, rid, error=text)
             if attempts < self.options.max_attempts:
                 return rid, IntakeResult("queued", f"attempt {attempts} failed: {text}")
-            rule = f"quarantined: processing error ({type(error).__name__})"
-            queue.finish(
-                u.s,
-                rid,
-                outcome="quarantined",
-                rule=rule,
-                ticket_id=None,
-                detail={
-                    "kind": "processing_error",
-                    "error": text,
-                    "stage": "apply",
-                    "attempts": attempts,
-                    "envelope_rcpts": list(p.mail.envelope_rcpts),
-                },
-                now=u.now,
-            )
-            return rid, IntakeResult("quarantined", rule)
+            kept = _keep_failed(u, p.mail, type(error).__name__, text, "apply", attempts=attempts)
+            return rid, kept
 
     # ------------------------------------------------------------------------------------------
     def _record(
@@ -699,3 +669,28 @@ def _not_kept(cmd: ReceiveMail) -> tuple[str, ...]:
 def _clean(text: str) -> str:
     """Text for a JSON record: no NUL or lone surrogate, which PostgreSQL's jsonb refuses."""
     return text[:500].encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+
+
+def _keep_failed(
+    u: Unit, mail: QueuedMail, kind: str, error: str, stage: str, **extra: object
+) -> IntakeResult:
+    """Poison mail: the queued mail leaves the queue into quarantine, with the error, the stage
+    that raised (`parse` or `apply`) and its envelope recipients."""
+    rule = f"quarantined: processing error ({kind})"
+    detail = {
+        "kind": "processing_error",
+        "error": error,
+        "stage": stage,
+        **extra,
+        "envelope_rcpts": list(mail.envelope_rcpts),
+    }
+    queue.finish(
+        u.s,
+        mail.record_id,
+        outcome="quarantined",
+        rule=rule,
+        ticket_id=None,
+        detail=detail,
+        now=u.now,
+    )
+    return IntakeResult("quarantined", rule)
