@@ -25,11 +25,8 @@ def main() -> None:
 
     from gateway.bootstrap import build, make_inbound, make_runner
     from gateway.config import load_settings
-    from gateway.domain.lifecycle import Channel
-    from gateway.mail.headers import read_headers
-    from gateway.mail.translate import dedupe_key
+    from gateway.mail.headers import queue_mail, read_headers
     from gateway.runners.intake import IntakeRunner
-    from gateway.service.commands import QueueMail
     from gateway.service.org_import import import_org
     from store.migrate import upgrade
     from tests.conftest import write_demo_org
@@ -64,23 +61,10 @@ def main() -> None:
             with app.sessions() as s, s.begin():
                 import_org(s, write_demo_org(Path(d)), mail_domain="tickets.acme.example")
             inbound = make_inbound(app)
-            queued = []
-            for sender, rcpts, raw in build_messages(a.n):
-                h = read_headers(raw)
-                author = h.from_email or sender
-                queued.append(
-                    QueueMail(
-                        channel=Channel.EMAIL,
-                        envelope_from=sender,
-                        envelope_rcpts=tuple(rcpts),
-                        raw=raw,
-                        raw_sha256=h.raw_sha256,
-                        dedupe_key=dedupe_key(author, h.message_id, h.raw_sha256),
-                        message_id=h.message_id,
-                        sender=author,
-                        refs=h.refs,
-                    )
-                )
+            queued = [
+                queue_mail(raw, read_headers(raw), envelope_from=sender, envelope_rcpts=rcpts)
+                for sender, rcpts, raw in build_messages(a.n)
+            ]
             for i in range(0, len(queued), 32):
                 inbound.enqueue(queued[i : i + 32])
             runner = make_runner(app)

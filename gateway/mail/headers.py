@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesHeaderParser
 
+from gateway.domain.lifecycle import Channel
 from gateway.mail.parse import message_ids, parse_addresses
+from gateway.mail.translate import dedupe_key
+from gateway.service.commands import QueueMail
 
 
 @dataclass(frozen=True)
@@ -58,4 +62,28 @@ def read_headers(raw: bytes) -> MailHeaders:
         refs=refs,
         auth_results=tuple(" ".join(v.split()) for v in values("authentication-results")),
         raw_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def queue_mail(
+    raw: bytes,
+    head: MailHeaders,
+    *,
+    envelope_from: str,
+    envelope_rcpts: Sequence[str],
+    channel: Channel = Channel.EMAIL,
+) -> QueueMail:
+    """What an edge hands to the inbound queue for `raw`, whose headers `head` it has read:
+    the envelope (lower-cased), the dedupe key, the Message-ID and the Message-IDs it names."""
+    author = head.from_email or envelope_from.lower()
+    return QueueMail(
+        channel=channel,
+        envelope_from=envelope_from.lower(),
+        envelope_rcpts=tuple(r.lower() for r in envelope_rcpts),
+        raw=raw,
+        raw_sha256=head.raw_sha256,
+        dedupe_key=dedupe_key(author, head.message_id, head.raw_sha256),
+        message_id=head.message_id,
+        sender=author,
+        refs=head.refs,
     )

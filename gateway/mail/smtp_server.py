@@ -19,11 +19,10 @@ from typing import Any, Protocol
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.domain.lifecycle import Channel
 from gateway.mail.auth_results import dmarc_verdict
-from gateway.mail.headers import MailHeaders, read_headers
+from gateway.mail.headers import MailHeaders, queue_mail, read_headers
 from gateway.mail.parse import ParseLimits
-from gateway.mail.translate import TranslateContext, dedupe_key, parse_and_translate
+from gateway.mail.translate import TranslateContext, parse_and_translate
 from gateway.service.commands import Queued, QueueMail, SenderStanding
 from gateway.service.errors import StorageUnavailable
 
@@ -194,18 +193,7 @@ class EdgeHandler:
             return TEMPFAIL
         if refusal is not None:
             return refusal
-        author = head.from_email or sender.lower()
-        mail = QueueMail(
-            channel=Channel.EMAIL,
-            envelope_from=sender.lower(),
-            envelope_rcpts=tuple(r.lower() for r in rcpts),
-            raw=raw,
-            raw_sha256=head.raw_sha256,
-            dedupe_key=dedupe_key(author, head.message_id, head.raw_sha256),
-            message_id=head.message_id,
-            sender=author,
-            refs=head.refs,
-        )
+        mail = queue_mail(raw, head, envelope_from=sender, envelope_rcpts=rcpts)
         try:
             queued = await self.writer.submit(mail)
         except StorageUnavailable as e:
