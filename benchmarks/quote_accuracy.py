@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.corpus_split import HALVES, Half, half_of
 from gateway.mail.html_text import html_to_text
 from gateway.mail.parse import parse_mail
 from gateway.mail.quotes import strip_reply
@@ -35,6 +39,7 @@ class Case:
     body: str
     expected: str
     prefix_only: bool  # the catalog truncated the expected text with "…"
+    half: Half  # benchmarks/corpus_split.py: rules are written on "training" only
 
 
 def normalise(text: str) -> str:
@@ -66,7 +71,8 @@ def load_cases(fixtures: Path = FIXTURES) -> list[Case]:
             prefix_only = expected.endswith("…")
             expected = expected.removesuffix("…")
             body = body_of(fixtures / row["source"] / row["path"], row["features"])
-            cases.append(Case(row["path"], body, expected, prefix_only))
+            half = half_of(row["source"], row["path"])
+            cases.append(Case(row["path"], body, expected, prefix_only, half))
     return cases
 
 
@@ -85,7 +91,7 @@ def measure(strip: Callable[[str], str], cases: list[Case]) -> tuple[int, list[t
 
 
 def _mail_parser_reply() -> Callable[[str], str]:
-    """mail-parser-reply (MIT), the library we measured against, with all its languages."""
+    """mail-parser-reply (MIT), with all its languages."""
     from mailparser_reply import EmailReplyParser  # type: ignore[import-untyped]
     from mailparser_reply.constants import MAIL_LANGUAGES  # type: ignore[import-untyped]
 
@@ -97,20 +103,62 @@ def _mail_parser_reply() -> Callable[[str], str]:
     return strip
 
 
-def report(name: str, strip: Callable[[str], str], cases: list[Case]) -> None:
-    correct, failures = measure(strip, cases)
-    print(f"{name}: {correct}/{len(cases)} correct")
+def _email_reply_parser() -> Callable[[str], str]:
+    """email-reply-parser 0.5.12 (MIT), the Python port of github/email_reply_parser."""
+    from email_reply_parser import EmailReplyParser  # type: ignore[import-untyped]
+
+    def strip(text: str) -> str:
+        return str(EmailReplyParser.parse_reply(text) or "")
+
+    return strip
+
+
+def _mail_parser_reply_then_ours() -> Callable[[str], str]:
+    """The combination: mail-parser-reply first, then our stripper on what it kept."""
+    first = _mail_parser_reply()
+    return lambda text: strip_reply(first(text))
+
+
+LIBRARIES: dict[str, Callable[[], Callable[[str], str]]] = {
+    "mail-parser-reply 1.36 (all languages)": _mail_parser_reply,
+    "email-reply-parser 0.5.12": _email_reply_parser,
+    "mail-parser-reply, then strip_reply": _mail_parser_reply_then_ours,
+}
+
+
+def score_line(name: str, strip: Callable[[str], str], cases: list[Case]) -> str:
+    """One table row: correct / total per half, held-out first."""
+    cells = []
+    for half in (*HALVES, None):
+        chosen = [c for c in cases if half is None or c.half == half]
+        correct, _ = measure(strip, chosen)
+        cells.append(f"{correct}/{len(chosen)} ({100 * correct / max(len(chosen), 1):.1f} %)")
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def report_failures(strip: Callable[[str], str], cases: list[Case], half: Half) -> None:
+    _, failures = measure(strip, [c for c in cases if c.half == half])
     for case, got in failures:
-        print(f"  FAIL {case.path}\n    want: {normalise(case.expected)[:120]!r}")
+        print(f"  FAIL [{half}] {case.path}\n    want: {normalise(case.expected)[:120]!r}")
         print(f"    got:  {normalise(got)[:120]!r}")
 
 
 def main(argv: list[str]) -> int:
-    """Print accuracy of strip_reply; with --compare, of mail-parser-reply as well."""
+    """Print the accuracy table (held-out, training, all); --compare adds the libraries,
+    --failures HALF lists our misses on one half, --dump FILE writes the cases as JSON for
+    benchmarks/talon_compare.py (talon runs in a venv of its own)."""
     cases = load_cases()
-    report("gateway.mail.quotes.strip_reply", strip_reply, cases)
+    print("| stripper | held-out | training | all |\n|---|---:|---:|---:|")
+    print(score_line("`gateway.mail.quotes.strip_reply`", strip_reply, cases))
     if "--compare" in argv:
-        report("mail-parser-reply", _mail_parser_reply(), cases)
+        for name, make in LIBRARIES.items():
+            print(score_line(name, make(), cases))
+    if "--failures" in argv:
+        half = argv[argv.index("--failures") + 1]
+        report_failures(strip_reply, cases, "held-out" if half == "held-out" else "training")
+    if "--dump" in argv:
+        target = Path(argv[argv.index("--dump") + 1])
+        target.write_text(json.dumps([asdict(c) for c in cases], ensure_ascii=False), "utf-8")
     return 0
 
 

@@ -47,29 +47,71 @@ _RULE_LINE = re.compile(r"^\s*(?:-{5,}|_{5,}|={5,})\s*$")
 _UNDERSCORE_SEPARATOR = re.compile(r"^\s*_{8,}\s*$")  # Outlook and Mailman footers
 # RFC 3676 §4.3: "-- " alone on a line starts a signature; many clients drop the space.
 _SIGNATURE_SEPARATOR = re.compile(r"^--\s?$")
+# Footers that mobile and webmail apps add below the sender's words (issue 16): Outlook
+# mobile, iOS/Android mail, Samsung, BlackBerry, Yahoo/AOL apps, TypeApp, Spark, K-9,
+# Mail.ru, Yandex … A line must *start* with the app's phrase, so "I sent it from my iPhone
+# yesterday" in a sentence is not a signature.
+_SENT_VERB = (
+    r"sent|gesendet|envoyé|envoye|enviado|enviada|inviato|inviata|отправлено|надіслано|"
+    r"skickat|sendt|verstuurd|verzonden|lähetetty|wysłane|wysłano|odesláno|odoslané|poslano|"
+    r"послано|trimis|elküldve|küldve|gönderildi|στάλθηκε"
+)
+_SENT_PREP = (
+    r"from|with|via|using|on|von|mit|über|de|depuis|à\s+partir\s+de|desde|do|da|dal|dalla|"
+    r"dallo|с|из|från|med|fra|vanaf|met|laitteesta|z|ze|iz|cu|de\s+pe|által|στο|από"
+)
+_APP_WORD = (
+    r"iphone|ipad|android|blackberry|samsung|galaxy|outlook|yahoo|aol|typeapp|spark|k-9|"
+    r"mail\.ru|почты|яндекс|yandex|huawei|xiaomi|redmi|honor|oppo|oneplus|nokia|motorola|"
+    r"windows|mobile|mobil|móvil|cellulare|smartphone|tablet|gmail|bluemail|edison|proton|"
+    r"zoho|nine|aqua\s*mail|airmail|newton|mail\s+app|telefon|téléphone|teléfono|telefono|"
+    r"телефон|appareil|gerät|dispositivo|urządzenia|zařízení|laitteesta|iphonesta|iphonu|"
+    r"iphone'a|iphone'umdan|enhet|apparaat"
+)
 _MOBILE_SIGNATURE = re.compile(
-    r"^\s*(?:sent\s+from\s+my\s|sent\s+from\s+mail\s+for|sent\s+from\s+(?:outlook|yahoo)|"
-    r"get\s+outlook\s+for|sent\s+via\s|von\s+meinem\s.*gesendet|gesendet\s+von\s+meinem|"
-    r"envoyé\s+de\s+mon|envoyé\s+depuis\s+mon|enviado\s+desde\s+mi|enviado\s+do\s+meu|"
-    r"inviato\s+da(?:l\s+mio)?\s|verzonden\s+(?:met|vanaf)\s|skickat\s+från\s|sendt\s+fra\s+min|"
-    r"lähetetty\s+(?:iphonesta|laitteesta)|wysłane\s+z\s|отправлено\s+с\s)",
+    rf"^\s*(?:(?:{_SENT_VERB})\s+(?:{_SENT_PREP})\s|"  # "Sent from …", "Envoyé de …"
+    rf"(?:{_SENT_PREP})\s+(?:my|mi|mein\w*|mon|ma|meu|minha|mio|mia|min|mijn|mojego|мого|моего)\s.*(?:{_SENT_VERB})\b|"  # "Von meinem iPhone gesendet"
+    r"(?:get|download|obtener|descargar|obtenir|télécharger|holen\s+sie\s+sich|scarica|"
+    r"baixe|baixar|pobierz|скачайте|получить|hämta|hent|download)\s+outlook|"
+    r"outlook\s+(?:für|voor|för|for)\s+\w+\s+(?:beziehen|downloaden|herunterladen|hämta)|"
+    r"sent\s+from\s+my\s|sent\s+from\s+mail\s+for|von\s+meinem\s.*gesendet|"
+    r"lähetetty\s+(?:iphonesta|laitteesta)|"
+    r"(?:iphone|ipad|android|galaxy)\s*(?:から送信|에서\s*보냄|에서\s*전송)|"  # Japanese, Korean
+    rf"(?:iphone|ipad|android|galaxy|blackberry)\S*\s+(?:{_SENT_VERB})\.?$|"  # Turkish
+    r"(?:发自|發自|来自|來自|從|从)\s*(?:我的)?\s*(?:iphone|ipad|android|samsung|huawei|"
+    r"小米|华为|華為|手机|手機|移动|行動|网易|qq))",
     re.IGNORECASE,
 )
+# The app word must appear on the line (or the line is the whole footer of a known app).
+_MOBILE_APP = re.compile(rf"(?:{_APP_WORD})|傳送|发送|發送|送信|보냄|전송", re.IGNORECASE)
 _MAX_SIGNATURE_LINE = 100
 
 # Header lines of a quoted message as Outlook, Zimbra and others write them, localised.
 _FROM_FIELD = (
-    r"from|von|de|fra|från|da|van|od|от|lähettäjä|feladó|kimden|από|frá|nuo|no|saatja|发件人|差出人"
+    r"from|von|de|fra|från|da|van|od|от|lähettäjä|feladó|kimden|από|frá|nuo|no|saatja|发件人|"
+    r"發件人|寄件者|差出人|送信者|보낸\s*사람"
 )
 _OTHER_FIELDS = (
     r"sent|date|to|cc|subject|gesendet|datum|an|betreff|envoyé|date\s+d'envoi|à|objet|"
     r"dato|til|emne|sendt|skickat|till|ämne|inviato|data|a|oggetto|enviado|fecha|para|asunto|"
     r"assunto|verzonden|aan|onderwerp|wysłano|do|temat|отправлено|дата|кому|тема|lähetetty|"
     r"vastaanottaja|aihe|elküldve|címzett|tárgy|gönderildi|kime|konu|发送时间|收件人|主题|"
-    r"送信日時|宛先|件名"
+    r"送信日時|宛先|件名|enviado\s+el|envoyé\s+le|gesendet\s+am|odesláno|komu|předmět|"
+    r"αποστολή|προς|θέμα|ημερομηνία|寄件日期|收件者|主旨|日期|抄送|時間|보낸\s*날짜|받는\s*사람|"
+    r"참조|제목|날짜"
 )
-_FROM_LINE = re.compile(rf"^\s*\*?\s*(?:{_FROM_FIELD})\s*\*?\s*:\s*\*?\s*\S", re.IGNORECASE)
-_OTHER_LINE = re.compile(rf"^\s*\*?\s*(?:{_OTHER_FIELDS})\s*\*?\s*:", re.IGNORECASE)
+_DATE_FIELD = r"date|sent|datum|gesendet|envoyé|date\s+d'envoi|fecha|enviado|enviado\s+el|data|inviato|dato|sendt|skickat|verzonden|wysłano|отправлено|дата|发送时间|送信日時|보낸\s*날짜|寄件日期"
+_FROM_LINE = re.compile(rf"^\s*\*?\s*(?:{_FROM_FIELD})\s*\*?\s*[:：]\s*\*?\s*\S", re.IGNORECASE)
+_OTHER_LINE = re.compile(rf"^\s*\*?\s*(?:{_OTHER_FIELDS})\s*\*?\s*[:：]", re.IGNORECASE)
+_ANY_FIELD_LINE = re.compile(
+    rf"^\s*\*?\s*((?:{_FROM_FIELD})|(?:{_OTHER_FIELDS}))\s*\*?\s*[:：]\s*\*?\s*\S", re.IGNORECASE
+)
+_FROM_NAME = re.compile(rf"^(?:{_FROM_FIELD})$", re.IGNORECASE)
+_DATE_NAME = re.compile(rf"^(?:{_DATE_FIELD})$", re.IGNORECASE)
+# Zoho Mail: "---- On Mon, 02 Nov 2026 09:14:05 +0100 Name <addr> wrote ----".
+_DASHED_ATTRIBUTION = re.compile(
+    rf"^\s*-{{2,}}\s*(.+?(?:{_VERBS}).*?)\s*-{{2,}}\s*$", re.IGNORECASE
+)
 
 # Sign-offs that end a message; "Thanks," is left alone because it is often the message.
 _VALEDICTION = re.compile(
@@ -104,6 +146,9 @@ def _attribution_span(lines: list[str], i: int) -> int:
     """
     if not lines[i].strip() or _is_quoted(lines[i]):
         return 0
+    dashed = _DASHED_ATTRIBUTION.match(lines[i])
+    if dashed and _HAS_DATE_OR_ADDRESS.search(dashed.group(1)):
+        return 1
     for span in range(1, 4):
         if i + span > len(lines):
             return 0
@@ -138,11 +183,23 @@ def _next_nonblank(lines: list[str], i: int) -> int:
 
 
 def _starts_header_block(lines: list[str], i: int) -> bool:
-    """A "From:" line followed closely by at least two more header lines (Sent, To …)."""
-    if not _FROM_LINE.match(lines[i]):
+    """A quoted message's header block starts here: a "From:" line followed closely by two
+    more header lines (Outlook), or — in any order (Hotmail's Date/Subject/From/To, GMX's
+    Gesendet/Von/An/Betreff) — three adjacent header lines of distinct fields, one of them
+    the sender and one the date."""
+    if _FROM_LINE.match(lines[i]):
+        others = sum(1 for line in lines[i + 1 : i + 7] if _OTHER_LINE.match(line))
+        if others >= 2:
+            return True
+    names: list[str] = []
+    for line in lines[i : i + 6]:
+        match = _ANY_FIELD_LINE.match(line)
+        if not match:
+            break
+        names.append(re.sub(r"\s+", " ", match.group(1).lower()))
+    if len(set(names)) < 3:
         return False
-    others = sum(1 for line in lines[i + 1 : i + 7] if _OTHER_LINE.match(line))
-    return others >= 2
+    return any(_FROM_NAME.match(n) for n in names) and any(_DATE_NAME.match(n) for n in names)
 
 
 def _is_history_start(lines: list[str], i: int) -> bool:
@@ -152,12 +209,35 @@ def _is_history_start(lines: list[str], i: int) -> bool:
         return True
     if _ORIGINAL_MESSAGE.match(line):
         return True
-    if len(line) <= _MAX_SIGNATURE_LINE and _MOBILE_SIGNATURE.match(line):
+    if _is_mobile_signature(line):
         return True
     if _RULE_LINE.match(line):
         j = _next_nonblank(lines, i + 1)
         return j < len(lines) and _starts_header_block(lines, j)
     return _starts_header_block(lines, i)
+
+
+def _is_mobile_signature(line: str) -> bool:
+    """A "Sent from my iPhone" footer line, in the app families and languages above."""
+    stripped = line.strip()
+    if not stripped or len(stripped) > _MAX_SIGNATURE_LINE or stripped.endswith("?"):
+        return False
+    return bool(_MOBILE_SIGNATURE.match(stripped) and _MOBILE_APP.search(stripped))
+
+
+_WRAP_WIDTH = 60
+
+
+def _is_wrapped_tail(quoted: str, line: str) -> bool:
+    """Whether `line`, right under the quoted line `quoted`, is that line's wrapped tail
+    (clients re-wrap long quoted lines without re-adding ">"), not the sender's answer.
+
+    Only a long quoted line wraps, and its tail goes on mid-sentence (lower case); "Hello,"
+    or "Ok, done." under a quote, or anything under a short quoted line, is an answer.
+    When in doubt the line is kept (issue 16: never lose the sender's words)."""
+    if not quoted or len(quoted.lstrip("> \t")) < _WRAP_WIDTH:
+        return False
+    return line.lstrip()[:1].islower()
 
 
 def _trim_signature(kept: list[str]) -> list[str]:
@@ -190,12 +270,15 @@ def strip_reply(text: str) -> str:
       "____" separators, "-- " signatures and "Sent from my iPhone" lines cut the rest.
     - Lines starting with ">" are dropped wherever they are.
     - A forwarded message ("---------- Forwarded message ----------") is kept whole.
-    Returns "" when the text was nothing but history; the caller keeps the full text too.
+    - Never empty when the text has lines of its own: if the rules above leave nothing, the
+      unquoted lines (attributions removed) are returned.
+    Returns "" only when the text was nothing but quoted lines; the caller keeps the full
+    text and the raw MIME too.
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     kept: list[str] = []
     in_quote = False  # inside a quoted block introduced by an attribution line
-    after_quoted_line = False
+    last_quoted = ""  # the quoted line right above, "" when the line above is not quoted
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -212,14 +295,31 @@ def strip_reply(text: str) -> str:
                 continue
             break
         if _is_quoted(line):
-            after_quoted_line = True
+            last_quoted = line
         elif not line.strip():
-            after_quoted_line = False
+            last_quoted = ""
             kept.append(line)
-        elif not (in_quote and after_quoted_line):
-            # A non-blank line right under a quoted one, inside a quote, is the quoted
-            # line's own wrapped tail (clients re-wrap without re-adding ">").
+        elif not (in_quote and _is_wrapped_tail(last_quoted, line)):
             kept.append(line)
+            last_quoted = ""
         i += 1
     kept = _trim_signature(kept)
-    return "\n".join(kept).strip("\n").rstrip()
+    result = "\n".join(kept).strip("\n").rstrip()
+    return result if result.strip() else _own_lines(lines)
+
+
+def _own_lines(lines: list[str]) -> str:
+    """Every line that is neither quoted nor an attribution: what is left when the rules
+    above would store nothing. Issue 16: a mail with text of its own is never stored empty
+    (when in doubt, keep more); a mail that is nothing but a quote still gives ""."""
+    own: list[str] = []
+    i = 0
+    while i < len(lines):
+        span = _attribution_span(lines, i)
+        if span:
+            i += span
+            continue
+        if not _is_quoted(lines[i]):
+            own.append(lines[i])
+        i += 1
+    return "\n".join(own).strip("\n").rstrip()

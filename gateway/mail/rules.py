@@ -16,6 +16,7 @@ from email import policy
 from typing import Protocol
 
 from flufl.bounce import all_failures
+from flufl.bounce._scan import _DETECTORS as _FLUFL_DETECTORS  # its ordered detector list
 
 from gateway.mail.parse import InboundMail, ParsedAttachment, header, headers_named
 
@@ -69,12 +70,59 @@ _NDR_SUBJECT = re.compile(
     r"non recapitato|onbestelbaar|не доставлено|配信できません|complaint about message from",
     re.IGNORECASE,
 )
+# Subjects of non-delivery reports in other languages (issue 16): Exchange's localised NDRs
+# (ja, zh-Hans, zh-Hant, ko, ru, de, fr, es, it, pt, nl) and providers' own wordings.
+_NDR_SUBJECT_LOCALISED = re.compile(
+    r"配信不能|配信できません|配信エラー|送信できませんでした|配送エラー|エラーメール|"
+    r"无法投递|无法传递|无法送达|投递失败|系统退信|退信|未能送达|無法傳遞|無法投遞|退件|"
+    r"배달되지\s*않음|전달\s*실패|배달\s*실패|"
+    r"не\s+доставлено|недоставленное\s+сообщение|не\s+удалось\s+доставить|ошибка\s+доставки|"
+    r"unzustellbar|nicht\s+zustellbar|zustellung\s+fehlgeschlagen|unzustellbare|"
+    r"non\s+remis|échec\s+de\s+(?:la\s+)?(?:remise|distribution)|echec\s+de\s+la\s+distribution|"
+    r"remise\s+impossible|non\s+distribuable|"
+    r"no\s+se\s+puede\s+entregar|mensaje\s+no\s+entregado|no\s+entregado|error\s+de\s+entrega|"
+    r"non\s+recapitabile|non\s+recapitato|mancato\s+recapito|"
+    r"não\s+é\s+possível\s+entregar|não\s+entregue|falha\s+na\s+entrega|"
+    r"onbestelbaar|niet\s+bezorgd|kan\s+niet\s+worden\s+bezorgd",
+    re.IGNORECASE,
+)
+# What the body of a localised NDR states (the failure, in the same languages).
+_NDR_BODY_LOCALISED = (
+    r"配信に失敗しました|配信できませんでした|送信できませんでした|存在しません|"
+    r"无法传递到|无法投递|退信|收件人不存在|無法傳遞到|"
+    r"не\s+удалось\s+доставить|не\s+было\s+доставлено|не\s+доставлено|пользователь\s+не\s+найден|"
+    r"nicht\s+übermittelt\s+werden|nicht\s+zugestellt\s+werden|empfänger\s+unbekannt|"
+    r"n'a\s+pas\s+pu\s+être\s+remis|n'a\s+pas\s+abouti|n'a\s+pas\s+été\s+distribué|"
+    r"non\s+répertorié|adresse\s+inconnue|"
+    r"no\s+se\s+(?:pudo|ha\s+podido)\s+entregar|error\s+en\s+la\s+entrega|usuario\s+desconocido|"
+    r"no\s+se\s+encuentra\s+en\s+el\s+directorio|"
+    r"recapito\s+non\s+riuscito|non\s+è\s+stato\s+possibile\s+recapitare|"
+    r"falha\s+na\s+entrega|não\s+foi\s+possível\s+entregar|"
+    r"bezorging\s+is\s+mislukt|kon\s+niet\s+worden\s+bezorgd"
+)
+# Subjects people give their replies and forwards: a mail that starts so is a person's,
+# even when it quotes or forwards a bounce (issue 16: a human mail quoting one is a ticket).
+_PERSON_PREFIX = re.compile(
+    r"^\s*(?:re|fw|fwd|aw|wg|tr|rv|sv|vs|antw|enc|res|odp|pd|vl|ynt|ilt|"
+    r"回复|回覆|答复|转发|轉寄|転送|返信|ответ|пересл|отв)\s*(?:\[\d+\]|\(\d+\))?\s*[:：]",
+    re.IGNORECASE,
+)
+# A forward: the person passes someone else's mail on (a challenge they got, say).
+_PERSON_PREFIX_FWD = re.compile(
+    r"^\s*(?:fw|fwd|wg|tr|rv|enc|pd|vl|转发|轉寄|転送|пересл)\s*[:：]", re.IGNORECASE
+)
+# Exchange sends its NDRs and system messages from this mailbox (the GUID is fixed).
+_EXCHANGE_SYSTEM_SENDER = re.compile(r"^microsoftexchange[0-9a-f]{32}$", re.IGNORECASE)
 # Phrases MTAs put in the body of a plain-text bounce.
 _NDR_BODY = re.compile(
     r"could not be delivered|delivery to the following recipient|failed recipients|"
     r"unable to deliver|undeliverable|permanent (?:fatal )?(?:delivery )?error|"
     r"message (?:was )?not delivered|user unknown|no such user|mailbox unavailable|"
-    r"returned mail|delivery has failed",
+    r"returned mail|delivery has failed|did not reach (?:some or all of )?the|"
+    r"(?:cannot|could not) be reached|unknown user|addressee unknown|not listed in|"
+    r"recipient name is not recognized|user not found|undeliverable to the following|"
+    r"wasn't able to deliver|no mailbox here|recipient address rejected|"
+    r"was not delivered to|" + _NDR_BODY_LOCALISED,
     re.IGNORECASE,
 )
 _ORIGINAL_PART_TYPES = frozenset(
@@ -197,10 +245,23 @@ def bounce_details(mail: InboundMail) -> tuple[tuple[str, ...], bool]:
             temporary, permanent = frozenset(), frozenset()
         failed.extend(_decode_addresses(permanent))
         delayed.extend(_decode_addresses(temporary))
+    if not failed and not delayed:
+        failed.extend(_addresses_in_statement(mail))
     # Detectors that scan text can mistake the original's Message-ID for an address.
     ids = {i.lower() for i in original_message_ids(mail)}
     recipients = tuple(a for a in dict.fromkeys(failed or delayed) if a not in ids)
     return recipients, not failed and bool(delayed or _looks_like_delay(mail))
+
+
+def _addresses_in_statement(mail: InboundMail) -> list[str]:
+    """Addresses a non-DSN report names above the copy of the original (Domino, IMail,
+    GroupWise, localised provider bounces), other than the report's own From/To."""
+    text = mail.text[:20_000]
+    cut = _ORIGINAL_FOLLOWS.search(text)
+    statement = text[: cut.start()] if cut else text
+    own = {a.email.lower() for a in (mail.from_addr, *mail.to) if a is not None}
+    found = (a.lower() for a in re.findall(_ADDRESS, statement))
+    return [a for a in dict.fromkeys(found) if a not in own][:20]
 
 
 def _decode_addresses(values: Iterable[bytes | str]) -> list[str]:
@@ -310,12 +371,122 @@ class NonStandardBounce:
             return _bounce(self.name, "message/delivery-status part", mail)
         if _is_daemon_sender(mail):
             return _bounce(self.name, f"sent by an MTA: {header(mail, 'from')}", mail)
-        if _NDR_SUBJECT.search(mail.subject) and (
-            not ctx.envelope_from
-            or _has_part(mail, _ORIGINAL_PART_TYPES)
-            or _NDR_BODY.search(_text_sample(mail))
+        if _NDR_SUBJECT.search(mail.subject) and not _PERSON_PREFIX.match(mail.subject):
+            evidence = _ndr_evidence(mail, ctx)
+            if evidence:
+                reason = f"non-delivery subject: {mail.subject[:80]}; {evidence}"
+                return _bounce(self.name, reason, mail)
+        return None
+
+
+def _ndr_evidence(mail: InboundMail, ctx: RuleContext) -> str | None:
+    """What, besides the subject, shows a report is an MTA's: a null path, the original
+    attached, or a failure statement in the body."""
+    if not ctx.envelope_from:
+        return "null reverse path"
+    if _has_part(mail, _ORIGINAL_PART_TYPES):
+        return "original message attached"
+    match = _NDR_BODY.search(_text_sample(mail))
+    return f"body: {match.group(0)!r}" if match else None
+
+
+class ExchangeSystemSender:
+    """Exchange's NDRs come from MicrosoftExchange<GUID>@domain, whatever their language."""
+
+    name = "exchange-system-sender"
+    description = "sent by Exchange's MicrosoftExchange<GUID> system mailbox"
+
+    def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
+        local, _ = _from_localpart_and_name(mail)
+        if _EXCHANGE_SYSTEM_SENDER.match(local) and not _PERSON_PREFIX.match(mail.subject):
+            return _bounce(self.name, f"sent by Exchange: {header(mail, 'from')}", mail)
+        return None
+
+
+class LocalisedNdrSubject:
+    """Non-delivery subjects in Japanese, Chinese, Korean, Russian, German, French, Spanish,
+    Italian, Portuguese and Dutch, with the same evidence an English one needs."""
+
+    name = "localised-ndr-subject"
+    description = "non-delivery report with a non-English subject"
+
+    def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
+        if _PERSON_PREFIX.match(mail.subject):
+            return None
+        match = _NDR_SUBJECT_LOCALISED.search(mail.subject)
+        if not match:
+            return None
+        evidence = _ndr_evidence(mail, ctx)
+        if evidence is None:
+            return None
+        reason = f"non-delivery subject {match.group(0)!r}: {mail.subject[:80]}; {evidence}"
+        return _bounce(self.name, reason, mail)
+
+
+# A failure statement that names the failed mailbox, as MTAs without DSNs write it.
+_ADDRESS = r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"
+# The original (or its headers) quoted below the statement, as such MTAs append it.
+_ORIGINAL_FOLLOWS = re.compile(
+    r"original message follows|below this line is a copy of the message|"
+    r"this is a copy of the message|transcript of session follows|"
+    r"^\s*-+\s*original message\s*-+\s*$|^message-id:\s*<",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+class NdrBodyStatement:
+    """An MTA without DSN structure, from a sender that is not MAILER-DAEMON (Lotus Domino,
+    IMail, GroupWise, Exchange variants): the body states the failure for an address and
+    carries the original, or the subject is a delivery report."""
+
+    name = "ndr-body-statement"
+    description = "body states a delivery failure for an address (non-DSN MTA)"
+
+    def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
+        if _PERSON_PREFIX.match(mail.subject):
+            return None
+        # The sender's own words only: a person quoting a bounce under "On … wrote:" or
+        # with ">" is not one.
+        text = mail.new_text[:20_000]
+        match = _NDR_BODY.search(text)
+        if not match or not re.search(_ADDRESS, text):
+            return None
+        if not (
+            _ORIGINAL_FOLLOWS.search(mail.text[:50_000]) or _has_part(mail, _ORIGINAL_PART_TYPES)
         ):
-            return _bounce(self.name, f"non-delivery subject: {mail.subject[:80]}", mail)
+            return None
+        return _bounce(self.name, f"body: {match.group(0)!r} with the original below", mail)
+
+
+# flufl.bounce's heuristic LLNL detector matches ordinary replies (talon's comcast.eml):
+# it is left out of the rule that judges on flufl alone.
+_FLUFL_TRUSTED = tuple(d for d in _FLUFL_DETECTORS if d.__name__ != "LLNL")
+_FLUFL_SCAN_LIMIT = 1024 * 1024
+
+
+class FluflBounce:
+    """Mailman's bounce detectors (flufl.bounce) as a detector in their own right: any of
+    them that finds a failed address makes the mail a bounce."""
+
+    name = "flufl-bounce"
+    description = "flufl.bounce recognises a bounce format"
+
+    def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
+        if _PERSON_PREFIX.match(mail.subject):
+            return None
+        try:
+            msg = email.message_from_bytes(mail.raw[:_FLUFL_SCAN_LIMIT], policy=policy.compat32)
+        except Exception:  # noqa: BLE001 - an unreadable mail just is not recognised here
+            return None
+        for detector in _FLUFL_TRUSTED:
+            try:
+                temporary, permanent = detector().process(msg)
+            except Exception:  # noqa: BLE001, S112 - one detector's bug must not stop the rest
+                continue
+            found = _decode_addresses(set(permanent) | set(temporary))
+            if found:
+                reason = f"flufl.bounce {detector.__name__} found {', '.join(found[:3])}"
+                return _bounce(self.name, reason, mail)
         return None
 
 
@@ -325,7 +496,15 @@ _OOO_PREFIX = re.compile(
     r"^\s*(?:automatic reply|automatische antwort|abwesenheitsnotiz|réponse automatique|"
     r"respuesta automática|risposta automatica|automatisch antwoord|autosvar|"
     r"automaattinen vastaus|odpowiedź automatyczna|автоматический ответ|"
-    r"resposta automática|out of (?:the )?office(?: reply| autoreply)?|ooo)\s*:",
+    r"resposta automática|out of (?:the )?office(?: reply| autoreply)?|ooo|"
+    # issue 16: Outlook's prefix in more languages, and webmails' own
+    r"自動応答|自动回复|自動回覆|自动答复|자동\s*회신|자동\s*응답|automatická\s+odpověď|"
+    r"automatická\s+odpoveď|otomatik\s+(?:yanıt|cevap)|automatisk\s+svar|"
+    r"αυτόματη\s+απάντηση|automatikus\s+válasz|автоответ|автоматична\s+відповідь|"
+    r"răspuns\s+automat|automatski\s+odgovor|samodejni\s+odgovor|automātiskā\s+atbilde|"
+    r"automaatne\s+vastus|automatinis\s+atsakymas|auto[\s-]?reply|auto[\s-]?response|"
+    r"autoresponse|abwesend|fuera\s+de\s+(?:la\s+)?oficina|absence\s+du\s+bureau|"
+    r"hors\s+du\s+bureau|fuori\s+ufficio)\s*[:：]",
     re.IGNORECASE,
 )
 # Words of an absence in the subject: evidence only together with an automatic signal,
@@ -374,8 +553,49 @@ class OutOfOffice:
         return None
 
 
+# Lotus Notes: "AUTO: Jane Doe is out of the office (returning 09.11.2026)", in the
+# language of the absent person's client.
+_LOTUS_AUTO = re.compile(
+    r"^\s*AUTO\s*:\s*.*(?:out of (?:the )?office|außer haus|ausser haus|abwesend|nicht im büro|"
+    r"absent|fuera de la oficina|ausente|fuori ufficio|assente|afwezig|frånvarande|"
+    r"fraværende|poissa|nieobecn|nepřítomn|отсутств|不在)",
+    re.IGNORECASE,
+)
+
+
+class LotusNotesAuto:
+    """Lotus Notes / Domino out-of-office agent ("AUTO: … is out of the office")."""
+
+    name = "lotus-notes-auto"
+    description = "Lotus Notes out-of-office subject (AUTO: … out of the office)"
+
+    def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
+        # Notes writes "AUTO" in capitals; "auto: parking permit" is a person's subject.
+        if mail.subject.lstrip().startswith("AUTO") and _LOTUS_AUTO.match(mail.subject):
+            return _verdict(self.name, f"subject: {mail.subject[:80]}", "out_of_office", mail)
+        return None
+
+
 _CHALLENGE_HEADERS = ("x-boxtrapper", "x-ask-info", "x-challenge", "x-spamarrest-noauth",
-                      "x-tmda-confirm", "x-cr-hashedpuzzle")  # fmt: skip
+                      "x-tmda-confirm", "x-cr-hashedpuzzle", "x-cr-puzzleid",
+                      "x-choicemail-registration-request")  # fmt: skip
+# Challenge-response services (issue 16): their mail comes from, or links to, these domains.
+_CHALLENGE_DOMAINS = re.compile(
+    r"(?:^|[.@/])(?:boxbe\.com|spamarrest\.com|bluebottle\.com|mailinblack\.com|"
+    r"digiportal\.com|choicemail\.com|sendio\.com|knowspam\.net|qurb\.com|"
+    r"sanebox\.com/verify|vanquish\.com)\b",
+    re.IGNORECASE,
+)
+# What a challenge asks of the sender, in the words these services use.
+_CHALLENGE_BODY = re.compile(
+    r"approved senders|guest list|white-?list|verify (?:that )?you are (?:a )?human|"
+    r"human sender|not a (?:robot|spammer)|n'êtes pas un robot|kein roboter|"
+    r"to control spam|spam protection|sender verification|confirm the sent message|"
+    r"registration request|courtesy notices?|challenge|"
+    r"en attente de validation|est en attente",
+    re.IGNORECASE,
+)
+_URL = re.compile(r"https?://\S+", re.IGNORECASE)
 _CHALLENGE_SUBJECT = re.compile(
     r"please confirm your (?:e-?mail|message)|verify your (?:e-?mail|message)|"
     r"authenticat(?:e|ion) (?:request|required)|confirm(?:ation)? (?:request|required).*message|"
@@ -396,6 +616,54 @@ class ChallengeResponse:
                 return _verdict(self.name, f"{name} present", "auto_reply", mail)
         if _CHALLENGE_SUBJECT.search(mail.subject) and _automatic_signal(mail, ctx):
             return _verdict(self.name, f"subject: {mail.subject[:80]}", "auto_reply", mail)
+        return None
+
+
+class ChallengeResponseService:
+    """A known challenge-response service (Boxbe, Spam Arrest, Bluebottle, Mailinblack,
+    ChoiceMail, Sendio …) sent it: its domain in From, Reply-To, Sender or Message-ID, or
+    a link to it beside the service's request."""
+
+    name = "challenge-response-service"
+    description = "mail from or linking to a challenge-response service"
+
+    def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
+        for name in ("from", "reply-to", "sender", "message-id"):
+            value = header(mail, name) or ""
+            match = _CHALLENGE_DOMAINS.search(value)
+            if match:
+                reason = f"{name} names {match.group(0).lstrip('.@/')}"
+                return _verdict(self.name, reason, "auto_reply", mail)
+        text = mail.new_text[:20_000]
+        link = next((u for u in _URL.findall(text) if _CHALLENGE_DOMAINS.search(u)), None)
+        if link and _CHALLENGE_BODY.search(text) and not _PERSON_PREFIX_FWD.match(mail.subject):
+            return _verdict(self.name, f"links to {link[:80]}", "auto_reply", mail)
+        return None
+
+
+# Challenge wording in a subject (other than the service names above).
+_CHALLENGE_REQUEST_SUBJECT = re.compile(
+    r"verif(?:y|ication)|confirm|registration request|approval|validation|"
+    r"bestätig|vérifi|verific",
+    re.IGNORECASE,
+)
+
+
+class ChallengeRequest:
+    """An unknown challenge-response system: a verification subject, and a body that asks
+    the sender to prove they are human (or to join an approved list) by following a link."""
+
+    name = "challenge-request"
+    description = "verification request from a challenge-response filter"
+
+    def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
+        if not _CHALLENGE_REQUEST_SUBJECT.search(mail.subject):
+            return None
+        text = mail.new_text[:20_000]
+        match = _CHALLENGE_BODY.search(text)
+        if match and _URL.search(text) and not _PERSON_PREFIX_FWD.match(mail.subject):
+            reason = f"subject: {mail.subject[:60]}; body: {match.group(0)!r} and a link"
+            return _verdict(self.name, reason, "auto_reply", mail)
         return None
 
 
@@ -486,8 +754,15 @@ RULES: tuple[Rule, ...] = (
     OwnMessageId(),
     MultipartReport(),
     NonStandardBounce(),
+    ExchangeSystemSender(),
+    LocalisedNdrSubject(),
+    NdrBodyStatement(),
+    FluflBounce(),
     OutOfOffice(),
+    LotusNotesAuto(),
     ChallengeResponse(),
+    ChallengeResponseService(),
+    ChallengeRequest(),
     AutoSubmitted(),
     XAutoreply(),
     XAutorespond(),

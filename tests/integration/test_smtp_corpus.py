@@ -248,12 +248,12 @@ def send_parent(gw: Gateway, client: smtplib.SMTP, sender: str, mid: str) -> Non
 
 
 def test_corpus_over_smtp(sqlite_gateway: Gateway) -> None:
-    """All 141 corpus mails over one SMTP session: clean answers, people's mail on tickets,
+    """All 265 corpus mails over one SMTP session: clean answers, people's mail on tickets,
     automatic mail quarantined with no ticket and no outbound mail, malformed mail never a crash."""
     walk = Walk(defaultdict(Counter), [])
     deviations: dict[str, str] = {}
     rowlist = rows()
-    assert len(rowlist) == 141
+    assert len(rowlist) == 265
     client = smtplib.SMTP("127.0.0.1", sqlite_gateway.port, timeout=60)
     client.ehlo()
     for n, row in enumerate(rowlist):
@@ -330,7 +330,7 @@ def _write_doc(summary: str) -> None:
     DOC.write_text(
         "# The mail corpus over SMTP\n\n"
         f"Measured {date.today().isoformat()} by `tests/integration/test_smtp_corpus.py` (SQLite; "
-        "`pytest -s` prints the same tables). Each of the 141 files of `tests/fixtures/mail/` is "
+        "`pytest -s` prints the same tables). Each of the 265 files of `tests/fixtures/mail/` is "
         "sent over one SMTP session to the gateway:\n\n"
         "- `new_ticket`/`reply` rows with `From:` rewritten to a demo employee and `To:` to "
         "it@acme.example; `body_only` rows wrapped in a minimal reply. Before each reply the test "
