@@ -165,6 +165,24 @@ def _attribution_span(lines: list[str], i: int) -> int:
     return 0
 
 
+# Anything that names the quoted author's act: a verb above, or a date or an address.
+_VERB_ANYWHERE = re.compile(rf"(?:{_VERBS})", re.IGNORECASE)
+
+
+def _introduces_quote(lines: list[str], i: int) -> bool:
+    """A line ending in ":" right above quoted lines that names a verb, a date or an
+    address: the attribution of clients whose wording the patterns above miss
+    ("Anna wrote:", Thunderbird's "Am … schrieb Anna:", mutt's "* Anna <a@x> [date]:",
+    Gmail's Polish "… napisał(a):"). Only the line goes; the quote is handled as usual."""
+    line = lines[i].strip()
+    if not line.endswith(":") or len(line) > _MAX_ATTRIBUTION or _is_quoted(line):
+        return False
+    j = _next_nonblank(lines, i + 1)
+    if j >= len(lines) or not _is_quoted(lines[j]):
+        return False
+    return bool(_VERB_ANYWHERE.search(line) or _HAS_DATE_OR_ADDRESS.search(line))
+
+
 def _could_start_attribution(line: str) -> bool:
     stripped = line.strip()
     return bool(_HAS_DATE_OR_ADDRESS.search(stripped)) and stripped[-1] not in ".!?;,"
@@ -294,6 +312,9 @@ def strip_reply(text: str) -> str:
                 in_quote, i = True, j
                 continue
             break
+        if _introduces_quote(lines, i):
+            in_quote, i = True, _next_nonblank(lines, i + 1)
+            continue
         if _is_quoted(line):
             last_quoted = line
         elif not line.strip():
@@ -315,7 +336,7 @@ def _own_lines(lines: list[str]) -> str:
     own: list[str] = []
     i = 0
     while i < len(lines):
-        span = _attribution_span(lines, i)
+        span = _attribution_span(lines, i) or int(_introduces_quote(lines, i))
         if span:
             i += span
             continue

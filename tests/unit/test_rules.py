@@ -210,3 +210,63 @@ def test_outlook_mail_with_suppress_header_is_a_person() -> None:
     )
     assert _classify(mail, ctx) is None
     assert _suppresses(mail)
+
+
+_XCH = "MicrosoftExchange329e71ec88ae4615bbc36ab6ce41109e"
+
+
+@pytest.mark.parametrize(
+    ("raw", "rule", "kind"),
+    [
+        (f"From: Microsoft Outlook <{_XCH}@partner.example>\nSubject: Undeliverbar\n\nx\n",
+         "exchange-system-sender", "bounce"),
+        (("From: Mail <m@isp.example>\nSubject: Zustellung fehlgeschlagen: Termin\n"
+         "Content-Type: text/plain; charset=utf-8\n\n"
+         "Die Nachricht konnte an folgende Empfänger oder Gruppen nicht übermittelt werden:\n"
+         "bob@isp.example\n"), "localised-ndr-subject", "bounce"),
+        (("From: IMail <imail@isp.example>\nSubject: Mail for you\n\nUnknown user: bob@isp.example\n\n"
+         "Original message follows.\n\nSubject: x\n"), "ndr-body-statement", "bounce"),
+        (("From: Gate <gate@isp.example>\nSubject: Message status\n\nHi. This is the qmail-send "
+         "program at mx.isp.example.\nI'm afraid I wasn't able to deliver your message to the "
+         "following addresses.\nThis is a permanent error; I've given up. Sorry it didn't work "
+         "out.\n\n<bob@isp.example>:\nSorry, no mailbox here by that name.\n"), "flufl-bounce",
+         "bounce"),
+        ("From: Bob <bob@partner.example>\nSubject: AUTO: Bob Smith is out of the office\n\nx\n",
+         "lotus-notes-auto", "out_of_office"),
+        ("From: Bob <bob@partner.example>\nSubject: 自動応答: Meeting\n\nx\n", "out-of-office",
+         "out_of_office"),
+        ("From: Bob <notification@boxbe.com>\nSubject: Meeting (Action Required)\n\nx\n",
+         "challenge-response-service", "auto_reply"),
+        (("From: Bob <bob@partner.example>\nSubject: Please verify you are a human sender\n\n"
+         "Your message is held. To control spam, confirm you are not a robot:\n"
+         "https://verify.partner.example/c/1\n"), "challenge-request", "auto_reply"),
+    ],
+)  # fmt: skip
+def test_issue16_rules_name_their_signal(raw: str, rule: str, kind: str) -> None:
+    """Each issue-16 signal is its own named rule, and its reason says what it saw."""
+    mail = parse_mail(("To: jan@acme.example\nMessage-ID: <x1@partner.example>\n" + raw).encode())
+    verdict = classify(mail, CTX)
+    assert verdict is not None, raw
+    assert (verdict.rule, verdict.kind) == (rule, kind)
+    assert verdict.reason.startswith("quarantined: ") and len(verdict.reason) > 20
+
+
+@pytest.mark.parametrize(
+    ("subject", "body"),
+    [
+        ("Out of office next week - who covers?", "I am out of office until Monday.\n"),
+        ("Fwd: Undeliverable: Report", ("Why?\n\n---------- Forwarded message ---------\n"
+         f"From: Microsoft Outlook <{_XCH}@p.example>\nSubject: Undeliverable: Report\n\n"
+         "Delivery has failed to these recipients or groups:\nbob@p.example\n")),
+        ("Re: Mail delivery failed", ("Still happens.\n\nOn Mon, 2 Nov 2026, Mail Delivery "
+         "System <x@p.example> wrote:\n> A message that you sent could not be delivered to one "
+         "or more of its\n> recipients. This is a permanent error.\n>   bob@p.example\n")),
+        ("Mails to the supplier come back", ("They answer \"User Bob (bob@p.example) not listed "
+         "in Domino Directory\". Can you check?\n")),
+        ("auto: parking permit", "How do I renew it?\n"),
+        ("Please verify your email address for the HR portal?", "The link is broken.\n"),
+    ],
+)  # fmt: skip
+def test_people_who_mention_automatic_mail_are_not_quarantined(subject: str, body: str) -> None:
+    """A person writing about an absence, or quoting or forwarding a bounce, is still a ticket."""
+    assert _kind(f"Subject: {subject}", body) is None
