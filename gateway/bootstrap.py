@@ -3,11 +3,14 @@ edge, runner and delivery worker over them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,8 +27,15 @@ from gateway.service.clock import Clock, SystemClock
 from gateway.service.inbound import InboundQueue
 from gateway.service.intake import IntakeOptions, MailIntake
 from gateway.service.notify import MailIdentity
-from gateway.service.outbox import OutboxService
+from gateway.service.outbox import ChannelFanOut, ChannelSender, OutboxService
+from gateway.service.slack import SlackService
+from gateway.service.slack_notify import SlackFanOut
 from gateway.service.tickets import ServiceOptions, TicketService
+from gateway.slack.app import AdapterOptions, SlackAdapter
+from gateway.slack.identity import SlackIdentity
+from gateway.slack.http import SlackHttpServer, SlackSocketMode
+from gateway.slack.metrics import SlackCounters
+from gateway.slack.poster import SlackPoster
 from store.db import make_engine, session_factory
 from store.org_queries import first_organization
 
@@ -176,8 +186,11 @@ def make_edge(app: App, *, on_queued: Callable[[], None] = lambda: None) -> Edge
     )
 
 
-def make_worker(app: App) -> DeliveryWorker:
+def make_worker(app: App, senders: Mapping[str, ChannelSender] | None = None) -> DeliveryWorker:
+    """The delivery worker: mail, and the rows of other channels ``senders`` deliver (Slack).
+    With `slack.enabled`, events also fan out to Slack rows."""
     o = app.settings.outbound
+    fan_outs: list[ChannelFanOut] = [SlackFanOut()] if app.settings.slack.enabled else []
     outbox = OutboxService(
         app.sessions,
         clock=app.service.clock,
@@ -190,10 +203,88 @@ def make_worker(app: App) -> DeliveryWorker:
         backoff_seconds=o.backoff_seconds,
         backoff_max_seconds=o.backoff_max_seconds,
         on_storage_error=app.engine.dispose,
+        channel_fan_outs=fan_outs,
     )
     return DeliveryWorker(
         outbox,
         make_transport(app.settings),
         Renderer(templates_dir()),
         poll_seconds=o.poll_seconds,
+        senders=senders,
     )
+
+
+@dataclass
+class SlackRuntime:
+    """The Slack adapter of `run`: its listeners, its way in (HTTP server or Socket Mode),
+    the outbox sender for its posts and its counters."""
+
+    adapter: SlackAdapter
+    entry: SlackHttpServer | SlackSocketMode
+    poster: SlackPoster
+    counters: SlackCounters
+
+    def start(self) -> None:
+        self.entry.start()
+
+    def stop(self) -> None:
+        self.entry.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        ex = self.adapter.app.listener_runner.listener_executor
+        assert isinstance(ex, ThreadPoolExecutor)
+        return ex
+
+
+def make_slack(app: App, *, port: int | None = None) -> SlackRuntime:
+    """The Slack adapter over ``app``'s service, its Web API client at `slack.api_url`."""
+    s = app.settings.slack
+    if not s.bot_token:
+        raise ConfigError("slack.bot_token is required (better: TICKETGATE__SLACK__BOT_TOKEN)")
+    if s.socket_mode and not s.app_token:
+        raise ConfigError("slack.socket_mode needs slack.app_token (TICKETGATE__SLACK__APP_TOKEN)")
+    if not s.socket_mode and not s.signing_secret:
+        raise ConfigError(
+            "slack.signing_secret is required (better: TICKETGATE__SLACK__SIGNING_SECRET)"
+        )
+    counters = SlackCounters()
+    service = SlackService(app.service)
+    # Answers in the request's time: a rate limit is waited out once (the user waits);
+    # posts go through the outbox, whose client retries nothing (each row is one try).
+    client = WebClient(
+        token=s.bot_token,
+        base_url=s.api_url,
+        timeout=10,
+        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
+    )
+    post_client = WebClient(token=s.bot_token, base_url=s.api_url, timeout=10, retry_handlers=[])
+    identity = SlackIdentity(
+        client, service, clock=app.service.clock, ttl_seconds=s.identity_cache_seconds
+    )
+    adapter = SlackAdapter(
+        service=service,
+        identity=identity,
+        client=client,
+        counters=counters,
+        options=AdapterOptions(
+            bot_token=s.bot_token,
+            api_url=s.api_url,
+            max_attachment_bytes=app.settings.smtp.max_attachment_bytes,
+        ),
+        executor=ThreadPoolExecutor(max_workers=s.listener_threads, thread_name_prefix="slack"),
+    )
+    entry: SlackHttpServer | SlackSocketMode
+    if s.socket_mode:
+        entry = SlackSocketMode(adapter, app_token=s.app_token)
+    else:
+        entry = SlackHttpServer(
+            adapter,
+            signing_secret=s.signing_secret,
+            clock=app.service.clock,
+            counters=counters,
+            host=s.host,
+            port=s.port if port is None else port,
+        )
+    return SlackRuntime(adapter, entry, SlackPoster(post_client, service, counters), counters)

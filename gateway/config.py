@@ -148,6 +148,10 @@ class SlackSettings:
     api_url: str = "https://slack.com/api/"
     socket_mode: bool = False
     app_token: str = field(default="", repr=False)
+    # How long a Slack user's mapping to an employee (users.info) is kept.
+    identity_cache_seconds: float = 3600.0
+    # Threads that run listeners after their ack.
+    listener_threads: int = 8
 
 
 @dataclass(frozen=True)
@@ -570,6 +574,8 @@ def _validate(s: Settings) -> None:
             not_empty(f"{label} {key}", getattr(box, key))
 
     port("[slack] port", s.slack.port)
+    positive("[slack] identity_cache_seconds", s.slack.identity_cache_seconds)
+    positive("[slack] listener_threads", s.slack.listener_threads)
     if not s.slack.api_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: [slack] api_url: {s.slack.api_url!r} must be an http(s) URL")
 

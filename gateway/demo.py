@@ -26,6 +26,9 @@ DEMO_ORG_TOML = """\
 [organization]
 name = "Acme Corporation"
 domains = ["acme.example"]
+# The Slack workspace (team id) and app whose requests act for Acme (SPEC §3).
+slack_team_id = "T0DEMO"
+slack_app_id = "A0DEMO"
 # More employees, as HR exports them (columns email,name,branch,department,role).
 employees_csv = "employees.csv"
 

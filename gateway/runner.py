@@ -11,7 +11,7 @@ from collections import Counter
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from gateway.bootstrap import build, make_edge, make_runner, make_worker
+from gateway.bootstrap import SlackRuntime, build, make_edge, make_runner, make_slack, make_worker
 from gateway.config import Settings
 from gateway.http_status import StatusServer
 from gateway.mail.smtp_server import SmtpEdgeServer
@@ -130,10 +130,22 @@ def run(settings: Settings) -> int:
             server.start()
             started.append(server)
             log.info("SMTP intake on %s:%s", settings.smtp.host, settings.smtp.port)
+        slack: SlackRuntime | None = None
+        if settings.slack.enabled:
+            slack = make_slack(app)
+            slack.start()
+            started.append(slack)
+            mode = (
+                "Socket Mode"
+                if settings.slack.socket_mode
+                else (f"HTTP on {settings.slack.host}:{settings.slack.port}/slack/events")
+            )
+            log.info("Slack: %s", mode)
+        senders = {"slack": slack.poster} if slack is not None else {}
         # outbound.workers = 0: another gateway process delivers (SPEC §7: they share the
         # outbox through FOR UPDATE SKIP LOCKED); this one only takes mail in.
         for i in range(settings.outbound.workers):
-            worker = make_worker(app)
+            worker = make_worker(app, senders)
             worker.start(name=f"delivery-{i}")
             started.append(worker)
         if not settings.outbound.workers:
@@ -144,8 +156,11 @@ def run(settings: Settings) -> int:
                 host=settings.http.host,
                 port=settings.http.port,
                 counters=lambda: {
-                    f'ticketgate_intake_processed_total{{outcome="{k}"}}': n
-                    for k, n in sum((r.counts for r in runners), Counter()).items()
+                    **{
+                        f'ticketgate_intake_processed_total{{outcome="{k}"}}': n
+                        for k, n in sum((r.counts for r in runners), Counter()).items()
+                    },
+                    **(slack.counters.snapshot() if slack is not None else {}),
                 },
             )
             status.start()

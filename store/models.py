@@ -59,9 +59,13 @@ class Base(DeclarativeBase):
 
 class Organization(Base):
     __tablename__ = "organizations"
+    __table_args__ = (Index("ix_organizations_slack_team_id", "slack_team_id", unique=True),)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     domains: Mapped[list[Any]] = mapped_column(default=list)
+    # SPEC §3: the Slack workspace (team id) and app whose requests act for this organization
+    slack_team_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    slack_app_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class Branch(Base):
@@ -347,3 +351,28 @@ class DirectoryVersion(Base):
     __tablename__ = "directory_version"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     version: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SlackSeen(Base):
+    """A Slack event id or interaction id already applied: a retry (X-Slack-Retry-Num, a
+    Socket Mode redelivery) finds it and changes nothing. Written in the change's transaction."""
+
+    __tablename__ = "slack_seen"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[datetime]
+
+
+class SlackPost(Base):
+    """A ticket's post in its department's channel: later messages go into its thread
+    (``thread_ts`` = ``ts``), status changes update it (chat.update)."""
+
+    __tablename__ = "slack_posts"
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "channel", name="uq_slack_posts_ticket_channel"),
+        Index("ix_slack_posts_channel_ts", "channel", "ts", unique=True),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    channel: Mapped[str] = mapped_column(String(64))
+    ts: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]

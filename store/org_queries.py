@@ -20,6 +20,11 @@ def organization_named(s: Session, name: str) -> m.Organization | None:
     return s.scalars(select(m.Organization).where(m.Organization.name == name)).first()
 
 
+def organization_with_team(s: Session, team_id: str) -> m.Organization | None:
+    """The organization that names Slack workspace ``team_id``."""
+    return s.scalars(select(m.Organization).where(m.Organization.slack_team_id == team_id)).first()
+
+
 def top_category_named(s: Session, org_id: int, name: str) -> m.Category | None:
     return s.scalars(
         select(m.Category).where(

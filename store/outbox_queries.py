@@ -42,15 +42,18 @@ def lock_pending_events(s: Session, *, limit: int) -> list[m.OutboxEvent]:
     return list(s.scalars(stmt))
 
 
-def lock_due_outbox(s: Session, *, now: datetime, limit: int) -> list[m.Outbox]:
-    """Up to ``limit`` outbox rows that are due at ``now`` (pending, or sending with the lease
-    run out), oldest first, locked for this transaction; rows another transaction holds are
-    skipped (`FOR UPDATE SKIP LOCKED` on PostgreSQL)."""
+def lock_due_outbox(
+    s: Session, *, now: datetime, limit: int, channels: Collection[str] = ("email",)
+) -> list[m.Outbox]:
+    """Up to ``limit`` outbox rows of ``channels`` that are due at ``now`` (pending, or sending
+    with the lease run out), oldest first, locked for this transaction; rows another
+    transaction holds are skipped (`FOR UPDATE SKIP LOCKED` on PostgreSQL)."""
     stmt = (
         select(m.Outbox)
         .where(
             or_(m.Outbox.state == "pending", m.Outbox.state == "sending"),
             m.Outbox.next_attempt_at <= now,
+            m.Outbox.channel.in_(sorted(channels)),
         )
         .order_by(m.Outbox.id)
         .limit(limit)

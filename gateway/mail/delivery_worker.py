@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
 from gateway.mail.delivery import PermanentDeliveryError, TemporaryDeliveryError, Transport
 from gateway.mail.outbound import CommandResult, HistoryLine, Notice, Renderer
-from gateway.service.outbox import OutboxItem, OutboxService
+from gateway.service.outbox import ChannelSender, DeliveryOutcome, OutboxItem, OutboxService
 from gateway.service.storage_state import StorageState
 
 log = logging.getLogger("ticketgate.delivery")
@@ -75,7 +75,11 @@ class DeliveryWorker:
         poll_seconds: float = 1.0,
         batch: int = 20,
         monotonic: Callable[[], float] = time.monotonic,
+        senders: Mapping[str, ChannelSender] | None = None,
     ) -> None:
+        # Other channels' senders (Slack): their rows are claimed with the mail, each batch
+        # handed to its sender; mail is delivered here.
+        self.senders = dict(senders or {})
         self.outbox = outbox
         self.transport = transport
         self.renderer = renderer
@@ -105,18 +109,38 @@ class DeliveryWorker:
         self.outbox.sent(item.id)
         return "sent"
 
+    def record(self, outcome: DeliveryOutcome) -> str:
+        """A channel sender's outcome for one row: sent, retried (no earlier than its
+        ``retry_after``) or dead-lettered."""
+        if outcome.result == "sent":
+            self.outbox.sent(outcome.item_id)
+            return "sent"
+        return self.outbox.failed(
+            outcome.item_id,
+            outcome.error,
+            permanent=outcome.result == "dead",
+            retry_after=outcome.retry_after,
+        )
+
     def run_once(self) -> int:
         """Fan out pending events, then deliver everything due now; returns how many outbox
-        rows (mails) were handled."""
+        rows (mails, Slack posts) were handled."""
         n = 0
+        channels = ("email", *self.senders)
         while True:
             fanned = self.outbox.fan_out(self.batch)
-            items = self.outbox.claim(self.batch)
+            items = self.outbox.claim(self.batch, channels=channels)
             if not items and not fanned:
                 return n
             for item in items:
-                self.deliver(item)
-                n += 1
+                if item.channel not in self.senders:
+                    self.deliver(item)
+            for name, sender in self.senders.items():
+                batch = [i for i in items if i.channel == name]
+                if batch:
+                    for outcome in sender.deliver(batch):
+                        self.record(outcome)
+            n += len(items)
 
     def step(self) -> int:
         """One pass of the loop: `run_once`, its failure logged by state (StorageState: one

@@ -69,6 +69,7 @@ class RaiseTicket:
     priority: str = ""
     channel: Channel = Channel.CLI
     device: dict[str, Any] = field(default_factory=dict)
+    attachments: tuple[AttachmentData, ...] = ()
 
 
 @dataclass(frozen=True)

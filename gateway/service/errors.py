@@ -25,3 +25,8 @@ class OrgFileError(UserFacingError):
 
 class StorageUnavailable(Exception):
     """The database cannot be reached or written now: the channel says "try later" (SMTP 451)."""
+
+
+class AlreadyApplied(Exception):
+    """A request whose idempotency key (a Slack event or interaction id) was applied before:
+    nothing was changed this time."""

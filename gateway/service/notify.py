@@ -287,21 +287,7 @@ class Notifier:
     def fan_out(self, event: m.OutboxEvent) -> list[m.Outbox]:
         """One outbox row per recipient of ``event``, as of the event (``self.now`` is its time)."""
         e = event.payload
-        snap = e["ticket"]
-        ticket = TicketAt(
-            id=event.ticket_id,
-            org_id=snap["org_id"],
-            from_employee_id=snap["from_employee_id"],
-            assignment_type=snap["assignment_type"],
-            to_employee_id=snap["to_employee_id"],
-            to_department_id=snap["to_department_id"],
-            owner_id=snap["owner_id"],
-            status=snap["status"],
-            subject=snap["subject"],
-            created_at=datetime.fromisoformat(snap["created_at"]),
-            root_message_id=snap["root_message_id"],
-            copies_upto=int(snap["copies_upto"]),
-        )
+        ticket = ticket_at(event)
         kind = event.kind
         exclude = frozenset(e["exclude"])
         only = frozenset(e["only"]) if e["only"] is not None else None
@@ -398,6 +384,25 @@ class Notifier:
             self.s.add(row)
             rows.append(row)
         return rows
+
+
+def ticket_at(event: m.OutboxEvent) -> TicketAt:
+    """The ticket as the event captured it."""
+    snap = event.payload["ticket"]
+    return TicketAt(
+        id=event.ticket_id,
+        org_id=snap["org_id"],
+        from_employee_id=snap["from_employee_id"],
+        assignment_type=snap["assignment_type"],
+        to_employee_id=snap["to_employee_id"],
+        to_department_id=snap["to_department_id"],
+        owner_id=snap["owner_id"],
+        status=snap["status"],
+        subject=snap["subject"],
+        created_at=datetime.fromisoformat(snap["created_at"]),
+        root_message_id=snap["root_message_id"],
+        copies_upto=int(snap["copies_upto"]),
+    )
 
 
 def status_kind(action: Action) -> str:

@@ -44,7 +44,17 @@ _TOP = _Table(
     },
     ("organization", "branches"),
 )
-_ORGANIZATION = _Table({"name": str, "domains": list, "employees_csv": str}, ("name", "domains"))
+_ORGANIZATION = _Table(
+    {
+        "name": str,
+        "domains": list,
+        "employees_csv": str,
+        # SPEC §3: the Slack workspace whose requests act for this organization, and its app
+        "slack_team_id": str,
+        "slack_app_id": str,
+    },
+    ("name", "domains"),
+)
 _CATEGORY = _Table({"name": str, "sub_categories": list}, ("name",))
 _BRANCH = _Table(
     {"name": str, "timezone": str, "working_hours": dict, "holidays": list, "departments": list},
@@ -356,10 +366,17 @@ def apply_org(s: Session, data: dict[str, Any], *, mail_domain: str) -> ImportRe
     o = data["organization"]
     org = q.organization_named(s, o["name"])
     domains = [d.lower() for d in o["domains"]]
+    slack = {"slack_team_id": o.get("slack_team_id"), "slack_app_id": o.get("slack_app_id")}
+    if slack["slack_team_id"]:
+        holder = q.organization_with_team(s, slack["slack_team_id"])
+        if holder is not None and holder.name != o["name"]:
+            raise OrgFileError(
+                f"organization.slack_team_id: {slack['slack_team_id']} belongs to {holder.name}"
+            )
     if org is None:
-        org = u.new(m.Organization(name=o["name"], domains=domains))
+        org = u.new(m.Organization(name=o["name"], domains=domains, **slack))
     else:
-        u.set(org, domains=domains)
+        u.set(org, domains=domains, **slack)
     gw_domain = (mail_domain or domains[0]).lower()
     # Categories
     cat_ids: dict[str, int] = {}

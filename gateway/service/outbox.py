@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -41,6 +41,30 @@ class OutboxItem:
     payload: dict[str, Any]
     attempts: int
     ticket_id: int | None = None
+    channel: str = "email"
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What a channel's sender made of one outbox row."""
+
+    item_id: int
+    result: Literal["sent", "retry", "dead"]
+    error: str = ""
+    retry_after: float | None = None  # seconds to wait, e.g. Slack's 429 Retry-After
+
+
+class ChannelSender(Protocol):
+    """Delivers the outbox rows of one channel (``outbox.channel``: "email", "slack")."""
+
+    channel: str
+
+    def deliver(self, items: Sequence[OutboxItem]) -> list[DeliveryOutcome]: ...
+
+
+# Another channel's rows for one event, written at fan-out beside the mail rows (the Slack
+# channel post, its thread, DMs): (session, event, the event's notifier) → rows added.
+ChannelFanOut = Callable[[Session, m.OutboxEvent, Notifier], object]
 
 
 class OutboxService:
@@ -58,7 +82,9 @@ class OutboxService:
         backoff_seconds: float = 30.0,
         backoff_max_seconds: float = 3600.0,
         on_storage_error: Callable[[], None] = lambda: None,
+        channel_fan_outs: Sequence[ChannelFanOut] = (),
     ) -> None:
+        self.channel_fan_outs = tuple(channel_fan_outs)
         self.sessions = sessions
         self.clock = clock
         self.identity = identity
@@ -112,6 +138,8 @@ class OutboxService:
                 try:
                     with s.begin_nested():
                         notifier.fan_out(ev)
+                        for extra in self.channel_fan_outs:
+                            extra(s, ev, notifier)
                         ev.state = "done"
                 except DBAPIError:
                     raise
@@ -124,14 +152,15 @@ class OutboxService:
                 ev.done_at = done_at
             return len(events)
 
-    def claim(self, limit: int = 20) -> list[OutboxItem]:
-        """Take due rows for this worker: pending and due, or 'sending' whose lease ran out.
+    def claim(self, limit: int = 20, channels: Sequence[str] = ("email",)) -> list[OutboxItem]:
+        """Take due rows of ``channels`` for this worker: pending and due, or 'sending' whose
+        lease ran out.
 
         On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several workers claim disjoint rows; on
         SQLite the write transaction (BEGIN IMMEDIATE) serialises claims."""
         now = self.clock.now()
         with storage_errors(self.on_storage_error), self.sessions() as s, s.begin():
-            rows = q.lock_due_outbox(s, now=now, limit=limit)
+            rows = q.lock_due_outbox(s, now=now, limit=limit, channels=channels)
             for r in rows:
                 r.state = "sending"
                 r.attempts += 1
@@ -145,6 +174,7 @@ class OutboxService:
                     dict(r.payload),
                     r.attempts,
                     r.ticket_id,
+                    r.channel,
                 )
                 for r in rows
             ]
@@ -170,8 +200,11 @@ class OutboxService:
                 r.sent_at = self.clock.now()
                 r.last_error = ""
 
-    def failed(self, item_id: int, error: str, *, permanent: bool) -> str:
-        """Retry later with backoff, or dead-letter after the last try or a permanent error."""
+    def failed(
+        self, item_id: int, error: str, *, permanent: bool, retry_after: float | None = None
+    ) -> str:
+        """Retry later with backoff (no earlier than ``retry_after`` seconds when given), or
+        dead-letter after the last try or a permanent error."""
         now = self.clock.now()
         with storage_errors(self.on_storage_error), self.sessions() as s, s.begin():
             r = s.get(m.Outbox, item_id, with_for_update=True)
@@ -182,9 +215,11 @@ class OutboxService:
                 r.state = "dead"
             else:
                 r.state = "pending"
-                r.next_attempt_at = now + retry_delay(
-                    r.attempts, self.backoff_seconds, self.backoff_max_seconds
-                )
+                delay = retry_delay(r.attempts, self.backoff_seconds, self.backoff_max_seconds)
+                if retry_after is not None:
+                    # The server said when (Slack's 429 Retry-After): then, not our backoff.
+                    delay = timedelta(seconds=max(0.0, retry_after))
+                r.next_attempt_at = now + delay
             return r.state
 
     def retry(self, ids: list[int] | None = None) -> int:

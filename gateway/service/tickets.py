@@ -33,9 +33,10 @@ from gateway.service.commands import (
     RaiseTicket,
 )
 from gateway.service.directory import Directory, DirectoryCache
-from gateway.service.errors import ActionRefused, NotFound, UserFacingError
+from gateway.service.errors import ActionRefused, AlreadyApplied, NotFound, UserFacingError
 from gateway.service.notify import MailIdentity, Notifier, new_message_id, status_kind
 from store import models as m
+from store import slack_queries as sq
 from store import ticket_queries as q
 from store.db import write_session
 from store.ticket_queries import CopyRow
@@ -100,6 +101,12 @@ class Unit:
         if not e.active:
             raise ActionRefused(f"{email} is deactivated and can no longer raise or act")
         return e
+
+    def once(self, key: str | None) -> None:
+        """Record the request's idempotency key in this transaction; AlreadyApplied (and so a
+        rollback of nothing) when it was recorded before: a Slack retry changes nothing."""
+        if key is not None and not sq.claim_key(self.conn, key, self.now):
+            raise AlreadyApplied(key)
 
     # ---- writes -----------------------------------------------------------------------------
     def history(
@@ -496,12 +503,15 @@ class Unit:
         in_reply_to: str | None = None,
         applied: tuple[CommandResult, ...] = (),
         action: Action | None = None,
+        origin: str = "",
     ) -> tuple[int, CommandResult]:
         """A message from a participant: reply (assignee), respond/message (requester), RC/RHC;
         returns the new message's id and the result of the action it took.
 
         ``action`` is the one the sender named (CLI, Slack): then the table judges that action
         rather than the one their roles suggest; a hidden copy may only name ``message``.
+        ``origin``: the Slack channel whose thread the message was written in (it is not
+        posted back there).
         """
         roles = self.d.roles_of(t, sender)
         if not roles:
@@ -551,6 +561,7 @@ class Unit:
             hidden=hidden,
             body=body,
             in_reply_to=in_reply_to or message_id,
+            extra={"slack_origin": origin} if origin else None,
         )
         if applied:
             self.notify.enqueue(
@@ -596,8 +607,10 @@ class TicketService:
             raise
 
     # ---- commands from the CLI (and Slack) ---------------------------------------------------
-    def raise_ticket(self, cmd: RaiseTicket) -> str:
+    def raise_ticket(self, cmd: RaiseTicket, *, once: str | None = None) -> str:
+        """Raise a ticket; ``once``: an idempotency key (AlreadyApplied when seen before)."""
         with self.unit() as u:
+            u.once(once)
             requester = u.actor(cmd.requester)
             resolved = u.d.resolve(cmd.to)
             if resolved is None or resolved.party.org_id != requester.org_id:
@@ -628,13 +641,16 @@ class TicketService:
                 sub_address=resolved.sub_address,
                 priority=cmd.priority,
                 device=cmd.device,
+                attachments=cmd.attachments,
             )
             u.notify_raised(t, requester, ack=True)
             return f"TKT-{t.id}"
 
-    def act(self, cmd: Act) -> CommandResult:
-        """Apply an action as ``cmd.actor``; raises ActionRefused when the table says no."""
+    def act(self, cmd: Act, *, once: str | None = None) -> CommandResult:
+        """Apply an action as ``cmd.actor``; raises ActionRefused when the table says no.
+        ``once``: an idempotency key (AlreadyApplied when seen before)."""
         with self.unit() as u:
+            u.once(once)
             actor = u.actor(cmd.actor)
             t = u.ticket(cmd.ref)
             if not u.d.roles_of(t, actor):
