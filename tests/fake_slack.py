@@ -192,8 +192,13 @@ class FakeSlack:
         if method == "chat.postMessage":
             ts = self.next_ts()
             channel = a["channel"]
-            msg = {"type": "message", "user": BOT_USER, "bot_id": "B0TICKETBOT", "ts": ts,
-                   "text": a.get("text", "")}
+            msg = {
+                "type": "message",
+                "user": BOT_USER,
+                "bot_id": "B0TICKETBOT",
+                "ts": ts,
+                "text": a.get("text", ""),
+            }
             if a.get("thread_ts"):
                 msg["thread_ts"] = a["thread_ts"]
             return {"ok": True, "channel": channel, "ts": ts, "message": msg}
@@ -208,8 +213,13 @@ class FakeSlack:
             view = dict(a.get("view") or {})
             return {
                 "ok": True,
-                "view": {**view, "id": a.get("view_id") or vid, "team_id": TEAM,
-                         "hash": f"{int(time.time())}.abc", "app_id": APP},
+                "view": {
+                    **view,
+                    "id": a.get("view_id") or vid,
+                    "team_id": TEAM,
+                    "hash": f"{int(time.time())}.abc",
+                    "app_id": APP,
+                },
             }
         if method in ("conversations.history", "conversations.replies"):
             msgs = self.messages.get(a.get("channel", ""), [])
@@ -219,14 +229,20 @@ class FakeSlack:
         return {"ok": False, "error": "unknown_method"}
 
     def _json(
-        self, req: BaseHTTPRequestHandler, code: int, body: dict[str, Any],
+        self,
+        req: BaseHTTPRequestHandler,
+        code: int,
+        body: dict[str, Any],
         headers: dict[str, str] | None = None,
     ) -> None:
         self._send(req, code, json.dumps(body).encode(), "application/json", headers)
 
     @staticmethod
     def _send(
-        req: BaseHTTPRequestHandler, code: int, data: bytes, ctype: str,
+        req: BaseHTTPRequestHandler,
+        code: int,
+        data: bytes,
+        ctype: str,
         headers: dict[str, str] | None = None,
     ) -> None:
         req.send_response(code)
@@ -294,8 +310,14 @@ class SlackClient:
             return Answer(e.code, e.read().decode(), time.monotonic() - started)
 
     def command(
-        self, text: str, *, user: str = "U0ALICE", channel: str = "C0ITSUPPORT",
-        team: str = TEAM, app: str = APP, **kw: Any,
+        self,
+        text: str,
+        *,
+        user: str = "U0ALICE",
+        channel: str = "C0ITSUPPORT",
+        team: str = TEAM,
+        app: str = APP,
+        **kw: Any,
     ) -> Answer:
         form = {
             "token": "legacy-ignored",
@@ -312,8 +334,9 @@ class SlackClient:
             "response_url": self.url.replace("/slack/events", "/response"),
             "trigger_id": self._id("13345224609.738474920.trigger"),
         }
-        return self.post(urllib.parse.urlencode(form).encode(),
-                         "application/x-www-form-urlencoded", **kw)
+        return self.post(
+            urllib.parse.urlencode(form).encode(), "application/x-www-form-urlencoded", **kw
+        )
 
     def interaction(self, payload: dict[str, Any], **kw: Any) -> Answer:
         payload.setdefault("api_app_id", APP)
@@ -323,8 +346,14 @@ class SlackClient:
         return self.post(body, "application/x-www-form-urlencoded", **kw)
 
     def event(
-        self, event: dict[str, Any], *, event_id: str | None = None, team: str = TEAM,
-        app: str = APP, retry: int | None = None, **kw: Any,
+        self,
+        event: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        team: str = TEAM,
+        app: str = APP,
+        retry: int | None = None,
+        **kw: Any,
     ) -> Answer:
         body = {
             "token": "legacy-ignored",
@@ -335,43 +364,71 @@ class SlackClient:
             "event_id": event_id or self._id("Ev"),
             "event_time": int(self.clock.now().timestamp()),
             "authorizations": [
-                {"team_id": team, "user_id": BOT_USER, "is_bot": True,
-                 "is_enterprise_install": False}
+                {
+                    "team_id": team,
+                    "user_id": BOT_USER,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
             ],
             "is_ext_shared_channel": False,
         }
         headers = kw.pop("headers", {}) or {}
         if retry is not None:
-            headers = {**headers, "X-Slack-Retry-Num": str(retry),
-                       "X-Slack-Retry-Reason": "http_timeout"}
+            headers = {
+                **headers,
+                "X-Slack-Retry-Num": str(retry),
+                "X-Slack-Retry-Reason": "http_timeout",
+            }
         return self.post(json.dumps(body).encode(), "application/json", headers=headers, **kw)
 
     # ---- payload shapes ------------------------------------------------------------------
     def button(
-        self, action_id: str, value: str, *, user: str = "U0ALICE",
-        channel: str = "C0ITSUPPORT", message_ts: str = "1700000000.000200", **kw: Any,
+        self,
+        action_id: str,
+        value: str,
+        *,
+        user: str = "U0ALICE",
+        channel: str = "C0ITSUPPORT",
+        message_ts: str = "1700000000.000200",
+        **kw: Any,
     ) -> Answer:
         return self.interaction(
             {
                 "type": "block_actions",
                 "user": {"id": user, "username": user.lower(), "team_id": TEAM},
-                "container": {"type": "message", "message_ts": message_ts,
-                              "channel_id": channel, "is_ephemeral": False},
+                "container": {
+                    "type": "message",
+                    "message_ts": message_ts,
+                    "channel_id": channel,
+                    "is_ephemeral": False,
+                },
                 "channel": {"id": channel, "name": "it-support"},
                 "message": {"type": "message", "ts": message_ts, "text": "ticket"},
                 "response_url": self.url.replace("/slack/events", "/response"),
                 "actions": [
-                    {"type": "button", "action_id": action_id, "block_id": "ticket_actions",
-                     "value": value, "text": {"type": "plain_text", "text": action_id},
-                     "action_ts": f"{time.time():.6f}"}
+                    {
+                        "type": "button",
+                        "action_id": action_id,
+                        "block_id": "ticket_actions",
+                        "value": value,
+                        "text": {"type": "plain_text", "text": action_id},
+                        "action_ts": f"{time.time():.6f}",
+                    }
                 ],
             },
             **kw,
         )
 
     def submit(
-        self, callback_id: str, values: dict[str, dict[str, Any]], *, user: str = "U0ALICE",
-        private_metadata: str = "", view_id: str | None = None, **kw: Any,
+        self,
+        callback_id: str,
+        values: dict[str, dict[str, Any]],
+        *,
+        user: str = "U0ALICE",
+        private_metadata: str = "",
+        view_id: str | None = None,
+        **kw: Any,
     ) -> Answer:
         return self.interaction(
             {
@@ -397,8 +454,12 @@ def text_input(value: str) -> dict[str, Any]:
 
 
 def select(value: str) -> dict[str, Any]:
-    return {"value": {"type": "static_select", "selected_option": {
-        "text": {"type": "plain_text", "text": value}, "value": value}}}
+    return {
+        "value": {
+            "type": "static_select",
+            "selected_option": {"text": {"type": "plain_text", "text": value}, "value": value},
+        }
+    }
 
 
 def user_pick(user: str | None) -> dict[str, Any]:
@@ -442,8 +503,11 @@ class SlackGateway:
         """The recorded calls of ``method`` once there are at least ``n``."""
         from tests.conftest import poll_until
 
-        poll_until(lambda: self.fake.count(method) >= n, timeout=timeout,
-                   what=f"{n} × {method} (have {self.fake.count(method)})")
+        poll_until(
+            lambda: self.fake.count(method) >= n,
+            timeout=timeout,
+            what=f"{n} × {method} (have {self.fake.count(method)})",
+        )
         return self.fake.of(method)
 
     def counter(self, name: str) -> int:
@@ -451,7 +515,9 @@ class SlackGateway:
 
 
 @contextmanager
-def slack_gateway(db: Any, folder: Any, extra: dict[str, str] | None = None) -> Iterator[SlackGateway]:
+def slack_gateway(
+    db: Any, folder: Any, extra: dict[str, str] | None = None
+) -> Iterator[SlackGateway]:
     from gateway.bootstrap import make_slack, make_worker
     from tests.conftest import demo_env, serving
 

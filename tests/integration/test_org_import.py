@@ -198,11 +198,11 @@ INVALID = {
             _sub(t, 'sub_categories = ["Installation', 'subcategories = ["Installation'),
             c,
         ),
-        "categories[1].subcategories: unknown key 'subcategories' (org.toml line 18)",
+        "categories[1].subcategories: unknown key 'subcategories' (org.toml line 21)",
     ),
     "unknown branch key (timzone)": (
         lambda t, c: (_sub(t, 'timezone = "America/New_York"', 'timzone = "America/New_York"'), c),
-        "branches[1].timzone: unknown key 'timzone' (org.toml line 98); known: name, timezone,",
+        "branches[1].timzone: unknown key 'timzone' (org.toml line 101); known: name, timezone,",
     ),
     "unknown branch sub-table": (
         lambda t, c: (
@@ -213,25 +213,25 @@ INVALID = {
             ),
             c,
         ),
-        "branches[0].sla: unknown key 'sla' (org.toml line 46)",
+        "branches[0].sla: unknown key 'sla' (org.toml line 49)",
     ),
     "unknown department key (slak_channel)": (
         lambda t, c: (
             _sub(t, 'slack_channel = "C0FACILITIES"', 'slak_channel = "C0FACILITIES"'),
             c,
         ),
-        "branches[0].departments[1].slak_channel: unknown key 'slak_channel' (org.toml line 70)",
+        "branches[0].departments[1].slak_channel: unknown key 'slak_channel' (org.toml line 73)",
     ),
     "unknown role key": (
         lambda t, c: (
             _sub(t, 'name = "Sales Director"\nlevel = 2', 'name = "Sales Director"\nlvl = 2'),
             c,
         ),
-        "branches[1].departments[2].roles[1].lvl: unknown key 'lvl' (org.toml line 148)",
+        "branches[1].departments[2].roles[1].lvl: unknown key 'lvl' (org.toml line 151)",
     ),
     "unknown employee key": (
         lambda t, c: (_sub(t, 'slack_user_id = "U0KARL"', 'slack_user = "U0KARL"'), c),
-        "employees[6].slack_user: unknown key 'slack_user' (org.toml line 204)",
+        "employees[6].slack_user: unknown key 'slack_user' (org.toml line 207)",
     ),
     "unknown csv column": (
         lambda t, c: (

@@ -80,8 +80,9 @@ def test_forged_and_stale_signatures_are_401_and_change_nothing(
     good = sign(body, now)
     answers = [
         sg.client.post(body + b"x", "application/x-www-form-urlencoded", signature=good),
-        sg.client.post(body, "application/x-www-form-urlencoded",
-                       signature=sign(body, now, "other-secret")),
+        sg.client.post(
+            body, "application/x-www-form-urlencoded", signature=sign(body, now, "other-secret")
+        ),
         sg.client.post(body, "application/x-www-form-urlencoded", timestamp=now - 301),
         sg.client.post(body, "application/x-www-form-urlencoded", signature="v0=nothex"),
     ]
@@ -94,7 +95,9 @@ def test_forged_and_stale_signatures_are_401_and_change_nothing(
     for secret in (SIGNING_SECRET, BOT_TOKEN, "forged", "secret-body", good):
         assert secret not in logged
     # Within the window the same request is accepted.
-    assert sg.client.post(body, "application/x-www-form-urlencoded", timestamp=now - 299).status == 200
+    assert (
+        sg.client.post(body, "application/x-www-form-urlencoded", timestamp=now - 299).status == 200
+    )
 
 
 def test_another_workspace_or_app_changes_nothing(sg: SlackGateway) -> None:
@@ -103,9 +106,14 @@ def test_another_workspace_or_app_changes_nothing(sg: SlackGateway) -> None:
     a = sg.client.command("new IT: from elsewhere", user="U0KARL", team="T0OTHER")
     b = sg.client.command("new IT: other app", user="U0KARL", app="A0OTHER")
     c = sg.client.event(
-        {"type": "reaction_added", "user": "U0KARL", "reaction": "ticket",
-         "item": {"type": "message", "channel": "C0ITSUPPORT", "ts": "1.2"},
-         "item_user": "U0KARL", "event_ts": "1.3"},
+        {
+            "type": "reaction_added",
+            "user": "U0KARL",
+            "reaction": "ticket",
+            "item": {"type": "message", "channel": "C0ITSUPPORT", "ts": "1.2"},
+            "item_user": "U0KARL",
+            "event_ts": "1.3",
+        },
         team="T0OTHER",
     )
     assert (a.status, b.status, c.status) == (200, 200, 200)
@@ -157,21 +165,32 @@ def test_mail_ticket_is_posted_and_the_thread_bridges_both_ways(sg: SlackGateway
     """A mail to IT → a post with buttons in C0ITSUPPORT; Bob's thread reply → a REPLIED
     message and a mail to the requester; the requester's mail answer → in the thread."""
     gw = sg.gw
-    gw.send(mail("karl@acme.example", ["it@acme.example"], "VPN down", "Since 9:00."),
-            "karl@acme.example", ["it@acme.example"])
+    gw.send(
+        mail("karl@acme.example", ["it@acme.example"], "VPN down", "Since 9:00."),
+        "karl@acme.example",
+        ["it@acme.example"],
+    )
     ref = gw.tickets()[0]["ref"]
     sg.deliver()
     post = next(p for p in sg.fake.of("chat.postMessage") if p["channel"] == "C0ITSUPPORT")
     assert ref in post["text"]
-    buttons = [e["action_id"] for b in post["blocks"] if b["type"] == "actions"
-               for e in b["elements"]]
+    buttons = [
+        e["action_id"] for b in post["blocks"] if b["type"] == "actions" for e in b["elements"]
+    ]
     assert buttons == ["ticket_take", "ticket_return", "ticket_reject", "ticket_deliver"]
     ts = _post_ts(sg, ref)
     # Bob answers in the thread
     mails_before = len(gw.deliver())
-    ev = {"type": "message", "channel": "C0ITSUPPORT", "user": "U0BOB", "text": "Rebooting it now",
-          "ts": "1700000100.000100", "thread_ts": ts, "channel_type": "channel",
-          "event_ts": "1700000100.000100"}
+    ev = {
+        "type": "message",
+        "channel": "C0ITSUPPORT",
+        "user": "U0BOB",
+        "text": "Rebooting it now",
+        "ts": "1700000100.000100",
+        "thread_ts": ts,
+        "channel_type": "channel",
+        "event_ts": "1700000100.000100",
+    }
     assert sg.client.event(ev, event_id="Ev0BOBREPLY").status == 200
     poll_until(lambda: len(gw.ticket(ref)["messages"]) == 2, timeout=10, what="Bob's message")
     t = gw.ticket(ref)
@@ -185,8 +204,13 @@ def test_mail_ticket_is_posted_and_the_thread_bridges_both_ways(sg: SlackGateway
     # Bob's message is not echoed back into the thread it came from.
     assert "Rebooting it now" not in sg.fake.channel_text("C0ITSUPPORT")
     # Karl answers by mail: it appears in the thread.
-    reply = mail("karl@acme.example", [to_karl[-1]["Reply-To"]], f"Re: [{ref}] VPN down",
-                 "Works again, thanks.", headers={"In-Reply-To": to_karl[-1]["Message-ID"]})
+    reply = mail(
+        "karl@acme.example",
+        [to_karl[-1]["Reply-To"]],
+        f"Re: [{ref}] VPN down",
+        "Works again, thanks.",
+        headers={"In-Reply-To": to_karl[-1]["Message-ID"]},
+    )
     gw.send(reply, "karl@acme.example", [to_karl[-1]["Reply-To"]])
     sg.deliver()
     threaded = [p for p in sg.fake.of("chat.postMessage") if p.get("thread_ts") == ts]
