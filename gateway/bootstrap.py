@@ -32,8 +32,8 @@ from gateway.service.slack import SlackService
 from gateway.service.slack_notify import SlackFanOut
 from gateway.service.tickets import ServiceOptions, TicketService
 from gateway.slack.app import AdapterOptions, SlackAdapter
-from gateway.slack.identity import SlackIdentity
 from gateway.slack.http import SlackHttpServer, SlackSocketMode
+from gateway.slack.identity import SlackIdentity
 from gateway.slack.metrics import SlackCounters
 from gateway.slack.poster import SlackPoster
 from store.db import make_engine, session_factory
