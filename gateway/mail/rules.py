@@ -461,7 +461,9 @@ class NdrBodyStatement:
 # flufl.bounce's heuristic LLNL detector matches ordinary replies (talon's comcast.eml):
 # it is left out of the rule that judges on flufl alone.
 _FLUFL_TRUSTED = tuple(d for d in _FLUFL_DETECTORS if d.__name__ != "LLNL")
-_FLUFL_SCAN_LIMIT = 1024 * 1024
+# Bounces state the failure near the top; the text-scanning detectors (SimpleMatch) cost
+# about 1 ms per kB, so only the first 64 KiB are scanned (benchmarks/BENCHMARKS.md).
+_FLUFL_SCAN_LIMIT = 64 * 1024
 
 
 class FluflBounce:
@@ -504,7 +506,9 @@ _OOO_PREFIX = re.compile(
     r"răspuns\s+automat|automatski\s+odgovor|samodejni\s+odgovor|automātiskā\s+atbilde|"
     r"automaatne\s+vastus|automatinis\s+atsakymas|auto[\s-]?reply|auto[\s-]?response|"
     r"autoresponse|abwesend|fuera\s+de\s+(?:la\s+)?oficina|absence\s+du\s+bureau|"
-    r"hors\s+du\s+bureau|fuori\s+ufficio)\s*[:：]",
+    r"hors\s+du\s+bureau|fuori\s+ufficio|תשובה\s+אוטומטית|رد\s+تلقائي|ตอบกลับอัตโนมัติ|"
+    r"trả\s+lời\s+tự\s+động|balasan\s+otomatis|resposta\s+automàtica|автоматичен\s+отговор|"
+    r"аутоматски\s+одговор|automatické\s+odpovede|automatyczna\s+odpowiedź)\s*[:：]",
     re.IGNORECASE,
 )
 # Words of an absence in the subject: evidence only together with an automatic signal,
@@ -592,7 +596,10 @@ _CHALLENGE_BODY = re.compile(
     r"human sender|not a (?:robot|spammer)|n'êtes pas un robot|kein roboter|"
     r"to control spam|spam protection|sender verification|confirm the sent message|"
     r"registration request|courtesy notices?|challenge|"
-    r"en attente de validation|est en attente",
+    r"en attente de validation|est en attente|verify your (?:e-?mail|message|address)|"
+    r"confirm your (?:e-?mail|message|address)|"
+    r"your (?:e-?mail|message) (?:is|has been|was) (?:held|on hold|quarantined|pending)|"
+    r"awaiting (?:your )?(?:verification|confirmation)",
     re.IGNORECASE,
 )
 _URL = re.compile(r"https?://\S+", re.IGNORECASE)
@@ -613,6 +620,9 @@ class ChallengeResponse:
     def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
         for name in _CHALLENGE_HEADERS:
             if header(mail, name) is not None:
+                return _verdict(self.name, f"{name} present", "auto_reply", mail)
+        for name, _ in mail.headers:
+            if name.lower().startswith("x-challenge"):
                 return _verdict(self.name, f"{name} present", "auto_reply", mail)
         if _CHALLENGE_SUBJECT.search(mail.subject) and _automatic_signal(mail, ctx):
             return _verdict(self.name, f"subject: {mail.subject[:80]}", "auto_reply", mail)

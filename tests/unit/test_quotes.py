@@ -99,3 +99,49 @@ def test_huge_quote_is_linear() -> None:
     start = time.perf_counter()
     assert strip_reply(text) == "New words"
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # mail.ru: a bare address ends the attribution, a time of day dates it
+        (
+            "Спасибо.\n\nПонедельник, 2 ноября 2026, 9:14 +03:00 от it@acme.example:\n\nСтарое",
+            "Спасибо.",
+        ),
+        # an app footer with its download link appended
+        ("Thanks\n\nGet Outlook for iOS<https://aka.ms/o0ukef>\n____\nFrom: a\nold", "Thanks"),
+        # French webmail block with an empty field, under a "====" rule
+        (
+            (
+                'Merci.\n\n====\n\nMessage du : 12/12/2016 13:20\nDe : "Q" <q@example.com>\n'
+                "A : m@example.fr\nCopie à : \nSujet : Test\n\nAncien"
+            ),
+            "Merci.",
+        ),
+        # a line ending in ":" above a quote, with a verb: the attribution of an unknown client
+        ("Anna wrote:\n> Floor?\n3rd floor\n", "3rd floor"),
+        # nothing but an attribution and a quote: empty, the caller has the full text
+        ("On Mon, 2 Nov 2026 at 09:14, A <a@example.com> wrote:\n> only old\n", ""),
+    ],
+)
+def test_issue16_kinds(text: str, expected: str) -> None:
+    """Issue 16 kinds: bare-address attributions, linked app footers, empty header fields."""
+    assert strip_reply(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Please write to bob@example.com:\n\nhe knows the details.",
+        "I sent it from my iPhone yesterday.\nIs that a problem?",
+        "See below:\n\n> quoted question\n\nMy answer.",
+    ],
+)
+def test_issue16_prose_is_kept(text: str) -> None:
+    """Prose that looks a little like history (an address and a colon, "sent from my
+    iPhone" in a sentence, "See below:") is the sender's own text and stays."""
+    got = strip_reply(text)
+    for line in text.splitlines():
+        if line.strip() and not line.startswith(">"):
+            assert line in got
