@@ -18,12 +18,15 @@ from gateway.config import ConfigError, Settings
 from gateway.domain.tokens import ReplyTokens
 from gateway.mail.delivery import MaildirTransport, SmtpRelayTransport, Transport
 from gateway.mail.delivery_worker import DeliveryWorker
+from gateway.mail.imap_client import MailboxConfig
 from gateway.mail.outbound import Renderer, templates_dir
 from gateway.mail.parse import ParseLimits
 from gateway.mail.smtp_server import EdgeHandler, EdgePolicy, QueueWriter
 from gateway.mail.translate import TranslateContext
+from gateway.runners.imap import MailboxWatcher
 from gateway.runners.intake import IntakeRunner
 from gateway.service.clock import Clock, SystemClock
+from gateway.service.imap import ImapIntake
 from gateway.service.inbound import InboundQueue
 from gateway.service.intake import IntakeOptions, MailIntake
 from gateway.service.notify import MailIdentity
@@ -288,3 +291,52 @@ def make_slack(app: App, *, port: int | None = None) -> SlackRuntime:
             port=s.port if port is None else port,
         )
     return SlackRuntime(adapter, entry, SlackPoster(post_client, service, counters), counters)
+
+
+def mailbox_configs(settings: Settings) -> list[MailboxConfig]:
+    """The `[[imap.mailboxes]]` tables, passwords resolved (gateway/config.py)."""
+    return [
+        MailboxConfig(
+            name=b.label,
+            host=b.host,
+            port=b.port,
+            tls=b.tls,
+            user=b.user,
+            password=b.password,
+            folder=b.folder,
+            processed_folder=b.processed_folder,
+            quarantine_folder=b.quarantine_folder,
+            departments=tuple(d.lower() for d in b.departments),
+            start_from=b.start_from,
+        )
+        for b in settings.imap.mailboxes
+    ]
+
+
+def make_imap_watcher(
+    app: App, box: MailboxConfig, *, on_queued: Callable[[], None] = lambda: None
+) -> MailboxWatcher:
+    """The watcher of one mailbox; `on_queued` runs after each commit (it wakes the runner)."""
+    inbound = make_inbound(app)
+    i = app.settings.imap
+    return MailboxWatcher(
+        box,
+        ImapIntake(app.service, on_storage_error=app.engine.dispose),
+        is_ours=lambda a: inbound.known_recipient(a) is not None,
+        on_queued=on_queued,
+        max_message_bytes=app.settings.smtp.max_message_bytes,
+        batch_size=i.batch_size,
+        idle_seconds=i.idle_seconds,
+        poll_seconds=i.poll_seconds,
+        backoff_seconds=i.backoff_seconds,
+        backoff_max_seconds=i.backoff_max_seconds,
+    )
+
+
+def make_imap_watchers(
+    app: App, *, on_queued: Callable[[], None] = lambda: None
+) -> list[MailboxWatcher]:
+    """One watcher per `[[imap.mailboxes]]` table."""
+    return [
+        make_imap_watcher(app, box, on_queued=on_queued) for box in mailbox_configs(app.settings)
+    ]

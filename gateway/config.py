@@ -129,12 +129,28 @@ class ImapMailbox:
     folder: str = "INBOX"
     processed_folder: str = "Processed"
     quarantine_folder: str = "Quarantine"
+    # The department address(es) this mailbox serves, added to every mail's envelope
+    # recipients (its address may be in no header: a Bcc, a forward, an alias).
+    departments: tuple[str, ...] = ()
+    # A label for logs, /metrics and the database row of the folder's state (default
+    # "user@host/folder"); changing it starts the folder afresh.
+    name: str = ""
+    # "all": a first run queues what the folder holds; "now": only mail arriving from now on.
+    start_from: str = "all"
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.user}@{self.host}/{self.folder}"
 
 
 @dataclass(frozen=True)
 class ImapSettings:
     enabled: bool = False
     poll_seconds: float = 60.0
+    idle_seconds: float = 300.0
+    batch_size: int = 100
+    backoff_seconds: float = 1.0
+    backoff_max_seconds: float = 300.0
     mailboxes: tuple[ImapMailbox, ...] = ()
 
 
@@ -564,12 +580,29 @@ def _validate(s: Settings) -> None:
             f"{where}: [outbound] backoff_max_seconds must not be less than backoff_seconds"
         )
 
-    positive("[imap] poll_seconds", s.imap.poll_seconds)
+    for key in ("poll_seconds", "idle_seconds", "batch_size", "backoff_seconds"):
+        positive(f"[imap] {key}", getattr(s.imap, key))
+    if s.imap.backoff_max_seconds < s.imap.backoff_seconds:
+        raise ConfigError(
+            f"{where}: [imap] backoff_max_seconds must not be less than backoff_seconds"
+        )
+    labels: set[str] = set()
     for i, box in enumerate(s.imap.mailboxes):
         label = f"[[imap.mailboxes]][{i}]"
         not_empty(f"{label} host", box.host)
         port(f"{label} port", box.port)
         one_of(f"{label} tls", box.tls, ("none", "starttls", "ssl"))
+        one_of(f"{label} start_from", box.start_from, ("all", "now"))
+        for d in box.departments:
+            if "@" not in d:
+                raise ConfigError(
+                    f"{where}: {label} departments: {d!r} must be a department's intake address"
+                )
+        if box.label in labels:
+            raise ConfigError(
+                f"{where}: {label}: a second mailbox named {box.label!r} (give each a name)"
+            )
+        labels.add(box.label)
         for key in ("folder", "processed_folder", "quarantine_folder"):
             not_empty(f"{label} {key}", getattr(box, key))
 

@@ -270,6 +270,38 @@ class InboundMail(Base):
     processed_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class ImapMailbox(Base):
+    """What the IMAP intake knows of one watched folder: its UIDVALIDITY and the highest UID
+    whose message is committed to the inbound queue (issue 15)."""
+
+    __tablename__ = "imap_mailboxes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(400), unique=True)
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime]
+
+
+class ImapMessage(Base):
+    """One message of a watched folder that was committed to the inbound queue: its UID and
+    the processing record it became, and whether it was moved out of the folder yet
+    (`state`: `waiting` for the runner or the move, `processed`, `quarantine`, `gone`)."""
+
+    __tablename__ = "imap_messages"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "uidvalidity", "uid", name="uq_imap_messages_uid"),
+        Index("ix_imap_messages_waiting", "mailbox_id", "state"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("imap_mailboxes.id"))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uid: Mapped[int] = mapped_column(BigInteger)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_mail.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    at: Mapped[datetime]
+    moved_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class InboundRef(Base):
     """A Message-ID that a queued mail names in In-Reply-To or References: a reply waits for
     a parent still in the queue, and a parent's arrival releases the replies waiting for it."""

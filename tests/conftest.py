@@ -180,6 +180,39 @@ def run_cli(
     )
 
 
+@contextmanager
+def storage_unreachable(env: Env) -> Iterator[None]:
+    """The SQLite file of `env` unreachable inside the block: read-only, or (root ignores file
+    modes) moved away from a folder made read-only; put back afterwards."""
+    import stat
+
+    db = Path(env.app.settings.database.url.removeprefix("sqlite:///"))
+    env.app.engine.dispose()
+    files = [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
+    modes = {p: p.stat().st_mode for p in files}
+    if os.geteuid() == 0:
+        moved = db.parent / "moved"
+        moved.mkdir()
+        for p in files:
+            p.rename(moved / p.name)
+        db.parent.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    else:
+        for p in files:
+            p.chmod(stat.S_IRUSR)
+    try:
+        yield
+    finally:
+        if os.geteuid() == 0:
+            db.parent.chmod(0o755)
+            for p in (db.parent / "moved").iterdir():
+                p.rename(db.parent / p.name)
+            (db.parent / "moved").rmdir()
+        else:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        env.app.engine.dispose()
+
+
 # ---- SMTP intake and outbound delivery over real sockets ------------------------------------
 
 

@@ -113,20 +113,7 @@ class InboundQueue:
         (SQLite synchronous=FULL, PostgreSQL synchronous_commit=on). A mail whose dedupe key
         is known is a duplicate: its earlier record is the answer. Storage errors raise, after
         the connections are dropped so that the next try opens new ones."""
-        new = [
-            queue.NewInbound(
-                dedupe_key=x.dedupe_key,
-                message_id=x.message_id,
-                sender=x.sender,
-                channel=x.channel.value,
-                envelope_from=x.envelope_from,
-                envelope_rcpts=x.envelope_rcpts,
-                raw=x.raw,
-                raw_sha256=x.raw_sha256,
-                refs=x.refs,
-            )
-            for x in mails
-        ]
+        new = [new_inbound(x) for x in mails]
         with self._storage(), write_session(self.svc.sessions) as s:
             done = queue.enqueue(s.connection(), new, now=self.svc.now())
         return [Queued(d.record_id, d.duplicate, d.outcome, d.rule) for d in done]
@@ -138,6 +125,21 @@ class InboundQueue:
         """`quarantine release ID`: a quarantined mail goes back into the queue."""
         with write_session(self.svc.sessions) as s:
             return queue.requeue(s, record_id)
+
+
+def new_inbound(x: QueueMail) -> queue.NewInbound:
+    """What the store inserts for a mail an edge queues."""
+    return queue.NewInbound(
+        dedupe_key=x.dedupe_key,
+        message_id=x.message_id,
+        sender=x.sender,
+        channel=x.channel.value,
+        envelope_from=x.envelope_from,
+        envelope_rcpts=x.envelope_rcpts,
+        raw=x.raw,
+        raw_sha256=x.raw_sha256,
+        refs=x.refs,
+    )
 
 
 def _remember(memo: dict[str, tuple[T, float]], key: str, value: T) -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import smtplib
-import stat
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from store import models as m
-from tests.conftest import Gateway, mail, run_cli
+from tests.conftest import Gateway, mail, run_cli, storage_unreachable
 
 REQ = "frank@acme.example"  # HR, New York
 IT = "it@acme.example"
@@ -236,33 +233,10 @@ def test_mail_explain_names_the_rule(gateway: Gateway) -> None:
 
 def test_storage_down_gives_451_then_stored_once(sqlite_gateway: Gateway) -> None:
     """SQLite file read-only → 451 4.3.0; after recovery the retried message is stored once."""
-    db = Path(sqlite_gateway.env.app.settings.database.url.removeprefix("sqlite:///"))
-    sqlite_gateway.env.app.engine.dispose()
-    files = [p for p in db.parent.iterdir() if p.name.startswith(db.name)]
-    modes = {p: p.stat().st_mode for p in files}
-    if os.geteuid() == 0:
-        # root ignores file modes: make the store unreachable by moving it away instead
-        moved = db.parent / "moved"
-        moved.mkdir()
-        for p in files:
-            p.rename(moved / p.name)
-        db.parent.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    else:
-        for p in files:
-            p.chmod(stat.S_IRUSR)
-    try:
-        msg = mail(REQ, [IT], "While down", "text", msgid="<down@client.example>")
+    msg = mail(REQ, [IT], "While down", "text", msgid="<down@client.example>")
+    with storage_unreachable(sqlite_gateway.env):
         code, text = sqlite_gateway.send(msg, REQ, [IT])
         assert code == 451 and "4.3.0" in text
-    finally:
-        if os.geteuid() == 0:
-            db.parent.chmod(0o755)
-            for p in (db.parent / "moved").iterdir():
-                p.rename(db.parent / p.name)
-        else:
-            for p, mode in modes.items():
-                p.chmod(mode)
-        sqlite_gateway.env.app.engine.dispose()
     assert sqlite_gateway.send(msg, REQ, [IT])[0] == 250
     assert sqlite_gateway.send(msg, REQ, [IT])[0] == 250
     assert len(sqlite_gateway.tickets()) == 1
