@@ -109,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     me = mail.add_parser("explain")
     me.add_argument("message_id")
     me.add_argument("--json", action="store_true")
+
+    imap = sub.add_parser("imap", help="IMAP intake").add_subparsers(dest="sub", required=True)
+    ic = imap.add_parser("check", help="log in to each mailbox and report what is there")
+    ic.add_argument("--json", action="store_true")
     return p
 
 
@@ -357,6 +361,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return cmd_org(args, app)
             if args.cmd == "ticket":
                 return cmd_ticket(args, app)
+            if args.cmd == "imap":
+                from gateway import cli_imap
+
+                return cli_imap.dispatch(args, app)
             from gateway import cli_mail
 
             return cli_mail.dispatch(args, app)

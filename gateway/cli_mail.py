@@ -8,6 +8,7 @@ from typing import Any
 
 from gateway.bootstrap import App
 from gateway.service.errors import NotFound
+from store import imap_queries
 from store import inbound_queue as queue
 from store import models as m
 from store.db import read_session
@@ -83,6 +84,7 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
         mid = args.message_id.strip().strip("<>")
         with read_session(app.sessions) as s:
             recs = queue.records_with_message_id(s, mid)
+            sources = imap_queries.mailboxes_of(s, recs[0].id) if recs else []
         if not recs:
             raise NotFound(f"no inbound mail with Message-ID <{mid}>")
         r = recs[0]
@@ -107,6 +109,7 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
                 f"  ticket:  {view['ticket'] or '-'}",
             ]
             + waiting
+            + [f"  imap:    mailbox {name}, UID {uid} ({state})" for name, uid, state in sources]
             + [
                 f"  command: {c['command']} -> {'applied' if c['applied'] else 'refused: ' + c['reason']}"
                 for c in r.detail.get("commands", [])

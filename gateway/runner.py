@@ -11,12 +11,21 @@ from collections import Counter
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from gateway.bootstrap import SlackRuntime, build, make_edge, make_runner, make_slack, make_worker
+from gateway.bootstrap import (
+    SlackRuntime,
+    build,
+    make_edge,
+    make_imap_watchers,
+    make_runner,
+    make_slack,
+    make_worker,
+)
 from gateway.config import Settings
 from gateway.http_status import StatusServer
 from gateway.mail.smtp_server import SmtpEdgeServer
+from gateway.runners.imap import MailboxWatcher
 from gateway.runners.intake import IntakeRunner
-from gateway.service.status import StatusService
+from gateway.service.status import StatusService, prometheus_label
 
 log = logging.getLogger("ticketgate")
 
@@ -91,12 +100,25 @@ class RunnerProcess:
             self._watcher.join(5)
 
 
+def imap_counters(watchers: list[MailboxWatcher]) -> dict[str, int]:
+    """Per mailbox: messages by what became of them, reconnects, and whether it is connected."""
+    out: dict[str, int] = {}
+    for w in watchers:
+        name = prometheus_label(w.box.name)
+        for event, n in sorted(w.counts.items()):
+            out[f'ticketgate_imap_events_total{{mailbox="{name}",event="{event}"}}'] = n
+        out[f'ticketgate_imap_connected{{mailbox="{name}"}}'] = int(w.state == "connected")
+    return out
+
+
 def run(settings: Settings) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # aiosmtpd logs every SMTP command line at INFO: a cost on the hot path and noise in the log.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    # imapclient logs every connection it closes at INFO; the watchers say what matters.
+    logging.getLogger("imapclient").setLevel(logging.WARNING)
     app = build(settings, need_secret=True)
     stop = threading.Event()
     started: list[Any] = []
@@ -142,6 +164,14 @@ def run(settings: Settings) -> int:
             )
             log.info("Slack: %s", mode)
         senders = {"slack": slack.poster} if slack is not None else {}
+        # One watcher per mailbox, each on its own thread: a mailbox that fails (a server
+        # down, a wrong password) backs off alone; the others and SMTP go on.
+        watchers = make_imap_watchers(app, on_queued=wake_runners) if settings.imap.enabled else []
+        for watcher in watchers:
+            watcher.start()
+            started.append(watcher)
+        if watchers:
+            log.info("IMAP intake: %d mailbox(es)", len(watchers))
         # outbound.workers = 0: another gateway process delivers (SPEC §7: they share the
         # outbox through FOR UPDATE SKIP LOCKED); this one only takes mail in.
         for i in range(settings.outbound.workers):
@@ -161,6 +191,7 @@ def run(settings: Settings) -> int:
                         for k, n in sum((r.counts for r in runners), Counter()).items()
                     },
                     **(slack.counters.snapshot() if slack is not None else {}),
+                    **imap_counters(watchers),
                 },
             )
             status.start()

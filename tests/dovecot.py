@@ -107,6 +107,8 @@ default_login_user = {login}
 first_valid_uid = {min(uid, 1) if uid else 0}
 mail_location = maildir:~/Maildir
 mail_fsync = never
+# A stopped server drops its logged-in clients too, as a real restart does.
+shutdown_clients = yes
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {r / "passwd"}
@@ -198,7 +200,13 @@ protocol imap {{
         if pid is None:
             return
         try:
-            os.kill(pid, signal.SIGTERM)
+            # The master runs in a session of its own: its process group holds the mail
+            # processes too, which would otherwise serve their clients on (a restart drops them).
+            group = os.getpgid(pid)
+            if group != os.getpgrp():
+                os.killpg(group, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout

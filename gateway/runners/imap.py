@@ -245,7 +245,7 @@ class MailboxWatcher:
                 conn = self.open()
             except CONNECTION_ERRORS as e:
                 self._set_state(
-                    "backing off", f"cannot connect: {_describe(e)}; next try in {delay:.0f} s"
+                    "backing off", f"cannot connect: {_describe(e)}; next try in {delay:g} s"
                 )
                 if self._stop.wait(delay):
                     return
@@ -265,7 +265,7 @@ class MailboxWatcher:
             finally:
                 conn.close()
             if not self._stop.is_set():
-                self._set_state("backing off", f"next try in {delay:.0f} s")
+                self._set_state("backing off", f"next try in {delay:g} s")
                 if self._stop.wait(delay):
                     return
                 delay = min(delay * 2, self.backoff_max_seconds)

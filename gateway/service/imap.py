@@ -77,6 +77,12 @@ class ImapIntake:
             st = iq.folder_state(s, mailbox, now=self.svc.now())
         return FolderState(st.uidvalidity, st.last_uid)
 
+    def stored_state(self, mailbox: str) -> FolderState | None:
+        """What the database holds for the folder, None before its first look (read only)."""
+        with storage_errors(self.on_storage_error), read_session(self.svc.sessions) as s:
+            st = iq.find_folder(s, mailbox)
+        return None if st is None else FolderState(st.uidvalidity, st.last_uid)
+
     def start_uidvalidity(self, mailbox: str, *, uidvalidity: int, last_uid: int) -> int:
         """Count UIDs under a new UIDVALIDITY from `last_uid` on; returns how many messages
         that waited under the old one are superseded (they come again under new UIDs, and

@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.service.errors import StorageUnavailable
 from gateway.service.storage import storage_errors
+from store import imap_queries
 from store import status as store_status
 
 
@@ -33,6 +34,7 @@ class StatusService:
         try:
             with storage_errors(), self.sessions() as s:
                 c = store_status.counts(s)
+                imap = imap_queries.counts_by_state(s)
         except StorageUnavailable:
             return ["ticketgate_storage_up 0"]
         lines = ["ticketgate_storage_up 1", f"ticketgate_tickets_total {c['tickets']['']}"]
@@ -44,4 +46,13 @@ class StatusService:
             f'ticketgate_outbox_events{{state="{k}"}} {n}'
             for k, n in sorted(c["outbox_events"].items())
         ]
+        lines += [
+            f'ticketgate_imap_messages{{mailbox="{prometheus_label(box)}",state="{st}"}} {n}'
+            for (box, st), n in sorted(imap.items())
+        ]
         return lines
+
+
+def prometheus_label(value: str) -> str:
+    """A Prometheus label value: backslash and double quote escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
