@@ -102,6 +102,8 @@ log_path = {self.log}
 ssl = no
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# A wrong password is answered at once (the default waits 2 s): tests try one on purpose.
+auth_failure_delay = 0
 default_internal_user = {internal}
 default_login_user = {login}
 first_valid_uid = {min(uid, 1) if uid else 0}

@@ -115,9 +115,9 @@ def test_appended_messages_become_tickets_and_leave_the_folder(
     assert len(gateway.tickets()) == 2
 
 
-def test_reply_threads_as_over_smtp(gateway: Gateway, dovecot: Dovecot) -> None:
+def test_reply_threads_as_over_smtp(sqlite_gateway: Gateway, dovecot: Dovecot) -> None:
     """A reply APPENDed with In-Reply-To lands on the ticket its parent raised."""
-    d = desk(gateway, dovecot)
+    d = desk(sqlite_gateway, dovecot)
     d.append(mail(REQ, [IT], "VPN", "Down again.", msgid="<vpn@client.example>"))
     d.cycle()
     reply = mail(
@@ -130,20 +130,20 @@ def test_reply_threads_as_over_smtp(gateway: Gateway, dovecot: Dovecot) -> None:
     )
     d.append(reply)
     d.cycle()
-    (t,) = gateway.tickets()
+    (t,) = sqlite_gateway.tickets()
     assert [x["body"] for x in t["messages"]] == ["Down again.", "Still down."]
-    assert gateway.explain("<vpn-2@client.example>")["rule"] == (
+    assert sqlite_gateway.explain("<vpn-2@client.example>")["rule"] == (
         "threaded by In-Reply-To <vpn@client.example>"
     )
     assert d.count("processed") == 2
 
 
 def test_unknown_sender_and_automatic_mail_go_to_quarantine_unanswered(
-    gateway: Gateway, dovecot: Dovecot
+    sqlite_gateway: Gateway, dovecot: Dovecot
 ) -> None:
     """A stranger's mail is recorded as refused, an auto-reply quarantined; both are moved to
     the quarantine folder and nothing is sent to anyone."""
-    d = desk(gateway, dovecot)
+    d = desk(sqlite_gateway, dovecot)
     d.append(mail("stranger@example.org", [IT], "Hello", "Buy now.", msgid="<s1@example.org>"))
     d.append(
         mail(
@@ -156,21 +156,21 @@ def test_unknown_sender_and_automatic_mail_go_to_quarantine_unanswered(
         )
     )
     d.cycle()
-    assert gateway.explain("<s1@example.org>")["rule"] == "refused: sender not an employee"
-    assert gateway.explain("<ooo@client.example>")["outcome"] == "quarantined"
+    assert sqlite_gateway.explain("<s1@example.org>")["rule"] == "refused: sender not an employee"
+    assert sqlite_gateway.explain("<ooo@client.example>")["outcome"] == "quarantined"
     assert (d.count(), d.count("processed"), d.count("quarantine")) == (0, 0, 2)
-    assert gateway.tickets() == [] and gateway.deliver() == []
+    assert sqlite_gateway.tickets() == [] and sqlite_gateway.deliver() == []
 
 
 def test_bcc_recovered_from_delivered_to_is_a_hidden_copy(
-    gateway: Gateway, dovecot: Dovecot
+    sqlite_gateway: Gateway, dovecot: Dovecot
 ) -> None:
     """HR's mailbox got a mail To: IT whose Delivered-To names HR: one ticket to IT, HR an RHC."""
-    d = desk(gateway, dovecot, "hr")
+    d = desk(sqlite_gateway, dovecot, "hr")
     msg = mail(REQ, [IT], "Laptop for new hire", "Needed Monday.", msgid="<bcc@client.example>")
     d.append(b"Delivered-To: hr@acme.example\r\n" + raw(msg))
     d.cycle()
-    (t,) = gateway.tickets()
+    (t,) = sqlite_gateway.tickets()
     assert t["to"]["department"] == IT
     assert t["copies"] == {"rc": [], "rhc": [HR]}
 
@@ -268,14 +268,14 @@ def test_uidvalidity_change_reads_again_without_applying_twice(
     assert d.watcher.counts["duplicate"] == 1
 
 
-def test_start_from_now_leaves_old_mail_alone(gateway: Gateway, dovecot: Dovecot) -> None:
+def test_start_from_now_leaves_old_mail_alone(sqlite_gateway: Gateway, dovecot: Dovecot) -> None:
     """start_from = "now": what the folder held at the first look stays; new mail is queued."""
-    d = desk(gateway, dovecot, start_from="now")
+    d = desk(sqlite_gateway, dovecot, start_from="now")
     d.append(mail(REQ, [IT], "Old", "from last year", msgid="<old@client.example>"))
     d.cycle()
     d.append(mail(REQ, [IT], "New", "today", msgid="<new@client.example>"))
     d.cycle()
-    assert [t["subject"] for t in gateway.tickets()] == ["New"]
+    assert [t["subject"] for t in sqlite_gateway.tickets()] == ["New"]
     assert (d.count(), d.count("processed")) == (1, 1)
 
 
@@ -301,3 +301,53 @@ def test_backlog_is_queued_in_batches_with_progress(
     assert any("120 of 120 messages queued" in x for x in lines)
     assert len(sqlite_gateway.tickets()) == 120
     assert (d.count(), d.count("processed")) == (0, 120)
+
+
+def test_server_without_idle_or_move_is_polled_and_copied_expunged(
+    sqlite_gateway: Gateway,
+) -> None:
+    """A server that offers neither IDLE nor MOVE: the watcher polls, and moves by COPY,
+    \\Deleted and UID EXPUNGE; the mail ends in the processed folder once."""
+    with running_dovecot(capabilities="IMAP4rev1 UIDPLUS LITERAL+ SASL-IR") as dv:
+        d = desk(sqlite_gateway, dv)
+        conn = d.watcher.open()
+        assert (conn.idle, conn.move_supported, conn.uidplus) == (False, False, True)
+        conn.close()
+        d.append(mail(REQ, [IT], "Old server", "no IDLE", msgid="<poll@client.example>"))
+        d.cycle()
+        assert len(sqlite_gateway.tickets()) == 1
+        assert (d.count(), d.count("processed")) == (0, 1)
+
+
+def test_imap_check_reports_each_mailbox(sqlite_gateway: Gateway, dovecot: Dovecot) -> None:
+    """`ticketgate imap check`: logs in to each mailbox, says what the server offers and how
+    many messages wait; a mailbox that cannot log in is reported and the exit status is 1."""
+    import json
+
+    from tests.conftest import run_cli
+
+    d = desk(sqlite_gateway, dovecot)
+    d.append(mail(REQ, [IT], "Waiting", "x", msgid="<check@client.example>"))
+    good = {
+        "name": "it-desk",
+        "host": "127.0.0.1",
+        "port": dovecot.port,
+        "tls": "none",
+        "user": "it",
+        "password": PASSWORD,
+        "folder": d.box.folder,
+    }
+    env = {**sqlite_gateway.env.env, "TICKETGATE__IMAP__MAILBOXES": json.dumps([good])}
+    r = run_cli(env, "imap", "check")
+    assert r.returncode == 0, r.stderr
+    assert "it-desk: 127.0.0.1" in r.stdout and "IDLE yes, MOVE yes" in r.stdout
+    assert "not read yet: 1 messages to queue at the first run" in r.stdout
+    bad = {**good, "name": "wrong", "password": "nope"}
+    env["TICKETGATE__IMAP__MAILBOXES"] = json.dumps([good, bad])
+    r = run_cli(env, "imap", "check", "--json")
+    assert r.returncode == 1
+    report = json.loads(r.stdout)
+    assert [x["ok"] for x in report] == [True, False]
+    assert report[0]["to_queue"] == 1 and report[0]["folders"]["folder"]["messages"] == 1
+    assert "cannot log in" in report[1]["error"]
+    assert d.count() == 1  # a check reads; it queues and moves nothing
