@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.smtp_ingest import (
     PARENTS,
+    bench_env,
     build_messages,
     drop_schema,
     free_port,
@@ -102,18 +103,8 @@ def run(backend: str, mode: str, msgs: list[tuple[str, list[str], bytes]]) -> di
             "password": PASSWORD,
         }
         env = {
-            **os.environ,
+            **bench_env(d, url, free_port()),
             "PYTHONPATH": str(ROOT),
-            "TICKETGATE_CONFIG": f"{d}/ticketgate.toml",
-            "TICKETGATE__DATABASE__URL": url,
-            "TICKETGATE__SMTP__PORT": str(free_port()),
-            "TICKETGATE__HTTP__PORT": str(free_port()),
-            "TICKETGATE__MAIL__SECRET": "bench-secret-0123456789",
-            "TICKETGATE__OUTBOUND__MAILDIR": f"{d}/outbox",
-            "TICKETGATE__OUTBOUND__WORKERS": "0",
-            "TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "1000000",
-            "TICKETGATE__SMTP__SENDER_BURST_PER_MINUTE": "1000000",
-            "TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "1000000",
             "TICKETGATE__IMAP__ENABLED": "true",
             "TICKETGATE__IMAP__MAILBOXES": json.dumps([box]),
         }

@@ -277,6 +277,24 @@ def wait_processed(url: str, timeout: float = 600) -> dict[str, float]:
     }
 
 
+def bench_env(d: str, url: str, smtp_port: int) -> dict[str, str]:
+    """The environment of a benchmarked `ticketgate run` in folder `d` on database `url`."""
+    return {
+        **os.environ,
+        "TICKETGATE_CONFIG": f"{d}/ticketgate.toml",
+        "TICKETGATE__DATABASE__URL": url,
+        "TICKETGATE__SMTP__PORT": str(smtp_port),
+        "TICKETGATE__HTTP__PORT": str(free_port()),
+        "TICKETGATE__MAIL__SECRET": "bench-secret-0123456789",
+        "TICKETGATE__OUTBOUND__MAILDIR": f"{d}/outbox",
+        # Delivery is its own benchmark: no worker competes for the CPU here.
+        "TICKETGATE__OUTBOUND__WORKERS": "0",
+        "TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "1000000",
+        "TICKETGATE__SMTP__SENDER_BURST_PER_MINUTE": "1000000",
+        "TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "1000000",
+    }
+
+
 def run_gateway(
     backend: str, msgs: list[tuple[str, list[str], bytes]], conns: int
 ) -> dict[str, float]:
@@ -288,21 +306,7 @@ def run_gateway(
             url = f"sqlite:///{d}/bench.db"
         else:
             url, schema = pg_schema_url(pg)
-        env = {
-            **os.environ,
-            "TICKETGATE_CONFIG": f"{d}/ticketgate.toml",
-            "TICKETGATE__DATABASE__URL": url,
-            "TICKETGATE__SMTP__PORT": str(port),
-            "TICKETGATE__HTTP__PORT": str(free_port()),
-            "TICKETGATE__MAIL__SECRET": "bench-secret-0123456789",
-            "TICKETGATE__OUTBOUND__MAILDIR": f"{d}/outbox",
-            # Delivery is its own benchmark: no worker competes for the CPU here.
-            "TICKETGATE__OUTBOUND__WORKERS": "0",
-            "TICKETGATE__SMTP__SENDER_RATE_PER_HOUR": "1000000",
-            "TICKETGATE__SMTP__SENDER_BURST_PER_MINUTE": "1000000",
-            "TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "1000000",
-            **EXTRA_ENV,
-        }
+        env = {**bench_env(d, url, port), **EXTRA_ENV}
         cli = [sys.executable, "-m", "gateway"]
         subprocess.run([*cli, "init", "--demo"], env=env, cwd=d, check=True, capture_output=True)
         proc = subprocess.Popen(
