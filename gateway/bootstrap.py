@@ -25,6 +25,7 @@ from gateway.mail.smtp_server import EdgeHandler, EdgePolicy, QueueWriter
 from gateway.mail.translate import TranslateContext
 from gateway.runners.imap import MailboxWatcher
 from gateway.runners.intake import IntakeRunner
+from gateway.scheduler.ticker import Ticker
 from gateway.service.clock import Clock, SystemClock
 from gateway.service.imap import ImapIntake
 from gateway.service.inbound import InboundQueue
@@ -33,6 +34,8 @@ from gateway.service.notify import MailIdentity
 from gateway.service.outbox import ChannelFanOut, ChannelSender, OutboxService
 from gateway.service.slack import SlackService
 from gateway.service.slack_notify import SlackFanOut
+from gateway.service.scheduler import Scheduler
+from gateway.service.sla import ScheduleOptions, SlaClocks
 from gateway.service.tickets import ServiceOptions, TicketService
 from gateway.slack.app import AdapterOptions, SlackAdapter
 from gateway.slack.http import SlackHttpServer, SlackSocketMode
@@ -103,8 +106,31 @@ def build(settings: Settings, *, clock: Clock | None = None, need_secret: bool =
             auto_mail_per_ticket_hour=settings.mail.auto_mail_per_ticket_hour,
             default_department=settings.mail.default_department,
         ),
+        sla=SlaClocks(schedule_options(settings)),
     )
     return App(settings, engine, sessions, service, tokens, identity)
+
+
+def schedule_options(settings: Settings) -> ScheduleOptions:
+    sc = settings.scheduler
+    return ScheduleOptions(
+        confirm_window=timedelta(hours=sc.confirm_window_hours),
+        reminder_after=timedelta(hours=sc.reminder_hours),
+        reminder_max=sc.reminder_max,
+        feedback_delay=timedelta(hours=sc.feedback_delay_hours),
+        feedback_reminder_after=timedelta(hours=sc.feedback_reminder_hours),
+        batch=sc.batch_size,
+    )
+
+
+def make_scheduler(app: App) -> Scheduler:
+    """The scheduler's service side: `tick` runs what is due at an instant."""
+    return Scheduler(app.service, on_storage_error=app.engine.dispose)
+
+
+def make_ticker(app: App) -> Ticker:
+    """APScheduler calling `make_scheduler(app).tick()` every `scheduler.tick_seconds`."""
+    return Ticker(make_scheduler(app), tick_seconds=app.settings.scheduler.tick_seconds)
 
 
 def make_intake(app: App) -> MailIntake:

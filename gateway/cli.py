@@ -105,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     qr = q.add_parser("release", help="put a quarantined mail back into the inbound queue")
     qr.add_argument("id", type=int)
 
+    tick = sub.add_parser("tick", help="run all scheduled work due at an instant, once")
+    tick.add_argument("--at", help="ISO time (default: now); without an offset, UTC")
+    tick.add_argument("--json", action="store_true")
+
+    rep = sub.add_parser("report", help="tickets, SLA attainment, escalations and feedback")
+    rep.add_argument("--json", action="store_true")
+    rep.add_argument("--since", help="only tickets created since DATE (ISO date or time, UTC)")
+
     mail = sub.add_parser("mail", help="inbound mail").add_subparsers(dest="sub", required=True)
     me = mail.add_parser("explain")
     me.add_argument("message_id")
@@ -365,6 +373,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from gateway import cli_imap
 
                 return cli_imap.dispatch(args, app)
+            if args.cmd in ("tick", "report"):
+                from gateway import cli_schedule
+
+                try:
+                    if args.cmd == "tick":
+                        return cli_schedule.cmd_tick(args, app)
+                    return cli_schedule.cmd_report(args, app)
+                except cli_schedule.BadTime as e:
+                    raise UsageError(str(e)) from None
             from gateway import cli_mail
 
             return cli_mail.dispatch(args, app)

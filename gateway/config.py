@@ -176,6 +176,10 @@ class SchedulerSettings:
     tick_seconds: int = 30
     confirm_window_hours: int = 72
     reminder_hours: int = 48
+    reminder_max: int = 2
+    feedback_delay_hours: int = 1
+    feedback_reminder_hours: int = 72
+    batch_size: int = 200
 
 
 @dataclass(frozen=True)
@@ -612,7 +616,16 @@ def _validate(s: Settings) -> None:
     if not s.slack.api_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: [slack] api_url: {s.slack.api_url!r} must be an http(s) URL")
 
-    for key in ("tick_seconds", "confirm_window_hours", "reminder_hours"):
+    for key in (
+        "tick_seconds",
+        "confirm_window_hours",
+        "reminder_hours",
+        "feedback_reminder_hours",
+        "batch_size",
+    ):
         positive(f"[scheduler] {key}", getattr(s.scheduler, key))
+    for key in ("reminder_max", "feedback_delay_hours"):
+        if getattr(s.scheduler, key) < 0:
+            raise ConfigError(f"{where}: [scheduler] {key} must not be negative")
 
     port("[http] port", s.http.port)

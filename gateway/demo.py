@@ -59,6 +59,9 @@ name = "Finance"
 sub_categories = ["Expenses", "Invoice", "Purchase order"]
 
 # --- Berlin ---------------------------------------------------------------------------------
+# A branch's calendar: its time zone, weekly working_hours (mon..sun, "HH:MM-HH:MM", several
+# spans comma separated; a branch without working_hours works round the clock) and holidays
+# (dates; optionally holiday_country/holiday_subdivision as for New York below).
 
 [[branches]]
 name = "Berlin"
@@ -89,6 +92,32 @@ level = 1
 name = "IT Manager"
 level = 2
 
+# SLA (SPEC §4), in business hours of the department's branch (working_hours above, minus
+# holidays). The first policy that fits a ticket applies: `categories` ("Top" or "Top/Sub")
+# and `priorities` narrow it; a policy naming neither fits every ticket. first_response is met
+# by take, reply or return; resolution by DELIVERED; the clocks stop while RETURNED, ON_HOLD
+# or PENDING. Breach → each escalation step, `after` that much business time past the
+# breach: ESCALATED and level + 1, and `notify` (owner | higher_authority |
+# employee:<email> | department:<address>) is told; the last step also moves the ticket
+# TO_HIGHER_AUTHORITY.
+
+[[branches.departments.sla]]
+name = "IT standard"
+first_response = "4h"
+resolution = "24h"
+
+[[branches.departments.sla.escalation]]
+after = "0m"
+notify = "owner"
+
+[[branches.departments.sla.escalation]]
+after = "2h"
+notify = "higher_authority"
+
+[[branches.departments.sla.escalation]]
+after = "4h"
+notify = "employee:carol@acme.example"
+
 [[branches.departments]]
 name = "Facilities"
 address = "facilities@acme.example"
@@ -103,6 +132,29 @@ level = 1
 name = "Facilities Manager"
 level = 2
 
+[[branches.departments.sla]]
+name = "Facilities urgent"
+priorities = ["urgent", "high"]
+first_response = "1h"
+resolution = "4h"
+
+[[branches.departments.sla.escalation]]
+after = "0m"
+notify = "higher_authority"
+
+[[branches.departments.sla]]
+name = "Facilities standard"
+first_response = "8h"
+resolution = "40h"
+
+[[branches.departments.sla.escalation]]
+after = "0m"
+notify = "owner"
+
+[[branches.departments.sla.escalation]]
+after = "4h"
+notify = "higher_authority"
+
 [[branches.departments]]
 name = "Engineering"
 address = "engineering@acme.example"
@@ -116,11 +168,42 @@ level = 1
 name = "Engineering Lead"
 level = 2
 
+[[branches.departments.sla]]
+name = "Engineering bugs"
+categories = ["Software/Bug"]
+first_response = "2h"
+resolution = "16h"
+
+[[branches.departments.sla.escalation]]
+after = "0m"
+notify = "owner"
+
+[[branches.departments.sla.escalation]]
+after = "2h"
+notify = "higher_authority"
+
+[[branches.departments.sla]]
+name = "Engineering standard"
+first_response = "8h"
+resolution = "80h"
+
+[[branches.departments.sla.escalation]]
+after = "0m"
+notify = "owner"
+
+[[branches.departments.sla.escalation]]
+after = "8h"
+notify = "higher_authority"
+
 # --- New York -------------------------------------------------------------------------------
 
 [[branches]]
 name = "New York"
 timezone = "America/New_York"
+# Public holidays of a country (and subdivision) from the `holidays` package, in addition to
+# the dates listed: the calendar does not go stale in January.
+holiday_country = "US"
+holiday_subdivision = "NY"
 holidays = [
   "2026-01-01", "2026-01-19", "2026-05-25", "2026-07-03", "2026-09-07",
   "2026-11-26", "2026-11-27", "2026-12-25",
@@ -146,6 +229,19 @@ level = 1
 name = "HR Director"
 level = 2
 
+[[branches.departments.sla]]
+name = "HR standard"
+first_response = "8h"
+resolution = "40h"
+
+[[branches.departments.sla.escalation]]
+after = "0m"
+notify = "owner"
+
+[[branches.departments.sla.escalation]]
+after = "8h"
+notify = "higher_authority"
+
 [[branches.departments]]
 name = "Finance"
 address = "finance@acme.example"
@@ -159,6 +255,19 @@ level = 1
 name = "Finance Controller"
 level = 2
 
+[[branches.departments.sla]]
+name = "Finance standard"
+first_response = "4h"
+resolution = "24h"
+
+[[branches.departments.sla.escalation]]
+after = "0m"
+notify = "owner"
+
+[[branches.departments.sla.escalation]]
+after = "4h"
+notify = "department:hr@acme.example"
+
 [[branches.departments]]
 name = "Sales"
 address = "sales@acme.example"
@@ -171,6 +280,19 @@ level = 1
 [[branches.departments.roles]]
 name = "Sales Director"
 level = 2
+
+[[branches.departments.sla]]
+name = "Sales standard"
+first_response = "4h"
+resolution = "16h"
+
+[[branches.departments.sla.escalation]]
+after = "0m"
+notify = "owner"
+
+[[branches.departments.sla.escalation]]
+after = "2h"
+notify = "higher_authority"
 
 # --- employees (more in employees.csv) ------------------------------------------------------
 

@@ -18,6 +18,7 @@ from gateway.bootstrap import (
     make_imap_watchers,
     make_runner,
     make_slack,
+    make_ticker,
     make_worker,
 )
 from gateway.config import Settings
@@ -180,19 +181,29 @@ def run(settings: Settings) -> int:
             started.append(worker)
         if not settings.outbound.workers:
             log.info("outbound delivery: none in this process (outbound.workers = 0)")
+        ticker = None
+        if settings.scheduler.enabled:
+            ticker = make_ticker(app)
+            ticker.start()
+            started.append(ticker)
+
+        def counters() -> dict[str, int]:
+            return {
+                **{
+                    f'ticketgate_intake_processed_total{{outcome="{k}"}}': n
+                    for k, n in sum((r.counts for r in runners), Counter()).items()
+                },
+                **(slack.counters.snapshot() if slack is not None else {}),
+                **imap_counters(watchers),
+                **(ticker.counters() if ticker is not None else {}),
+            }
+
         if settings.http.enabled:
             status = StatusServer(
                 StatusService(app.sessions),
                 host=settings.http.host,
                 port=settings.http.port,
-                counters=lambda: {
-                    **{
-                        f'ticketgate_intake_processed_total{{outcome="{k}"}}': n
-                        for k, n in sum((r.counts for r in runners), Counter()).items()
-                    },
-                    **(slack.counters.snapshot() if slack is not None else {}),
-                    **imap_counters(watchers),
-                },
+                counters=counters,
             )
             status.start()
             started.append(status)

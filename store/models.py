@@ -77,6 +77,9 @@ class Branch(Base):
     timezone: Mapped[str] = mapped_column(String(64))
     working_hours: Mapped[dict[str, Any]] = mapped_column(default=dict)
     holidays: Mapped[list[Any]] = mapped_column(default=list)
+    # Public holidays of a country (and subdivision) from the `holidays` package (issue 13).
+    holiday_country: Mapped[str | None] = mapped_column(String(8), default=None)
+    holiday_subdivision: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class Category(Base):
@@ -99,6 +102,8 @@ class Department(Base):
     address: Mapped[str] = mapped_column(String(320), unique=True)
     slack_channel: Mapped[str | None] = mapped_column(String(64), index=True)
     default_category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"))
+    # SLA policies in file order, each with its escalation chain (service/sla.py reads them).
+    sla: Mapped[list[Any]] = mapped_column(default=list)
 
 
 class Role(Base):
@@ -162,6 +167,21 @@ class Ticket(Base):
     reminder_due: Mapped[datetime | None] = mapped_column(index=True)
     auto_close_due: Mapped[datetime | None] = mapped_column(index=True)
     feedback_due: Mapped[datetime | None] = mapped_column(index=True)
+    # SLA state (issue 13): the policy that applies (a copy, so a re-import does not move
+    # running clocks), when its resolution clock started, when the clocks were met or broken.
+    sla_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    sla_start: Mapped[datetime | None] = mapped_column(default=None)
+    first_responded_at: Mapped[datetime | None] = mapped_column(default=None)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    first_response_breached: Mapped[bool] = mapped_column(Boolean, default=False)
+    resolution_breached: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The escalation chain: the next step's index, the breach it counts from, when it is due.
+    escalation_step: Mapped[int] = mapped_column(Integer, default=0)
+    escalation_from: Mapped[datetime | None] = mapped_column(default=None)
+    escalation_due: Mapped[datetime | None] = mapped_column(index=True, default=None)
+    reminders_sent: Mapped[int] = mapped_column(Integer, default=0)
+    feedback_requests: Mapped[int] = mapped_column(Integer, default=0)
+    feedback_clarified: Mapped[bool] = mapped_column(Boolean, default=False)
     version: Mapped[int] = mapped_column(Integer, default=1)
 
     __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's declarative hook
@@ -238,6 +258,26 @@ class Feedback(Base):
     rating: Mapped[int] = mapped_column(Integer)
     comment: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime]
+    channel: Mapped[str] = mapped_column(String(16), default="email")
+    employee_id: Mapped[int | None] = mapped_column(Integer, default=None)  # who answered
+
+
+class ScheduleStep(Base):
+    """One piece of scheduled work done for a ticket (an escalation step, a reminder, a
+    feedback request, an auto-close …). The unique key (ticket, kind, step, due_at) makes a
+    second process's attempt at the same step a no-op (DESIGN: idempotency keys)."""
+
+    __tablename__ = "schedule_steps"
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "kind", "step", "due_at", name="uq_schedule_steps_key"),
+        Index("ix_schedule_steps_kind_done", "kind", "done_at"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    step: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime]
+    done_at: Mapped[datetime]
 
 
 class InboundMail(Base):

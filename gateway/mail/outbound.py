@@ -33,6 +33,7 @@ KINDS = (
     "status_change",
     "escalation",
     "feedback_request",
+    "reminder",
     "refusal",
     "attachments_not_kept",
 )
@@ -41,6 +42,7 @@ KINDS = (
 # ("escalation" reads an optional "level".)
 REQUIRED_EXTRA: Mapping[str, tuple[str, ...]] = {
     "feedback_request": ("question",),
+    "reminder": ("number", "of"),
     "refusal": ("reason",),
     "attachments_not_kept": ("not_kept",),
 }

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from gateway.domain.lifecycle import Channel
 from gateway.mail.auth_results import dmarc_verdict
 from gateway.mail.commands import split_commands
+from gateway.mail.feedback_answer import parse_feedback
 from gateway.mail.parse import InboundMail, ParseLimits, parse_mail
 from gateway.mail.rules import RuleContext, classify, suppresses_auto_reply
 from gateway.service.commands import (
     AttachmentData,
     CommandSpec,
     DroppedFile,
+    FeedbackAnswer,
     Quarantine,
     ReceiveMail,
 )
@@ -106,7 +108,18 @@ def translate(
         dropped_attachments=tuple(
             DroppedFile(d.filename, d.size, d.limit, d.per_file) for d in mail.dropped_attachments
         ),
+        feedback=_feedback(mail, envelope_rcpts),
     )
+
+
+def _feedback(mail: InboundMail, rcpts: Sequence[str]) -> FeedbackAnswer | None:
+    """The mail read as a feedback answer, when it is sent to a reply address (only those
+    can be feedback addresses; which purpose the token has, the service checks)."""
+    addresses = [*rcpts, *(a.email for a in mail.to), *(a.email for a in mail.cc)]
+    if not any("+" in a.split("@", 1)[0] for a in addresses):
+        return None
+    parsed = parse_feedback(mail.text)
+    return FeedbackAnswer(parsed.rating, parsed.comment)
 
 
 def parse_and_translate(

@@ -94,6 +94,15 @@ class Quarantine:
 
 
 @dataclass(frozen=True)
+class FeedbackAnswer:
+    """What an answer to a feedback request says: a rating 1–5 (None: no clear one) and the
+    comment, the quoted request cut off (gateway/mail/feedback_answer.py reads it)."""
+
+    rating: int | None
+    comment: str
+
+
+@dataclass(frozen=True)
 class ReceiveMail:
     """A parsed inbound mail with its envelope, ready for the intake rules of SPEC §2.2–2.5."""
 
@@ -121,6 +130,9 @@ class ReceiveMail:
     defects: tuple[str, ...] = ()
     # Attachments over smtp.max_attachment_bytes or max_total_attachment_bytes, not kept.
     dropped_attachments: tuple[DroppedFile, ...] = ()
+    # The mail read as an answer to a feedback request; used only when it is sent to a
+    # feedback reply address (issue 13).
+    feedback: FeedbackAnswer | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from gateway.domain.lifecycle import TERMINAL, Channel, Priority, Role, Status
 from gateway.domain.routing import Party, PartyKind, route
 from gateway.domain.subjects import find_ticket_refs
 from gateway.domain.tokens import token_from_address
+from gateway.service import feedback
 from gateway.service.commands import (
     CommandResult,
     CommandSpec,
@@ -320,6 +321,9 @@ class MailIntake:
                     return IntakeResult("quarantined", rule)
         me = Party(PartyKind.EMPLOYEE, sender.id, sender.org_id)
 
+        rated = self._feedback_ticket(u, cmd, sender)
+        if rated is not None:
+            return self._feedback(u, record_id, cmd, sender, rated)
         ticket, rule = self._thread(u, cmd, sender)
         if ticket is not None:
             return self._post(u, record_id, cmd, sender, ticket, rule, trusted)
@@ -354,6 +358,43 @@ class MailIntake:
             if t is not None and u.d.roles_of(t, sender):
                 return t, f"threaded by subject tag [TKT-{n}]"
         return None, "new ticket: no rule matched"
+
+    # ---- an answer to a feedback request (issue 13) -----------------------------------------------
+    def _feedback_ticket(self, u: Unit, cmd: ReceiveMail, sender: m.Employee) -> m.Ticket | None:
+        """The closed ticket whose feedback reply address this mail is sent to by the person
+        it was issued to; None for every other mail (a reopened ticket threads as usual)."""
+        tokens, ident = self.svc.tokens, self.svc.identity
+        if tokens is None or cmd.feedback is None:
+            return None
+        for rcpt in cmd.envelope_rcpts + cmd.to + cmd.cc:
+            tok = token_from_address(rcpt, local=ident.reply_local, domain=ident.domain)
+            claims = tokens.verify(tok, now=u.now) if tok is not None else None
+            if claims is None or claims.purpose != "feedback" or claims.participant_id != sender.id:
+                continue
+            t = u.s.get(m.Ticket, claims.ticket_id, with_for_update=True)
+            if t is not None and Status(t.status) in TERMINAL:
+                return t
+        return None
+
+    def _feedback(
+        self, u: Unit, record_id: int, cmd: ReceiveMail, sender: m.Employee, t: m.Ticket
+    ) -> IntakeResult:
+        answer = cmd.feedback
+        assert answer is not None
+        if answer.rating is None:
+            asked = feedback.unclear_in(u, t, sender, text=answer.comment, channel=cmd.channel)
+            rule = "feedback answer without a clear rating" + (
+                "; asked once more" if asked else "; already asked once"
+            )
+        else:
+            done = feedback.record_in(
+                u, t, sender, rating=answer.rating, comment=answer.comment, channel=cmd.channel
+            )
+            rule = f"feedback answer: rating {answer.rating}" + (
+                f" (replaces {done.previous})" if done.previous and done.changed else ""
+            )
+        self._record(u, record_id, cmd, "message", rule, t.id)
+        return IntakeResult("message", rule, f"TKT-{t.id}")
 
     def _ticket_for_message_id(self, u: Unit, mid: str) -> int | None:
         return queue.ticket_for_message_id(u.s, mid)

@@ -28,6 +28,7 @@ AUTOMATIC_KINDS = frozenset(
         "status_change",
         "escalation",
         "feedback_request",
+        "reminder",
         "refusal",
         "attachments_not_kept",
     }
@@ -325,8 +326,10 @@ class Notifier:
             address = emp.email.lower()
             reply_addr = self.identity.from_address
             if self.tokens is not None:
+                # An answer to a feedback request is a rating, not a message (issue 13).
+                purpose = "feedback" if kind == "feedback_request" else "reply"
                 token = self.tokens.issue(
-                    ticket_id=ticket.id, participant_id=emp.id, purpose="reply", now=self.now
+                    ticket_id=ticket.id, participant_id=emp.id, purpose=purpose, now=self.now
                 )
                 reply_addr = reply_address(self.identity.reply_local, token, self.identity.domain)
             msg_id = new_message_id(ref, self.identity.domain)

@@ -14,13 +14,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.orm import Session
 
+from gateway.domain.business_time import parse_duration, parse_spans
+from gateway.domain.lifecycle import Priority
 from gateway.service.errors import OrgFileError
+from gateway.service.sla import check_holiday_country
 from store import models as m
 from store import org_queries as q
 
 _ADDR = re.compile(r"^[^@\s<>\"]+@[^@\s<>\"]+\.[^@\s<>\"]+$")
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HOURS = re.compile(r"^\d{2}:\d{2}-\d{2}:\d{2}$")
 # A TOML table header, `[name]` or `[[name]]` (bare dotted keys: what org files use).
 _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\- ]+?)\s*\]\]?\s*(?:#.*)?$")
 
@@ -57,13 +59,42 @@ _ORGANIZATION = _Table(
 )
 _CATEGORY = _Table({"name": str, "sub_categories": list}, ("name",))
 _BRANCH = _Table(
-    {"name": str, "timezone": str, "working_hours": dict, "holidays": list, "departments": list},
+    {
+        "name": str,
+        "timezone": str,
+        "working_hours": dict,
+        "holidays": list,
+        "holiday_country": str,
+        "holiday_subdivision": str,
+        "departments": list,
+    },
     ("name", "timezone"),
 )
 _DEPARTMENT = _Table(
-    {"name": str, "address": str, "slack_channel": str, "default_category": str, "roles": list},
+    {
+        "name": str,
+        "address": str,
+        "slack_channel": str,
+        "default_category": str,
+        "roles": list,
+        "sla": list,
+    },
     ("name", "address", "roles"),
 )
+# SPEC §4: a department's SLA policies, the first that matches a ticket applies.
+_SLA = _Table(
+    {
+        "name": str,
+        "categories": list,
+        "priorities": list,
+        "first_response": str,
+        "resolution": str,
+        "escalation": list,
+    },
+    ("first_response", "resolution"),
+)
+_ESCALATION = _Table({"after": str, "notify": str}, ("notify",))
+_NOTIFY = re.compile(r"^(owner|higher_authority|employee:\S+@\S+|department:\S+@\S+)$")
 _ROLE = _Table({"name": str, "level": int}, ("name", "level"))
 _EMPLOYEE = _Table(
     {
@@ -243,8 +274,17 @@ def load_org_file(path: Path) -> dict[str, Any]:
         except (ZoneInfoNotFoundError, ValueError):
             raise OrgFileError(f"{where}.timezone: unknown time zone {tz!r}") from None
         for day, span in (b.get("working_hours") or {}).items():
-            if day not in _DAYS or not isinstance(span, str) or not _HOURS.match(span):
-                raise OrgFileError(f"{where}.working_hours.{day}: expected HH:MM-HH:MM on mon..sun")
+            if day not in _DAYS or not isinstance(span, str) or not _spans_ok(span):
+                raise OrgFileError(
+                    f"{where}.working_hours.{day}: expected HH:MM-HH:MM (or several, comma"
+                    " separated) on mon..sun"
+                )
+        if "holiday_subdivision" in b and "holiday_country" not in b:
+            raise OrgFileError(f"{where}.holiday_subdivision: needs holiday_country")
+        if "holiday_country" in b:
+            fault = check_holiday_country(b["holiday_country"], b.get("holiday_subdivision"))
+            if fault:
+                raise OrgFileError(f"{where}.holiday_country: {fault}")
         for h in b.get("holidays", []):
             if not isinstance(h, str | date) or isinstance(h, datetime):
                 raise OrgFileError(f"{where}.holidays: expected dates, got {_kind(h)}")
@@ -262,6 +302,10 @@ def load_org_file(path: Path) -> dict[str, Any]:
             dc = d.get("default_category")
             if dc is not None and dc.lower() not in cat_names:
                 raise OrgFileError(f"{dw}.default_category: unknown category {dc!r}")
+            d["sla"] = [
+                _sla_policy(check, p, f"{dw}.sla[{pi}]", cat_names)
+                for pi, p in enumerate(check.tables(d.get("sla", []), f"{dw}.sla"))
+            ]
             roles = check.tables(d["roles"], f"{dw}.roles")
             if not roles:
                 raise OrgFileError(f"{dw}: at least one role is needed")
@@ -293,7 +337,78 @@ def load_org_file(path: Path) -> dict[str, Any]:
         if e.get("gateway_address"):
             e["gateway_address"] = _addr(e["gateway_address"], f"{ew}.gateway_address")
     data["employees"] = employees
+    _check_notify_targets(data, seen_emp, addresses)
     return data
+
+
+def _spans_ok(text: str) -> bool:
+    try:
+        parse_spans(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _duration_minutes(value: str, where: str) -> int:
+    try:
+        return int(parse_duration(value).total_seconds() // 60)
+    except ValueError as err:
+        raise OrgFileError(f"{where}: {err}") from None
+
+
+def _sla_policy(check: _OrgFileChecker, p: Any, where: str, cat_names: set[str]) -> dict[str, Any]:
+    """One `[[branches.departments.sla]]` table, checked, in the shape stored on the
+    department (minutes of business time; names lower-cased)."""
+    check.table(p, where, "branches.departments.sla", _SLA)
+    cats = p.get("categories", [])
+    if not all(isinstance(c, str) for c in cats):
+        raise OrgFileError(f"{where}.categories: expected a list of category names")
+    for c in cats:
+        if c.split("/", 1)[0].strip().lower() not in cat_names:
+            raise OrgFileError(f"{where}.categories: unknown category {c!r}")
+    prios = p.get("priorities", [])
+    known = {x.value for x in Priority}
+    if not all(isinstance(x, str) and x.lower() in known for x in prios):
+        raise OrgFileError(f"{where}.priorities: expected some of {', '.join(sorted(known))}")
+    steps = []
+    for si, st in enumerate(check.tables(p.get("escalation", []), f"{where}.escalation")):
+        sw = f"{where}.escalation[{si}]"
+        check.table(st, sw, "branches.departments.sla.escalation", _ESCALATION)
+        notify = st["notify"].strip()
+        if not _NOTIFY.match(notify):
+            raise OrgFileError(
+                f"{sw}.notify: expected owner, higher_authority, employee:<email> or"
+                f" department:<address>, got {notify!r}"
+            )
+        steps.append(
+            {
+                "after_minutes": _duration_minutes(st.get("after", "0m"), f"{sw}.after"),
+                "notify": notify.lower(),
+            }
+        )
+    return {
+        "name": p.get("name", ""),
+        "categories": [c.strip().lower() for c in cats],
+        "priorities": [x.lower() for x in prios],
+        "first_response_minutes": _duration_minutes(p["first_response"], f"{where}.first_response"),
+        "resolution_minutes": _duration_minutes(p["resolution"], f"{where}.resolution"),
+        "escalation": steps,
+    }
+
+
+def _check_notify_targets(data: dict[str, Any], employees: set[str], addresses: set[str]) -> None:
+    """An escalation step's named employee or department must be in the file."""
+    for bi, b in enumerate(data["branches"]):
+        for di, d in enumerate(b.get("departments", [])):
+            for pi, p in enumerate(d["sla"]):
+                for si, st in enumerate(p["escalation"]):
+                    kind, _, who = st["notify"].partition(":")
+                    known = employees if kind == "employee" else addresses
+                    if who and who not in known:
+                        raise OrgFileError(
+                            f"branches[{bi}].departments[{di}].sla[{pi}].escalation[{si}].notify:"
+                            f" no {kind} {who} in the file"
+                        )
 
 
 def _read_employees_csv(csv_path: Path) -> list[dict[str, Any]]:
@@ -396,18 +511,17 @@ def apply_org(s: Session, data: dict[str, Any], *, mail_domain: str) -> ImportRe
         br = q.branch_named(s, org.id, b["name"])
         hours = dict(b.get("working_hours") or {})
         holidays = [str(h) for h in b.get("holidays", [])]
+        calendar = {
+            "timezone": b["timezone"],
+            "working_hours": hours,
+            "holidays": holidays,
+            "holiday_country": b.get("holiday_country"),
+            "holiday_subdivision": b.get("holiday_subdivision"),
+        }
         if br is None:
-            br = u.new(
-                m.Branch(
-                    org_id=org.id,
-                    name=b["name"],
-                    timezone=b["timezone"],
-                    working_hours=hours,
-                    holidays=holidays,
-                )
-            )
+            br = u.new(m.Branch(org_id=org.id, name=b["name"], **calendar))
         else:
-            u.set(br, timezone=b["timezone"], working_hours=hours, holidays=holidays)
+            u.set(br, **calendar)
         for d in b.get("departments", []):
             other = q.department_at(s, [d["address"]])
             dep = q.department_named(s, br.id, d["name"])
@@ -420,6 +534,7 @@ def apply_org(s: Session, data: dict[str, Any], *, mail_domain: str) -> ImportRe
                 "address": d["address"],
                 "slack_channel": d.get("slack_channel"),
                 "default_category_id": cat_ids.get(dc.lower()) if dc else None,
+                "sla": d["sla"],
             }
             if dep is None:
                 dep = u.new(m.Department(org_id=org.id, branch_id=br.id, name=d["name"], **fields))

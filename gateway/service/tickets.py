@@ -35,6 +35,7 @@ from gateway.service.commands import (
 from gateway.service.directory import Directory, DirectoryCache
 from gateway.service.errors import ActionRefused, AlreadyApplied, NotFound, UserFacingError
 from gateway.service.notify import MailIdentity, Notifier, new_message_id, status_kind
+from gateway.service.sla import SlaClocks
 from store import models as m
 from store import slack_queries as sq
 from store import ticket_queries as q
@@ -63,7 +64,12 @@ class Unit:
     """One unit of work: a session inside one transaction, with the helpers a handler needs."""
 
     def __init__(
-        self, svc: TicketService, session: Session, cache: DirectoryCache | None = None
+        self,
+        svc: TicketService,
+        session: Session,
+        cache: DirectoryCache | None = None,
+        *,
+        now: datetime | None = None,
     ) -> None:
         self.svc = svc
         self.s = session
@@ -73,7 +79,7 @@ class Unit:
         if cache is not None:
             cache.sync(self.conn)
         self.d = Directory(session, cache)
-        self.now = svc.clock.now()
+        self.now = now or svc.clock.now()
         self._stored_blobs: set[str] = set()
         self.notify = Notifier(
             session,
@@ -299,6 +305,7 @@ class Unit:
         )
         if t.root_message_id is None:
             t.root_message_id = new_message_id(f"TKT-{t.id}", self.svc.identity.domain)
+        self.svc.sla.raised(self, t)
         return t
 
     def notify_raised(
@@ -385,6 +392,9 @@ class Unit:
         if not isinstance(decision, Allowed):
             return CommandResult(label, False, decision.reason)
         before = self._state(t)
+        before_status = Status(t.status)
+        before_department, before_priority = t.to_department_id, t.priority
+        before_category = t.category_id
         note = remark
         try:
             note = self._effects(t, actor, action, spec, remark)
@@ -398,6 +408,15 @@ class Unit:
         changed = self._state(t) != before
         if changed:
             self.history(t, action.value, actor, channel, note)
+            self.svc.sla.changed(
+                self,
+                t,
+                action=action,
+                before_status=before_status,
+                before_department=before_department,
+                before_priority=before_priority,
+                before_category=before_category,
+            )
         if notify and changed:
             kind = status_kind(action)
             exclude = frozenset({actor.id}) if actor is not None else frozenset()
@@ -586,20 +605,25 @@ class TicketService:
         identity: MailIdentity,
         tokens: ReplyTokens | None,
         options: ServiceOptions = ServiceOptions(),
+        sla: SlaClocks | None = None,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
         self.identity = identity
         self.tokens = tokens
         self.options = options
+        self.sla = sla or SlaClocks()
 
     @contextmanager
-    def unit(self, cache: DirectoryCache | None = None) -> Iterator[Unit]:
+    def unit(
+        self, cache: DirectoryCache | None = None, *, now: datetime | None = None
+    ) -> Iterator[Unit]:
         """A transaction: committed when the block ends, rolled back on any exception.
-        ``cache``: organization rows kept from earlier transactions of the same thread."""
+        ``cache``: organization rows kept from earlier transactions of the same thread;
+        ``now``: the instant the unit acts at (the scheduler's `tick --at`), else the clock's."""
         try:
             with write_session(self.sessions) as s:
-                yield Unit(self, s, cache)
+                yield Unit(self, s, cache, now=now)
         except BaseException:
             if cache is not None:
                 # A rollback expires what the session loaded: held rows would be unreadable.

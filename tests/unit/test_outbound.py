@@ -27,6 +27,8 @@ AT = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
 EXTRA = {
     "level": "2",
     "question": "How was the service?",
+    "number": "1",
+    "of": "2",
     "reason": "#approve: not allowed",
     "not_kept": "scan.pdf (31 MB) was not kept: over the 10 MB limit per file",
 }

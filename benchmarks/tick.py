@@ -1,0 +1,172 @@
+"""One scheduler tick with 1,000 due tickets among N (issue 13): the cost must follow the due
+work, not the table. Builds a database of N untouched IT tickets of the demo org with bulk
+inserts (every one with its SLA deadlines set, most of them in the future, and its history
+row); three cohorts of 1,000 are due ten minutes apart. Each tick breaches its cohort's first
+response and runs escalation step 1 (history, step keys, outbox events). Prints the
+milliseconds of each tick and their median, as JSON.
+
+    .venv/bin/python benchmarks/tick.py [-n 10000] [--backend sqlite|postgres] [--due 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday, inside Berlin's working hours
+COHORTS = 3
+CHUNK = 20_000
+
+
+def build_tickets(app: object, n: int, due: int) -> None:
+    """N tickets in bulk: cohort k (k < COHORTS) is due at T0 + 10k min − 1 min, the rest
+    within the next year."""
+    from sqlalchemy import insert, select
+
+    from store import models as m
+
+    engine = app.engine  # type: ignore[attr-defined]
+    with engine.begin() as c:
+        dep = c.execute(select(m.Department).where(m.Department.address == "it@acme.example")).one()
+        req = c.execute(select(m.Employee).where(m.Employee.email == "frank@acme.example")).one()
+    policy = dep.sla[0]
+    rng = random.Random(13)
+    created = T0 - timedelta(days=1)
+    done = 0
+    while done < n:
+        rows, hist = [], []
+        for i in range(done, min(n, done + CHUNK)):
+            cohort = i // due if i < COHORTS * due else None
+            if cohort is not None:
+                fr = T0 + timedelta(minutes=10 * cohort - 1)
+            else:
+                fr = T0 + timedelta(days=1 + rng.random() * 365)
+            rows.append(
+                {
+                    "id": i + 1,
+                    "org_id": dep.org_id,
+                    "subject": f"ticket {i}",
+                    "description": "",
+                    "priority": "normal",
+                    "assignment_type": "DEPARTMENT",
+                    "from_employee_id": req.id,
+                    "from_department_id": req.department_id,
+                    "from_branch_id": 2,
+                    "channel": "email",
+                    "device": {},
+                    "to_department_id": dep.id,
+                    "to_branch_id": dep.branch_id,
+                    "status": "RAISED",
+                    "escalation_level": 0,
+                    "created_at": created,
+                    "updated_at": created,
+                    "first_response_due": fr,
+                    "resolution_due": fr + timedelta(days=3),
+                    "sla_policy": policy,
+                    "sla_start": created,
+                    "version": 1,
+                }
+            )
+            hist.append(
+                {
+                    "ticket_id": i + 1,
+                    "status": "RAISED",
+                    "action": "raise",
+                    "actor_id": req.id,
+                    "actor_label": req.email,
+                    "at": created,
+                    "channel": "email",
+                    "remark": "",
+                }
+            )
+        with engine.begin() as c:
+            c.execute(insert(m.Ticket), rows)
+            c.execute(insert(m.StatusHistory), hist)
+        done += len(rows)
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as c:
+            c.exec_driver_sql("SELECT setval('tickets_id_seq', %s)" % n)
+            c.exec_driver_sql("ANALYZE")
+    else:
+        with engine.begin() as c:
+            c.exec_driver_sql("ANALYZE")
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from smtp_ingest import drop_schema, pg_schema_url
+
+    from gateway.bootstrap import build, make_scheduler
+    from gateway.config import load_settings
+    from gateway.service.org_import import import_org
+    from store.migrate import upgrade
+    from tests.conftest import write_demo_org
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=10_000)
+    ap.add_argument("--due", type=int, default=1000)
+    ap.add_argument("--backend", default="sqlite", choices=("sqlite", "postgres"))
+    a = ap.parse_args()
+    assert a.n >= COHORTS * a.due
+    with tempfile.TemporaryDirectory() as d:
+        pg = os.environ.get("TICKETGATE_TEST_POSTGRES_URL", "")
+        schema = ""
+        if a.backend == "sqlite":
+            url = f"sqlite:///{d}/tick.db"
+        else:
+            if not pg:
+                raise SystemExit("TICKETGATE_TEST_POSTGRES_URL is not set")
+            url, schema = pg_schema_url(pg)
+        env = {
+            "TICKETGATE__DATABASE__URL": url,
+            "TICKETGATE__MAIL__SECRET": "bench-secret-0123456789",
+            "TICKETGATE__MAIL__DOMAIN": "tickets.acme.example",
+        }
+        app = build(load_settings(Path(d) / "ticketgate.toml", env))
+        try:
+            upgrade(app.engine)
+            with app.sessions() as s, s.begin():
+                import_org(s, write_demo_org(Path(d) / "org"), mail_domain="tickets.acme.example")
+            started = time.perf_counter()
+            build_tickets(app, a.n, a.due)
+            built = time.perf_counter() - started
+            sched = make_scheduler(app)
+            ms = []
+            for k in range(COHORTS):
+                at = T0 + timedelta(minutes=10 * k)
+                t = time.perf_counter()
+                report = sched.tick(at)
+                ms.append(round((time.perf_counter() - t) * 1000, 1))
+                assert report.tickets == a.due, (report.tickets, report.counts)
+                assert report.counts["escalation"] == a.due, report.counts
+            print(
+                json.dumps(
+                    {
+                        "backend": a.backend,
+                        "tickets": a.n,
+                        "due": a.due,
+                        "build_s": round(built, 1),
+                        "tick_ms": ms,
+                        "median_ms": statistics.median(ms),
+                        "ms_per_due_ticket": round(statistics.median(ms) / a.due, 2),
+                    }
+                )
+            )
+        finally:
+            app.close()
+            if schema:
+                drop_schema(pg, schema)
+
+
+if __name__ == "__main__":
+    main()
