@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config import ConfigError, Settings
 from gateway.domain.tokens import ReplyTokens
 from gateway.mail.delivery import MaildirTransport, SmtpRelayTransport, Transport
-from gateway.mail.delivery_worker import DeliveryWorker
+from gateway.mail.delivery_worker import DeliveryWorker, EmailSender
 from gateway.mail.imap_client import MailboxConfig
 from gateway.mail.outbound import Renderer, templates_dir
 from gateway.mail.parse import ParseLimits
@@ -165,6 +165,7 @@ def make_transport(settings: Settings) -> Transport:
             starttls=o.starttls,
             username=o.username or None,
             password=o.password or None,
+            max_per_connection=o.relay_max_per_connection,
         )
     raise ValueError(f"outbound.transport: unknown transport {o.transport!r} (smtp or maildir)")
 
@@ -215,6 +216,14 @@ def make_edge(app: App, *, on_queued: Callable[[], None] = lambda: None) -> Edge
     )
 
 
+def delivery_processes(settings: Settings) -> bool:
+    """Whether `run` starts its delivery workers as child processes: when asked to
+    (`outbound.processes`), and always for more than one worker on PostgreSQL."""
+    o = settings.outbound
+    postgres = settings.database.url.startswith("postgresql")
+    return o.processes or (o.workers > 1 and postgres)
+
+
 def make_worker(app: App, senders: Mapping[str, ChannelSender] | None = None) -> DeliveryWorker:
     """The delivery worker: mail, and the rows of other channels ``senders`` deliver (Slack).
     With `slack.enabled`, events also fan out to Slack rows."""
@@ -231,15 +240,18 @@ def make_worker(app: App, senders: Mapping[str, ChannelSender] | None = None) ->
         max_attempts=o.max_attempts,
         backoff_seconds=o.backoff_seconds,
         backoff_max_seconds=o.backoff_max_seconds,
+        lease=timedelta(seconds=o.lease_seconds),
         on_storage_error=app.engine.dispose,
         channel_fan_outs=fan_outs,
     )
+    email = EmailSender(
+        make_transport(app.settings), Renderer(templates_dir()), outbox.envelope_sender
+    )
     return DeliveryWorker(
         outbox,
-        make_transport(app.settings),
-        Renderer(templates_dir()),
+        {email.channel: email, **(senders or {})},
         poll_seconds=o.poll_seconds,
-        senders=senders,
+        batch=o.batch_size,
     )
 
 
@@ -288,7 +300,6 @@ def make_slack(app: App, *, port: int | None = None) -> SlackRuntime:
         timeout=10,
         retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
     )
-    post_client = WebClient(token=s.bot_token, base_url=s.api_url, timeout=10, retry_handlers=[])
     identity = SlackIdentity(
         client, service, clock=app.service.clock, ttl_seconds=s.identity_cache_seconds
     )
@@ -316,7 +327,19 @@ def make_slack(app: App, *, port: int | None = None) -> SlackRuntime:
             host=s.host,
             port=s.port if port is None else port,
         )
-    return SlackRuntime(adapter, entry, SlackPoster(post_client, service, counters), counters)
+    return SlackRuntime(adapter, entry, make_slack_poster(app, service, counters), counters)
+
+
+def make_slack_poster(
+    app: App, service: SlackService | None = None, counters: SlackCounters | None = None
+) -> SlackPoster:
+    """The outbox sender of Slack posts (also in a delivery worker's own process)."""
+    s = app.settings.slack
+    # Posts go through the outbox, whose client retries nothing (each row is one try).
+    post_client = WebClient(token=s.bot_token, base_url=s.api_url, timeout=10, retry_handlers=[])
+    return SlackPoster(
+        post_client, service or SlackService(app.service), counters or SlackCounters()
+    )
 
 
 def mailbox_configs(settings: Settings) -> list[MailboxConfig]:

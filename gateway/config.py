@@ -115,7 +115,13 @@ class OutboundSettings:
     backoff_seconds: float = 30.0
     backoff_max_seconds: float = 3600.0
     poll_seconds: float = 1.0
-    workers: int = 1
+    workers: int = 1  # delivery workers in `run`; 0 = another process delivers
+    # Each worker in a child process of its own (rendering is CPU: no shared GIL). Always so
+    # for workers > 1 on PostgreSQL; on SQLite more than one writer process only waits.
+    processes: bool = False
+    batch_size: int = 50  # due rows claimed, delivered and marked in one go
+    relay_max_per_connection: int = 100  # mails per SMTP session before a new one
+    lease_seconds: float = 300.0  # a claimed row not marked by then is due again (a crash)
 
 
 @dataclass(frozen=True)
@@ -573,6 +579,9 @@ def _validate(s: Settings) -> None:
         "backoff_seconds",
         "backoff_max_seconds",
         "poll_seconds",
+        "batch_size",
+        "relay_max_per_connection",
+        "lease_seconds",
     ):
         positive(f"[outbound] {key}", getattr(s.outbound, key))
     if s.outbound.workers < 0:  # 0: this process delivers nothing (another one does)

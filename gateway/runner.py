@@ -8,37 +8,48 @@ import os
 import signal
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from gateway.bootstrap import (
+    App,
     SlackRuntime,
     build,
+    delivery_processes,
     make_edge,
     make_imap_watchers,
     make_runner,
     make_slack,
+    make_slack_poster,
     make_ticker,
     make_worker,
 )
 from gateway.config import Settings
 from gateway.http_status import StatusServer
+from gateway.mail.delivery_worker import DeliveryWorker
 from gateway.mail.smtp_server import SmtpEdgeServer
 from gateway.runners.imap import MailboxWatcher
 from gateway.runners.intake import IntakeRunner
+from gateway.service.outbox import ChannelSender
 from gateway.service.status import StatusService, prometheus_label
 
 log = logging.getLogger("ticketgate")
 
 
-def _runner_process_main(settings: Settings) -> None:
-    """A runner process: its own App on the same database, the intake runner's loop, until
-    SIGTERM."""
+def _runner_process_main(settings: Settings, role: str = "intake") -> None:
+    """A runner process: its own App on the same database, the loop of ``role`` (the intake
+    runner, or a delivery worker), until SIGTERM."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = build(settings)
-    runner = make_runner(app)
+    runner: IntakeRunner | DeliveryWorker
+    if role == "delivery":
+        slack = {"slack": make_slack_poster(app)} if settings.slack.enabled else {}
+        runner = make_worker(app, slack)
+    else:
+        runner = make_runner(app)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
@@ -48,20 +59,22 @@ def _runner_process_main(settings: Settings) -> None:
     # (kill -9 of the parent alone) stops too instead of working on beside the next `run`.
     while not stop.wait(1.0):
         if os.getppid() != parent:
-            log.warning("the `run` process is gone; this intake runner stops")
+            log.warning("the `run` process is gone; this %s process stops", role)
             break
     runner.stop()
     app.close()
 
 
 class RunnerProcess:
-    """An intake runner in a child process (spawned: this process has threads and open
-    connections a fork would copy), started again by a watcher thread if it dies. The queue is
-    the hand-off: nothing passes between the two processes."""
+    """An intake runner or a delivery worker (``role``) in a child process (spawned: this
+    process has threads and open connections a fork would copy), started again by a watcher
+    thread if it dies. The queue or the outbox is the hand-off: nothing passes between the
+    processes."""
 
-    def __init__(self, settings: Settings, *, name: str) -> None:
+    def __init__(self, settings: Settings, *, name: str, role: str = "intake") -> None:
         self.settings = settings
         self.name = name
+        self.role = role
         self._mp = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
         self._stop = threading.Event()
@@ -69,7 +82,10 @@ class RunnerProcess:
 
     def _spawn(self) -> None:
         self._proc = self._mp.Process(
-            target=_runner_process_main, args=(self.settings,), name=self.name, daemon=True
+            target=_runner_process_main,
+            args=(self.settings, self.role),
+            name=self.name,
+            daemon=True,
         )
         self._proc.start()
         log.info("%s: started (pid %s)", self.name, self._proc.pid)
@@ -112,6 +128,31 @@ def imap_counters(watchers: list[MailboxWatcher]) -> dict[str, int]:
     return out
 
 
+def _start_loop(
+    settings: Settings,
+    app: App,
+    role: str,
+    name: str,
+    in_child: bool,
+    started: list[Any],
+    senders: Mapping[str, ChannelSender] | None = None,
+) -> IntakeRunner | DeliveryWorker | None:
+    """Start the intake runner or a delivery worker (``role``, with the other channels'
+    ``senders``): in a child process of its own (which makes its own senders), or as a thread
+    of this one (returned); either way added to ``started``."""
+    if in_child:
+        child = RunnerProcess(settings, name=name, role=role)
+        child.start()
+        started.append(child)
+        return None
+    loop: IntakeRunner | DeliveryWorker = (
+        make_worker(app, senders) if role == "delivery" else make_runner(app)
+    )
+    loop.start(name=name)
+    started.append(loop)
+    return loop
+
+
 def run(settings: Settings) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -127,14 +168,10 @@ def run(settings: Settings) -> int:
         # intake.runners = 0: another gateway process processes the queue (SPEC §7).
         runners: list[IntakeRunner] = []
         for i in range(settings.intake.runners):
-            if settings.intake.processes:
-                child = RunnerProcess(settings, name=f"intake-runner-{i}")
-                child.start()
-                started.append(child)
-            else:
-                runner = make_runner(app)
-                runner.start(name=f"intake-runner-{i}")
-                started.append(runner)
+            runner = _start_loop(
+                settings, app, "intake", f"intake-runner-{i}", settings.intake.processes, started
+            )
+            if isinstance(runner, IntakeRunner):
                 runners.append(runner)
 
         def wake_runners() -> None:
@@ -175,10 +212,11 @@ def run(settings: Settings) -> int:
             log.info("IMAP intake: %d mailbox(es)", len(watchers))
         # outbound.workers = 0: another gateway process delivers (SPEC §7: they share the
         # outbox through FOR UPDATE SKIP LOCKED); this one only takes mail in.
+        # Delivery workers as processes (rendering is CPU) when configured, and always for
+        # several of them on PostgreSQL; threads of this process otherwise.
         for i in range(settings.outbound.workers):
-            worker = make_worker(app, senders)
-            worker.start(name=f"delivery-{i}")
-            started.append(worker)
+            in_child = delivery_processes(settings)
+            _start_loop(settings, app, "delivery", f"delivery-{i}", in_child, started, senders)
         if not settings.outbound.workers:
             log.info("outbound delivery: none in this process (outbound.workers = 0)")
         ticker = None

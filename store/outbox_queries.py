@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, func, insert, or_, select
+from sqlalchemy import Connection, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,12 @@ def insert_event(
     conn.execute(insert(m.OutboxEvent), params)
 
 
+def insert_outbox_rows(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add outbox rows (one INSERT, executemany)."""
+    if rows:
+        conn.execute(insert(m.Outbox), list(rows))
+
+
 def lock_pending_events(s: Session, *, limit: int) -> list[m.OutboxEvent]:
     """Up to ``limit`` pending events, oldest first, locked for this transaction; rows another
     transaction holds are skipped (`FOR UPDATE SKIP LOCKED` on PostgreSQL)."""
@@ -42,24 +48,80 @@ def lock_pending_events(s: Session, *, limit: int) -> list[m.OutboxEvent]:
     return list(s.scalars(stmt))
 
 
-def lock_due_outbox(
-    s: Session, *, now: datetime, limit: int, channels: Collection[str] = ("email",)
-) -> list[m.Outbox]:
-    """Up to ``limit`` outbox rows of ``channels`` that are due at ``now`` (pending, or sending
-    with the lease run out), oldest first, locked for this transaction; rows another
-    transaction holds are skipped (`FOR UPDATE SKIP LOCKED` on PostgreSQL)."""
+def _OUTBOX() -> Table:
+    return cast(Table, m.Outbox.__table__)
+
+
+def claim_due_outbox(
+    s: Session, *, now: datetime, limit: int, channels: Collection[str], lease_until: datetime
+) -> list[Any]:
+    """Claim up to ``limit`` due rows of ``channels`` (pending, or sending with the lease run
+    out), oldest first: one locking SELECT (`FOR UPDATE SKIP LOCKED` on PostgreSQL) and one
+    UPDATE that marks them all `sending`, counts the attempt and sets the lease. Returns the
+    rows' columns, ``attempts`` already counted."""
+    o = _OUTBOX()
     stmt = (
-        select(m.Outbox)
-        .where(
-            or_(m.Outbox.state == "pending", m.Outbox.state == "sending"),
-            m.Outbox.next_attempt_at <= now,
-            m.Outbox.channel.in_(sorted(channels)),
+        select(
+            o.c.id,
+            o.c.channel,
+            o.c.kind,
+            o.c.recipient,
+            o.c.message_id,
+            o.c.payload,
+            o.c.attempts,
+            o.c.ticket_id,
         )
-        .order_by(m.Outbox.id)
+        .where(
+            or_(o.c.state == "pending", o.c.state == "sending"),
+            o.c.next_attempt_at <= now,
+            o.c.channel.in_(sorted(channels)),
+        )
+        .order_by(o.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return list(s.scalars(stmt))
+    rows = list(s.execute(stmt))
+    if rows:
+        s.execute(
+            update(o)
+            .where(o.c.id.in_([r.id for r in rows]))
+            .values(state="sending", attempts=o.c.attempts + 1, next_attempt_at=lease_until)
+        )
+    return rows
+
+
+def lock_attempts(s: Session, ids: Collection[int]) -> dict[int, int]:
+    """The attempts so far of these outbox rows, locked for this transaction."""
+    o = _OUTBOX()
+    stmt = select(o.c.id, o.c.attempts).where(o.c.id.in_(sorted(ids))).with_for_update()
+    return {int(i): int(a) for i, a in s.execute(stmt)}
+
+
+def mark_sent(s: Session, ids: Collection[int], *, now: datetime) -> None:
+    """These rows were delivered (one UPDATE for all)."""
+    o = _OUTBOX()
+    s.execute(
+        update(o).where(o.c.id.in_(sorted(ids))).values(state="sent", sent_at=now, last_error="")
+    )
+
+
+def mark_unsent(s: Session, changes: Sequence[Mapping[str, Any]]) -> None:
+    """Per row (``oid``): its new ``state`` (pending | dead), ``error``, ``attempts`` and
+    ``due`` (next_attempt_at); one executemany UPDATE."""
+    if not changes:
+        return
+    o = _OUTBOX()
+    stmt = (
+        update(o)
+        .where(o.c.id == bindparam("oid"))
+        .values(
+            state=bindparam("new_state"),
+            last_error=bindparam("error"),
+            attempts=bindparam("tries"),
+            next_attempt_at=bindparam("due"),
+        )
+    )
+    s.connection().execute(stmt, list(changes))
 
 
 def outbox_by_ids_or_dead(s: Session, ids: Sequence[int] | None) -> list[m.Outbox]:

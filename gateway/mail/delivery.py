@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+# Concurrent fsyncs of one batch's files: the file system commits them together.
+SYNC_THREADS = 16
 
 
 class TemporaryDeliveryError(Exception):
@@ -20,8 +27,26 @@ class PermanentDeliveryError(Exception):
     """Never going to work: a 5xx reply (RFC 5321 §4.2.1); the outbox dead-letters the mail."""
 
 
+@dataclass(frozen=True)
+class OutgoingMail:
+    """One envelope: a rendered mail for one recipient. ``key`` names it stably across
+    attempts (the outbox row's Message-ID and recipient): the maildir writes it under one file
+    name, so a re-send after a crash finds the copy it already made."""
+
+    envelope_from: str
+    recipient: str
+    data: bytes
+    key: str | None = None
+    resend: bool = False  # an earlier attempt may have delivered it
+
+
 class Transport(Protocol):
     def send(self, *, envelope_from: str, recipient: str, data: bytes) -> None: ...
+
+    def send_many(self, mails: Sequence[OutgoingMail]) -> list[Exception | None]:
+        """Deliver each mail; per mail ``None`` (the next hop has it) or the error
+        (`TemporaryDeliveryError`, `PermanentDeliveryError`), in order."""
+        ...
 
 
 def _check_envelope_address(addr: str) -> None:
@@ -31,42 +56,130 @@ def _check_envelope_address(addr: str) -> None:
         raise PermanentDeliveryError(f"unusable envelope address {addr!r}")
 
 
+def _check_envelope(mail: OutgoingMail) -> None:
+    _check_envelope_address(mail.recipient)
+    if mail.envelope_from:
+        _check_envelope_address(mail.envelope_from)
+
+
+def _raise_first(results: list[Exception | None]) -> None:
+    if results and results[0] is not None:
+        raise results[0]
+
+
 class MaildirTransport:
     """Write each mail into a Maildir, as a local delivery agent would (SPEC §6 outbound.maildir).
 
     One file per mail and envelope recipient in ``new/``, headed by ``Return-Path`` and
-    ``Delivered-To``, with LF line ends. The file is written in ``tmp/``, fsynced and renamed
-    into ``new/`` so a reader never sees half a mail (the Maildir protocol, cr.yp.to/proto/maildir).
+    ``Delivered-To``, with LF line ends. Each file is written in ``tmp/``, fsynced and renamed
+    into ``new/`` so a reader never sees half a mail (the Maildir protocol,
+    cr.yp.to/proto/maildir); a batch (`send_many`) then syncs ``new/`` once, and only after
+    that does any of its mails count as delivered. A mail with a ``key`` gets a file name
+    derived from it: re-sent after a crash (``resend``), it is found in ``new/`` or ``cur/``
+    and not written twice.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+        self._ready = False
+        self._fsyncs: ThreadPoolExecutor | None = None
 
     def send(self, *, envelope_from: str, recipient: str, data: bytes) -> None:
-        _check_envelope_address(recipient)
-        if envelope_from:
-            _check_envelope_address(envelope_from)
-        trace = f"Return-Path: <{envelope_from}>\nDelivered-To: {recipient}\n".encode()
-        content = trace + data.replace(b"\r\n", b"\n")
+        _raise_first(self.send_many([OutgoingMail(envelope_from, recipient, data)]))
+
+    def send_many(self, mails: Sequence[OutgoingMail]) -> list[Exception | None]:
+        """Write the batch: every file into tmp/, all fsynced at once (concurrent fsyncs share
+        the file system's journal commits), each renamed into new/ once its own fsync
+        returned, then new/ synced once. A mail is reported delivered only after all that."""
+        results: list[Exception | None] = [None] * len(mails)
         try:
+            self._prepare()
+            delivered = self._delivered_names() if any(m.resend for m in mails) else set()
+        except OSError as exc:
+            return [TemporaryDeliveryError(f"maildir {self.path}: {exc}") for _ in mails]
+        opened: list[tuple[int, str, int]] = []  # (index, name, fd) written, not yet synced
+        try:
+            for i, mail in enumerate(mails):
+                try:
+                    _check_envelope(mail)
+                    name = self._name(mail)
+                    if name in delivered:
+                        continue  # an earlier attempt wrote it and synced new/: delivered
+                    opened.append((i, name, self._write(name, mail)))
+                except PermanentDeliveryError as exc:
+                    results[i] = exc
+                except OSError as exc:
+                    results[i] = TemporaryDeliveryError(f"maildir {self.path}: {exc}")
+            synced = list(self._pool().map(_fsync_error, [fd for _, _, fd in opened]))
+        finally:
+            for _, _, fd in opened:
+                os.close(fd)
+        renamed = False
+        for (i, name, _), error in zip(opened, synced, strict=True):
+            tmp = self.path / "tmp" / name
+            try:
+                if error is not None:
+                    raise error
+                os.rename(tmp, self.path / "new" / name)
+                renamed = True
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                results[i] = TemporaryDeliveryError(f"maildir {self.path}: {exc}")
+        if renamed:
+            try:
+                # The renames are durable only once the directory entry is on disk.
+                self._sync_dir(self.path / "new")
+            except OSError as exc:
+                failure = TemporaryDeliveryError(f"maildir {self.path}: {exc}")
+                return [r if r is not None else failure for r in results]
+        return results
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._fsyncs is None:
+            self._fsyncs = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="maildir-fsync")
+        return self._fsyncs
+
+    def close(self) -> None:
+        if self._fsyncs is not None:
+            self._fsyncs.shutdown()
+            self._fsyncs = None
+
+    def _prepare(self) -> None:
+        if not self._ready:
             for sub in ("tmp", "new", "cur"):
                 (self.path / sub).mkdir(parents=True, exist_ok=True)
-            name = self._unique_name()
-            tmp = self.path / "tmp" / name
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(content)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.rename(tmp, self.path / "new" / name)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            self._sync_dir(self.path / "new")
-        except OSError as exc:
-            raise TemporaryDeliveryError(f"maildir {self.path}: {exc}") from exc
+            self._ready = True
+
+    def _delivered_names(self) -> set[str]:
+        """Files already in new/ and cur/ (a reader moves them there, adding ``:2,flags``)."""
+        names = set(os.listdir(self.path / "new"))
+        names.update(n.split(":", 1)[0] for n in os.listdir(self.path / "cur"))
+        return names
+
+    def _name(self, mail: OutgoingMail) -> str:
+        if mail.key is None:
+            return self._unique_name()
+        digest = hashlib.sha256(f"{mail.key}\0{mail.recipient}".encode()).hexdigest()[:32]
+        return f"ticketgate.K{digest}.{self._host}"
+
+    def _write(self, name: str, mail: OutgoingMail) -> int:
+        """The mail's file in tmp/, written, not yet synced; returns its open descriptor."""
+        trace = f"Return-Path: <{mail.envelope_from}>\nDelivered-To: {mail.recipient}\n".encode()
+        content = trace + mail.data.replace(b"\r\n", b"\n")
+        tmp = self.path / "tmp" / name
+        # A keyed file left half-written in tmp/ by a crash is written again from the start.
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mail.key else os.O_EXCL)
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        return fd
 
     def _unique_name(self) -> str:
         now = time.time_ns()
@@ -75,7 +188,6 @@ class MaildirTransport:
 
     @staticmethod
     def _sync_dir(path: Path) -> None:
-        # The rename is durable only once the directory entry is on disk.
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -83,8 +195,28 @@ class MaildirTransport:
             os.close(fd)
 
 
+def _fsync_error(fd: int) -> OSError | None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    return None
+
+
+class _Stale(Exception):
+    """A reused session the relay closed meanwhile: nothing of this mail was sent yet."""
+
+
 class SmtpRelayTransport:
-    """Send through an SMTP relay: one connection per mail, optional STARTTLS and AUTH."""
+    """Send through an SMTP relay, optional STARTTLS and AUTH; one session per batch.
+
+    `send_many` delivers a batch over one SMTP session (up to ``max_per_connection`` mails,
+    then a new one): MAIL, RCPT, DATA per mail, RSET after a refused one, a new session after
+    a 421 or a dropped connection. A session found closed at MAIL (the relay timed it out) is
+    opened again and the mail sent on the new one; a failure once the mail's data may have
+    reached the relay is that mail's error, retried by the outbox later. When no session can
+    be opened the rest of the batch fails with that error at once. The relay's SIZE limit is
+    checked before sending. No PIPELINING (smtplib does not speak it; see DECISIONS)."""
 
     def __init__(
         self,
@@ -97,6 +229,7 @@ class SmtpRelayTransport:
         timeout: float = 30.0,
         helo: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        max_per_connection: int = 100,
     ) -> None:
         self.host = host
         self.port = port
@@ -106,6 +239,8 @@ class SmtpRelayTransport:
         self.timeout = timeout
         self.helo = helo
         self._tls_context = tls_context
+        self.max_per_connection = max(1, max_per_connection)
+        self.sessions_opened = 0  # for tests and the benchmark: sessions this transport opened
 
     def send(self, *, envelope_from: str, recipient: str, data: bytes) -> None:
         """Deliver ``data`` to ``recipient``; raise the error tier the outbox needs.
@@ -114,37 +249,141 @@ class SmtpRelayTransport:
         relay's (RFC 5321 §6.1), whatever happens to the connection afterwards. Anything
         earlier, a dropped connection or a timeout while waiting for that 250 included, is
         an error: the outbox sends the mail again, with the same Message-ID."""
-        _check_envelope_address(recipient)
-        if envelope_from:
-            _check_envelope_address(envelope_from)
+        _raise_first(self.send_many([OutgoingMail(envelope_from, recipient, data)]))
+
+    def send_many(self, mails: Sequence[OutgoingMail]) -> list[Exception | None]:
+        results: list[Exception | None] = []
+        smtp: smtplib.SMTP | None = None
+        on_session = 0
         try:
-            smtp = smtplib.SMTP(
-                self.host, self.port, local_hostname=self.helo, timeout=self.timeout
-            )
-            try:
-                smtp.ehlo_or_helo_if_needed()
-                if self.starttls:
-                    smtp.starttls(context=self._tls_context or ssl.create_default_context())
-                    smtp.ehlo()
-                if self.username is not None:
-                    smtp.login(self.username, self._password or "")
-                smtp.sendmail(envelope_from, [recipient], data)
-            finally:
+            for i, mail in enumerate(mails):
+                try:
+                    _check_envelope(mail)
+                except PermanentDeliveryError as exc:
+                    results.append(exc)
+                    continue
+                while True:
+                    fresh = False
+                    if smtp is None or on_session >= self.max_per_connection:
+                        if smtp is not None:
+                            _hang_up(smtp)
+                            smtp = None
+                        try:
+                            smtp = self._connect()
+                        except Exception as exc:  # noqa: BLE001 - classified below
+                            error = _classify(exc, self.host, self.port)
+                            results.extend(error for _ in mails[i:])
+                            return results
+                        on_session, fresh = 0, True
+                    try:
+                        self._transfer(smtp, mail, reused=not fresh)
+                    except _Stale:
+                        _drop(smtp)
+                        smtp = None
+                        continue  # nothing was sent: this mail again, on a new session
+                    except Exception as exc:  # noqa: BLE001 - classified below
+                        results.append(_classify(exc, self.host, self.port))
+                        if not _reset(smtp, exc):
+                            smtp = None
+                        break
+                    results.append(None)
+                    on_session += 1
+                    break
+            return results
+        finally:
+            if smtp is not None:
                 _hang_up(smtp)
-        except smtplib.SMTPAuthenticationError as exc:
-            # RFC 4954 §6: a 535 refuses our credentials, not this mail. Dead-lettering every
-            # mail while an operator fixes the relay password would be the wrong outcome.
-            raise TemporaryDeliveryError(f"AUTH {exc.smtp_code} {exc.smtp_error!r}") from exc
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, reply = next(iter(exc.recipients.values()), (-1, b""))
-            raise _by_code(code, reply, "RCPT") from exc
-        except smtplib.SMTPResponseException as exc:
-            # MAIL, DATA, AUTH and connect replies (SMTPSenderRefused, SMTPDataError, ...).
-            raise _by_code(exc.smtp_code, exc.smtp_error, "reply") from exc
-        except (smtplib.SMTPException, OSError) as exc:
-            # Disconnects, refused connections, timeouts, TLS failures: the relay may be back
-            # later (RFC 5321 §4.5.4.1 asks senders to retry).
-            raise TemporaryDeliveryError(f"{self.host}:{self.port}: {exc!r}") from exc
+
+    def _connect(self) -> smtplib.SMTP:
+        smtp = smtplib.SMTP(self.host, self.port, local_hostname=self.helo, timeout=self.timeout)
+        try:
+            smtp.ehlo_or_helo_if_needed()
+            if self.starttls:
+                smtp.starttls(context=self._tls_context or ssl.create_default_context())
+                smtp.ehlo()
+            if self.username is not None:
+                smtp.login(self.username, self._password or "")
+        except BaseException:
+            _drop(smtp)
+            raise
+        self.sessions_opened += 1
+        return smtp
+
+    @staticmethod
+    def _transfer(smtp: smtplib.SMTP, mail: OutgoingMail, *, reused: bool) -> None:
+        """MAIL, RCPT, DATA for one mail (what `smtplib.SMTP.sendmail` does for one
+        recipient, with the stage of a failure known)."""
+        options: list[str] = []
+        if smtp.does_esmtp and smtp.has_extn("size"):
+            limit = smtp.esmtp_features.get("size", "")
+            if limit.isdigit() and 0 < int(limit) < len(mail.data):
+                raise PermanentDeliveryError(
+                    f"{len(mail.data)} bytes is over the relay's SIZE {limit}"
+                )
+            options.append(f"size={len(mail.data)}")
+        try:
+            code, reply = smtp.mail(mail.envelope_from, options)
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            if reused:
+                raise _Stale() from exc
+            raise
+        if code == 421 and reused:
+            raise _Stale()  # the relay is closing this session (an idle timeout, say)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, mail.envelope_from)
+        code, reply = smtp.rcpt(mail.recipient)
+        if code not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({mail.recipient: (code, reply)})
+        code, reply = smtp.data(mail.data)
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
+
+
+def _classify(exc: BaseException, host: str, port: int) -> Exception:
+    """The outbox's error tier for what smtplib raised."""
+    if isinstance(exc, (PermanentDeliveryError, TemporaryDeliveryError)):
+        return exc
+    if isinstance(exc, smtplib.SMTPAuthenticationError):
+        # RFC 4954 §6: a 535 refuses our credentials, not this mail. Dead-lettering every
+        # mail while an operator fixes the relay password would be the wrong outcome.
+        return TemporaryDeliveryError(f"AUTH {exc.smtp_code} {exc.smtp_error!r}")
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        code, reply = next(iter(exc.recipients.values()), (-1, b""))
+        return _by_code(code, reply, "RCPT")
+    if isinstance(exc, smtplib.SMTPResponseException):
+        # MAIL, DATA, AUTH and connect replies (SMTPSenderRefused, SMTPDataError, ...).
+        return _by_code(exc.smtp_code, exc.smtp_error, "reply")
+    if isinstance(exc, (smtplib.SMTPException, OSError)):
+        # Disconnects, refused connections, timeouts, TLS failures: the relay may be back
+        # later (RFC 5321 §4.5.4.1 asks senders to retry).
+        return TemporaryDeliveryError(f"{host}:{port}: {exc!r}")
+    return TemporaryDeliveryError(f"{type(exc).__name__}: {exc}")
+
+
+def _reset(smtp: smtplib.SMTP, exc: BaseException) -> bool:
+    """After a mail failed on ``smtp``: RSET so the session can carry the next one; False
+    (the session closed) after a 421, a dropped connection or a failed RSET."""
+    code = getattr(exc, "smtp_code", None)
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        code = next(iter(exc.recipients.values()), (None, b""))[0]
+    answered = (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused)
+    if code == 421 or not isinstance(exc, (*answered, PermanentDeliveryError)):
+        _drop(smtp)
+        return False
+    try:
+        if smtp.rset()[0] == 250:
+            return True
+    except (smtplib.SMTPException, OSError):
+        pass
+    _drop(smtp)
+    return False
+
+
+def _drop(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.close()
+    except OSError:
+        pass
 
 
 def _hang_up(smtp: smtplib.SMTP) -> None:

@@ -129,6 +129,18 @@ class Notifier:
         self.notices_per_sender_hour = notices_per_sender_hour
         # Per ticket: the newest status_history row of this unit, or its id looked up once.
         self._newest_history: dict[int, int] = {}
+        # Per department: its active members, looked up once in this unit (fan-out batches).
+        self._members: dict[int, list[m.Employee]] = {}
+
+    def forget(self) -> None:
+        """A SAVEPOINT of this unit was rolled back: drop what the look-ups learnt."""
+        self._members.clear()
+        self.d.forget_all()
+
+    def _members_of(self, department_id: int) -> list[m.Employee]:
+        if department_id not in self._members:
+            self._members[department_id] = self.d.members(department_id)
+        return self._members[department_id]
 
     def participants(self, ticket: m.Ticket | TicketAt) -> list[tuple[m.Employee, frozenset[Role]]]:
         """Every active person on the ticket with their roles, requester first."""
@@ -138,12 +150,12 @@ class Notifier:
         if ticket.assignment_type == AssignmentType.INDIVIDUAL.value and ticket.to_employee_id:
             ids.append(ticket.to_employee_id)
         else:
-            ids.extend(e.id for e in self.d.members(ticket.to_department_id))
+            ids.extend(e.id for e in self._members_of(ticket.to_department_id))
         for c in self.d.copies_of(ticket):
             if c.employee_id is not None:
                 ids.append(c.employee_id)
             elif c.department_id is not None:
-                ids.extend(e.id for e in self.d.members(c.department_id))
+                ids.extend(e.id for e in self._members_of(c.department_id))
         seen: set[int] = set()
         out: list[tuple[m.Employee, frozenset[Role]]] = []
         for i in ids:
@@ -285,8 +297,9 @@ class Notifier:
         )
 
     # ---- in the delivery worker ------------------------------------------------------------------
-    def fan_out(self, event: m.OutboxEvent) -> list[m.Outbox]:
-        """One outbox row per recipient of ``event``, as of the event (``self.now`` is its time)."""
+    def fan_out(self, event: m.OutboxEvent) -> list[dict[str, Any]]:
+        """One outbox row per recipient of ``event``, as of the event (``self.now`` is its
+        time), written in one INSERT; returns the rows' values."""
         e = event.payload
         ticket = ticket_at(event)
         kind = event.kind
@@ -307,7 +320,7 @@ class Notifier:
             "attachments_not_kept": "auto-replied",
             "new_message": None,
         }.get(kind, "auto-generated")
-        rows: list[m.Outbox] = []
+        rows: list[dict[str, Any]] = []
         audience = [
             (emp, roles)
             for emp, roles in self.participants(ticket)
@@ -369,23 +382,25 @@ class Notifier:
                 "loop_token": self.identity.loop_token,
             }
             suppressed = address in over_cap
-            row = m.Outbox(
-                ticket_id=ticket.id,
-                channel="email",
-                kind=kind,
-                recipient=address,
-                recipient_id=emp.id,
-                message_id=msg_id,
-                hidden=hidden or Role.RHC in roles,
-                payload=payload,
-                state="suppressed" if suppressed else "pending",
-                attempts=0,
-                next_attempt_at=self.now,
-                last_error=self._suppressed_note(actor_id) if suppressed else "",
-                created_at=self.now,
+            rows.append(
+                {
+                    "ticket_id": ticket.id,
+                    "channel": "email",
+                    "kind": kind,
+                    "recipient": address,
+                    "recipient_id": emp.id,
+                    "message_id": msg_id,
+                    "hidden": hidden or Role.RHC in roles,
+                    "payload": payload,
+                    "state": "suppressed" if suppressed else "pending",
+                    "attempts": 0,
+                    "next_attempt_at": self.now,
+                    "last_error": self._suppressed_note(actor_id) if suppressed else "",
+                    "created_at": self.now,
+                    "sent_at": None,
+                }
             )
-            self.s.add(row)
-            rows.append(row)
+        oq.insert_outbox_rows(self._conn or self.s.connection(), rows)
         return rows
 
 

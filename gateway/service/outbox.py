@@ -1,6 +1,10 @@
 """The outbox: claim due rows (SKIP LOCKED across workers), record sent / retry / dead-letter.
 
-The delivery worker's calls (`fan_out`, `claim`, `sent`, `failed`) raise StorageUnavailable
+One loop delivers every channel (`ChannelSender`: mail, Slack posts): the worker claims a
+batch of due rows of the channels it has senders for, hands each sender its part, and
+records the outcomes of the whole batch in one transaction (`record`).
+
+The delivery worker's calls (`fan_out`, `claim`, `record`) raise StorageUnavailable
 when the database is down or read-only, after `on_storage_error` (which drops the pooled
 connections), so that the worker can tell an outage from a defect."""
 
@@ -8,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -39,14 +43,14 @@ class OutboxItem:
     recipient: str
     message_id: str
     payload: dict[str, Any]
-    attempts: int
+    attempts: int  # this attempt included
     ticket_id: int | None = None
     channel: str = "email"
 
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    """What a channel's sender made of one outbox row."""
+    """What became of one claimed row: delivered, try again later, or never going to work."""
 
     item_id: int
     result: Literal["sent", "retry", "dead"]
@@ -55,9 +59,10 @@ class DeliveryOutcome:
 
 
 class ChannelSender(Protocol):
-    """Delivers the outbox rows of one channel (``outbox.channel``: "email", "slack")."""
+    """Delivers the outbox rows of one channel. Gets a batch of claimed rows, returns one
+    outcome per row (a row without an outcome is retried); it does not touch the database."""
 
-    channel: str
+    channel: str  # the outbox.channel it delivers: "email", "slack"
 
     def deliver(self, items: Sequence[OutboxItem]) -> list[DeliveryOutcome]: ...
 
@@ -81,6 +86,7 @@ class OutboxService:
         max_attempts: int = 8,
         backoff_seconds: float = 30.0,
         backoff_max_seconds: float = 3600.0,
+        lease: timedelta = LEASE,
         on_storage_error: Callable[[], None] = lambda: None,
         channel_fan_outs: Sequence[ChannelFanOut] = (),
     ) -> None:
@@ -95,6 +101,7 @@ class OutboxService:
         self.max_attempts = max_attempts
         self.backoff_seconds = backoff_seconds
         self.backoff_max_seconds = backoff_max_seconds
+        self.lease = lease
         self.on_storage_error = on_storage_error
 
     def fan_out(self, limit: int = 20) -> int:
@@ -120,21 +127,45 @@ class OutboxService:
         return 0  # pragma: no cover - the loop returns or raises
 
     def _fan_out(self, limit: int) -> int:
+        """The batch in one go; if one of its events fails, the batch again with each event
+        in a SAVEPOINT of its own, so that one is marked failed and the others go on (the
+        SAVEPOINTs cost three statements an event: paid only when something failed)."""
+        try:
+            return self._fan_out_batch(limit, isolate=False)
+        except _EventFailed:
+            return self._fan_out_batch(limit, isolate=True)
+
+    def _fan_out_batch(self, limit: int, *, isolate: bool) -> int:
         with self.sessions() as s, s.begin():
             events = q.lock_pending_events(s, limit=limit)
             d = Directory(s)
             done_at = self.clock.now()
+            # One notifier for the batch (its look-ups serve every event); its clock is each
+            # event's own time.
+            notifier = Notifier(
+                s,
+                identity=self.identity,
+                tokens=self.tokens,
+                now=done_at,
+                auto_mail_per_day=self.auto_mail_per_day,
+                auto_mail_per_ticket_hour=self.auto_mail_per_ticket_hour,
+                notices_per_sender_hour=self.notices_per_sender_hour,
+                directory=d,
+            )
+            done: list[m.OutboxEvent] = []
             for ev in events:
-                notifier = Notifier(
-                    s,
-                    identity=self.identity,
-                    tokens=self.tokens,
-                    now=datetime.fromisoformat(ev.payload["at"]),
-                    auto_mail_per_day=self.auto_mail_per_day,
-                    auto_mail_per_ticket_hour=self.auto_mail_per_ticket_hour,
-                    notices_per_sender_hour=self.notices_per_sender_hour,
-                    directory=d,
-                )
+                notifier.now = datetime.fromisoformat(ev.payload["at"])
+                if not isolate:
+                    try:
+                        notifier.fan_out(ev)
+                        for extra in self.channel_fan_outs:
+                            extra(s, ev, notifier)
+                    except DBAPIError:
+                        raise
+                    except Exception as e:
+                        raise _EventFailed() from e  # rolls the batch back
+                    done.append(ev)  # marked below: no UPDATE flushed before each look-up
+                    continue
                 try:
                     with s.begin_nested():
                         notifier.fan_out(ev)
@@ -146,25 +177,25 @@ class OutboxService:
                 except Exception as e:
                     log.exception("outbox event %s: cannot fan out", ev.id)
                     # Its SAVEPOINT was rolled back: forget what the look-ups learnt inside it.
-                    d.forget_all()
+                    notifier.forget()
                     ev.state = "failed"
                     ev.last_error = f"{type(e).__name__}: {e}"[:2000]
                 ev.done_at = done_at
+            for ev in done:
+                ev.state, ev.done_at = "done", done_at
             return len(events)
 
-    def claim(self, limit: int = 20, channels: Sequence[str] = ("email",)) -> list[OutboxItem]:
+    def claim(self, limit: int = 20, channels: Collection[str] = ("email",)) -> list[OutboxItem]:
         """Take due rows of ``channels`` for this worker: pending and due, or 'sending' whose
-        lease ran out.
+        lease ran out; each is `sending` with its attempt counted when this returns.
 
         On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several workers claim disjoint rows; on
         SQLite the write transaction (BEGIN IMMEDIATE) serialises claims."""
         now = self.clock.now()
         with storage_errors(self.on_storage_error), self.sessions() as s, s.begin():
-            rows = q.lock_due_outbox(s, now=now, limit=limit, channels=channels)
-            for r in rows:
-                r.state = "sending"
-                r.attempts += 1
-                r.next_attempt_at = now + LEASE
+            rows = q.claim_due_outbox(
+                s, now=now, limit=limit, channels=channels, lease_until=now + self.lease
+            )
             return [
                 OutboxItem(
                     r.id,
@@ -172,7 +203,7 @@ class OutboxService:
                     r.recipient,
                     r.message_id,
                     dict(r.payload),
-                    r.attempts,
+                    r.attempts + 1,
                     r.ticket_id,
                     r.channel,
                 )
@@ -192,35 +223,61 @@ class OutboxService:
         )
         return reply_address(self.identity.reply_local, token, self.identity.domain)
 
-    def sent(self, item_id: int) -> None:
-        with storage_errors(self.on_storage_error), self.sessions() as s, s.begin():
-            r = s.get(m.Outbox, item_id, with_for_update=True)
-            if r is not None:
-                r.state = "sent"
-                r.sent_at = self.clock.now()
-                r.last_error = ""
+    def record(self, outcomes: Sequence[DeliveryOutcome]) -> dict[int, str]:
+        """Record a batch's outcomes in one transaction; returns each row's new state.
 
-    def failed(
-        self, item_id: int, error: str, *, permanent: bool, retry_after: float | None = None
-    ) -> str:
-        """Retry later with backoff (no earlier than ``retry_after`` seconds when given), or
-        dead-letter after the last try or a permanent error."""
+        `sent` rows are marked sent. `retry` rows are due again after the backoff of their
+        attempt count, or after ``retry_after`` when the channel named a time (a rate limit:
+        that attempt is not counted, so a busy channel never dead-letters a post). `dead`
+        rows, and `retry` rows out of attempts, are dead-lettered."""
+        if not outcomes:
+            return {}
         now = self.clock.now()
         with storage_errors(self.on_storage_error), self.sessions() as s, s.begin():
-            r = s.get(m.Outbox, item_id, with_for_update=True)
-            if r is None:
-                return "gone"
-            r.last_error = error[:2000]
-            if permanent or r.attempts >= self.max_attempts:
-                r.state = "dead"
-            else:
-                r.state = "pending"
-                delay = retry_delay(r.attempts, self.backoff_seconds, self.backoff_max_seconds)
-                if retry_after is not None:
-                    # The server said when (Slack's 429 Retry-After): then, not our backoff.
-                    delay = timedelta(seconds=max(0.0, retry_after))
-                r.next_attempt_at = now + delay
-            return r.state
+            states: dict[int, str] = {}
+            sent = [o.item_id for o in outcomes if o.result == "sent"]
+            if sent:
+                q.mark_sent(s, sent, now=now)
+                states |= dict.fromkeys(sent, "sent")
+            unsent = [o for o in outcomes if o.result != "sent"]
+            if unsent:
+                attempts = q.lock_attempts(s, {o.item_id for o in unsent})
+                changes: list[dict[str, Any]] = []
+                for o in unsent:
+                    tries = attempts.get(o.item_id)
+                    if tries is None:
+                        states[o.item_id] = "gone"
+                        continue
+                    if o.result == "retry" and o.retry_after is not None:
+                        state, tries = "pending", max(0, tries - 1)
+                        due = now + timedelta(seconds=max(0.0, o.retry_after))
+                    elif o.result == "dead" or tries >= self.max_attempts:
+                        state, due = "dead", now
+                    else:
+                        state = "pending"
+                        due = now + retry_delay(
+                            tries, self.backoff_seconds, self.backoff_max_seconds
+                        )
+                    changes.append(
+                        {
+                            "oid": o.item_id,
+                            "new_state": state,
+                            "error": o.error[:2000],
+                            "tries": tries,
+                            "due": due,
+                        }
+                    )
+                    states[o.item_id] = state
+                q.mark_unsent(s, changes)
+            return states
+
+    def sent(self, item_id: int) -> None:
+        self.record([DeliveryOutcome(item_id, "sent")])
+
+    def failed(self, item_id: int, error: str, *, permanent: bool) -> str:
+        """Retry later with backoff, or dead-letter after the last try or a permanent error."""
+        outcome = DeliveryOutcome(item_id, "dead" if permanent else "retry", error)
+        return self.record([outcome]).get(item_id, "gone")
 
     def retry(self, ids: list[int] | None = None) -> int:
         """`outbox retry`: put dead (or given) rows back to pending, due now."""
@@ -254,6 +311,10 @@ class OutboxService:
                 }
                 for r in q.outbox_rows(s, state)
             ]
+
+
+class _EventFailed(Exception):
+    """An event of a batch fanned out without SAVEPOINTs failed: do the batch with them."""
 
 
 def _collided(e: OperationalError) -> bool:

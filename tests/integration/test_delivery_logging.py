@@ -106,7 +106,7 @@ def test_database_down_is_one_line_then_a_reminder_a_minute(
 
     made = make_worker(outage.env.app)
     ticks = Ticks()
-    worker = DeliveryWorker(made.outbox, made.transport, made.renderer, monotonic=ticks)
+    worker = DeliveryWorker(made.outbox, made.senders, monotonic=ticks)
     outage.env.service.raise_ticket(
         RaiseTicket("frank@acme.example", "it@acme.example", "Printer", "Paper stuck.")
     )
