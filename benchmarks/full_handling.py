@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import smtp_ingest as ingest
+import smtp_ingest as ingest  # the benchmark beside this one
+from outbox_delivery import SinkProcess, load
 
 ROOT = Path(__file__).resolve().parent.parent
 IT = "it@acme.example"
