@@ -32,10 +32,10 @@ from gateway.service.inbound import InboundQueue
 from gateway.service.intake import IntakeOptions, MailIntake
 from gateway.service.notify import MailIdentity
 from gateway.service.outbox import ChannelFanOut, ChannelSender, OutboxService
-from gateway.service.slack import SlackService
-from gateway.service.slack_notify import SlackFanOut
 from gateway.service.scheduler import Scheduler
 from gateway.service.sla import ScheduleOptions, SlaClocks
+from gateway.service.slack import SlackService
+from gateway.service.slack_notify import SlackFanOut
 from gateway.service.tickets import ServiceOptions, TicketService
 from gateway.slack.app import AdapterOptions, SlackAdapter
 from gateway.slack.http import SlackHttpServer, SlackSocketMode
