@@ -1,6 +1,6 @@
 """Cost of strip_reply and classify per mail, small and large (docs/BENCHMARKS.md, issue 16).
 
-    .venv/bin/python benchmarks/reply_rules_cost.py
+.venv/bin/python benchmarks/reply_rules_cost.py
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ BODIES = {
     "short reply (1 line + 5-line quote)": b"Fixed, thanks.\n\nOn Mon, 2 Nov 2026 at 09:14, IT <it@acme.example> wrote:\n"
     + b"> old line\n" * 5,
     "2 MB quote under one line": b"New words\n\n" + b"> quoted line\n" * 150_000,
-    "2 MB unquoted log with times": b"New words\n\n" + b"plain line of a long log 12:30 here\n" * 60_000,
+    "2 MB unquoted log with times": b"New words\n\n"
+    + b"plain line of a long log 12:30 here\n" * 60_000,
 }
 
 
@@ -41,8 +42,8 @@ def main() -> int:
     for name, body in BODIES.items():
         mail = parse_mail(HEAD + body)
         print(
-            f"| {name} | {best_of(lambda: strip_reply(mail.text)):.1f} "
-            f"| {best_of(lambda: classify(mail, CTX)):.1f} |"
+            f"| {name} | {best_of(lambda m=mail: strip_reply(m.text)):.1f} "
+            f"| {best_of(lambda m=mail: classify(m, CTX)):.1f} |"
         )
     return 0
 

@@ -17,7 +17,7 @@ _VERBS = (
     r"написала|написал\(а\)|пишет|написав|έγραψε|yazdı|írta|rakstīja|rašė|kirjutas|"
     r"a\s+scris|scrie|napisao|napisala|je\s+napisal|va\s+escriure|写道|寫道|님이\s*작성"
 )
-_ENDS_WITH_VERB = re.compile(rf"(?:{_VERBS})\s*:?\s*$", re.IGNORECASE)
+_ENDS_WITH_VERB = re.compile(rf"(?:{_VERBS})\s*[:：]?\s*$", re.IGNORECASE)
 # The verbs' last words: a cheap str.endswith test before the regex, which costs ~75 µs a
 # line when tried at every position of every line (a 2 MB log took 18 s).
 _VERB_ENDINGS = tuple(
@@ -27,7 +27,7 @@ _VERB_ENDINGS = tuple(
     }
 )
 # Gmail in many locales (ru, de, nl, ja …) ends the line with "<address>:" instead of a verb.
-_ENDS_WITH_ADDRESS = re.compile(r"@[\w.-]+\s*[>)\]]\s*:\s*$")
+_ENDS_WITH_ADDRESS = re.compile(r"@[\w.-]+\s*[>)\]]\s*[:：]\s*$")
 # An attribution names a moment or a mailbox; prose that merely ends in "wrote:" does not.
 _HAS_DATE_OR_ADDRESS = re.compile(r"\d{1,2}[:.]\d{2}|@|\b(?:19|20)\d{2}\b")
 _MAX_ATTRIBUTION = 400
@@ -80,8 +80,13 @@ _MOBILE_SIGNATURE = re.compile(
     rf"^\s*(?:(?:{_SENT_VERB})\s+(?:{_SENT_PREP})\s|"  # "Sent from …", "Envoyé de …"
     rf"(?:{_SENT_PREP})\s+(?:my|mi|mein\w*|mon|ma|meu|minha|mio|mia|min|mijn|mojego|мого|моего)\s.*(?:{_SENT_VERB})\b|"  # "Von meinem iPhone gesendet"
     r"(?:get|download|obtener|descargar|obtenir|télécharger|holen\s+sie\s+sich|scarica|"
-    r"baixe|baixar|pobierz|скачайте|получить|hämta|hent|download)\s+outlook|"
+    r"ottieni|baixe|baixar|obter|pobierz|скачайте|получить|получите|hämta|hent|få|hanki|"
+    r"stáhněte\s+si|stiahnite\s+si|töltse\s+le|descărcați|λήψη)\s+(?:o\s+|el\s+|l'|"
+    r"aplikację\s+|приложение\s+)?outlook|"
     r"outlook\s+(?:für|voor|för|for)\s+\w+\s+(?:beziehen|downloaden|herunterladen|hämta)|"
+    r"(?:ios|android)\s*(?:版|용)\s*outlook\s*(?:を入手|받기)|"  # Japanese, Korean
+    r"(?:获取|取得|下载|下載)\s*(?:ios|android)\s*版\s*outlook|"  # Chinese
+    r"(?:ios|android)\s+için\s+outlook'u\s+edinin|"  # Turkish
     r"sent\s+from\s+my\s|sent\s+from\s+mail\s+for|von\s+meinem\s.*gesendet|"
     r"lähetetty\s+(?:iphonesta|laitteesta)|"
     r"(?:iphone|ipad|android|galaxy)\s*(?:から送信|에서\s*보냄|에서\s*전송)|"  # Japanese, Korean
@@ -133,12 +138,25 @@ _VALEDICTION = re.compile(
     r"un\s+saluto|saluti|met\s+vriendelijke\s+groet(?:en)?|vriendelijke\s+groet(?:en)?|groeten|"
     r"med\s+vänlig\s+hälsning|vänliga\s+hälsningar|med\s+venlig\s+hilsen|venlig\s+hilsen|"
     r"med\s+vennlig\s+hilsen|mvh|ystävällisin\s+terveisin|terveisin|pozdrawiam|"
-    r"z\s+poważaniem|с\s+уважением|atenciosamente|cumprimentos)\s*[,.!]?\s*$",
+    r"z\s+poważaniem|с\s+уважением|atenciosamente|cumprimentos|"
+    # issue 16: more languages, and the plain-ASCII spellings people type on phones
+    r"z\s+powazaniem|pozdrowienia|z\s+pozdrowieniami|s\s+pozdravem|s\s+pozdravom|"
+    r"srdečně|üdvözlettel|udvozlettel|tisztelettel|saygılarımla|saygilarimla|"
+    r"με\s+εκτίμηση|с\s+наилучшими\s+пожеланиями|всего\s+доброго|"
+    r"hilsen|venlige\s+hilsner|mange\s+hilsner|hilsner|beste\s+hilsen|vennlig\s+hilsen|"
+    r"kh|vh|hälsningar|med\s+vänliga\s+hälsningar|bästa\s+hälsningar|"
+    r"gruß|gruss|grüße|grüsse|herzliche\s+grüße|schöne\s+grüße|"
+    r"salutations|sincères\s+salutations|bien\s+à\s+toi|amitiés|"
+    r"cordialmente|un\s+abrazo|abrazos|att|atte|abraços|"
+    r"distinti\s+saluti|cordiali\s+saluti|"
+    r"此致|敬礼|此致敬礼)\s*[,.!]?\s*$",
     re.IGNORECASE,
 )
 _MAX_SIGNATURE_LINES = 5
 # "-Abhishek" or "- Jane Doe" alone at the very end: an informal signature.
-_DASH_NAME = re.compile(r"^\s*-\s?[^\W\d_][\w.'-]*(?:\s[^\W\d_][\w.'-]*){0,2}\s*$")
+_DASH_NAME = re.compile(r"^\s*[-/]\s?[^\W\d_][\w.'-]*(?:\s[^\W\d_][\w.'-]*){0,2}\s*$")
+# A signature rule as CJK webmails (QQ, 163) and some Outlook themes draw it.
+_DASH_RULE = re.compile(r"^\s*[—─━＿_]{8,}\s*$")
 
 
 def _is_quoted(line: str) -> bool:
@@ -200,6 +218,7 @@ def _could_start_attribution(line: str) -> bool:
 
 # mail.ru and others end with a bare address: "… 9:14 +03:00 от it@example.com:".
 _ENDS_WITH_BARE_ADDRESS = re.compile(r"\s[\w.+-]+@[\w-]+(?:\.[\w-]+)+\s*:\s*$")
+_VERB_WORD = re.compile(rf"(?<!\w)(?:{_VERBS})(?!\w)", re.IGNORECASE)
 _TAIL = 160  # characters: the longest verb or "<address>:" ending, with room to spare
 _HAS_TIME = re.compile(r"\b\d{1,2}[:.]\d{2}\b")
 
@@ -210,12 +229,18 @@ def _is_attribution(joined: str) -> bool:
     # Only the tail can end the line: searching the whole of every long line for the verb
     # alternatives was quadratic-looking on 2 MB logs (18 s; now milliseconds).
     tail = joined[-_TAIL:]
-    ends_with_verb = tail.rstrip(": \t").lower().endswith(_VERB_ENDINGS)
+    ends_with_verb = tail.rstrip(":： \t").lower().endswith(_VERB_ENDINGS)
     if (ends_with_verb and _ENDS_WITH_VERB.search(tail)) or _ENDS_WITH_ADDRESS.search(tail):
         return True
     # A bare address ends prose too ("write to bob@example.com:"); a time of day says
     # the line dates a message.
-    return bool(_ENDS_WITH_BARE_ADDRESS.search(tail) and _HAS_TIME.search(joined))
+    if _ENDS_WITH_BARE_ADDRESS.search(tail) and _HAS_TIME.search(joined):
+        return True
+    # The verb before the date (Finnish "Name kirjoitti 20.05.2019 kello 10:26:", Apple
+    # Mail's "skrev … den … kl. 09:14:"): a line ending in ":" with a verb and a time.
+    return bool(
+        joined.endswith((":", "：")) and _HAS_TIME.search(joined) and _VERB_WORD.search(joined)
+    )
 
 
 def _next_nonblank(lines: list[str], i: int) -> int:
@@ -284,10 +309,17 @@ def _is_wrapped_tail(quoted: str, line: str) -> bool:
 
 
 def _trim_signature(kept: list[str]) -> list[str]:
-    """Drop a closing sign-off ("Regards,\\nJane Doe\\nCEO") or an informal "-Jane"."""
+    """Drop a closing sign-off ("Regards,\\nJane Doe\\nCEO"), an informal "-Jane" or "/John",
+    or a short signature block under a long rule ("——————")."""
     while kept and not kept[-1].strip():
         kept.pop()
     nonblank = [k for k, line in enumerate(kept) if line.strip()]
+    # A long rule followed by a few short lines: the signature block under it goes.
+    for k in nonblank[-(_MAX_SIGNATURE_LINES + 1) :]:
+        if _DASH_RULE.match(kept[k]) and k != nonblank[0]:
+            after = [line for line in kept[k + 1 :] if line.strip()]
+            if all(len(line.strip()) <= 60 for line in after):
+                return _trim_signature(kept[:k])
     tail = nonblank[-(_MAX_SIGNATURE_LINES + 1) :]
     for k in tail:
         if _VALEDICTION.match(kept[k]) and k != nonblank[0]:

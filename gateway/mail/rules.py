@@ -371,12 +371,28 @@ class NonStandardBounce:
             return _bounce(self.name, "message/delivery-status part", mail)
         if _is_daemon_sender(mail):
             return _bounce(self.name, f"sent by an MTA: {header(mail, 'from')}", mail)
-        if _NDR_SUBJECT.search(mail.subject) and not _PERSON_PREFIX.match(mail.subject):
+        if _NDR_SUBJECT.search(mail.subject) and not _person_written(mail):
             evidence = _ndr_evidence(mail, ctx)
             if evidence:
                 reason = f"non-delivery subject: {mail.subject[:80]}; {evidence}"
                 return _bounce(self.name, reason, mail)
         return None
+
+
+def _person_written(mail: InboundMail) -> bool:
+    """Whether the subject shows a person's reply or forward, so that the subject and body
+    rules must not judge it a bounce (issue 16: a person quoting or forwarding one).
+
+    A forward ("Fwd:", "WG:" …) always counts. A reply prefix ("Re:", "AW:" …) does not when
+    the failure is stated in the mail's *own* text with an address — MTAs that answer with
+    "RE: <subject> : non remis (delivery failed)" (flufl.bounce simple_20) — because a
+    person's reply carries a bounce only below "On … wrote:" or after ">"."""
+    if not _PERSON_PREFIX.match(mail.subject):
+        return False
+    if _PERSON_PREFIX_FWD.match(mail.subject):
+        return True
+    own = mail.new_text[:20_000]
+    return not (_NDR_BODY.search(own) and re.search(_ADDRESS, own))
 
 
 def _ndr_evidence(mail: InboundMail, ctx: RuleContext) -> str | None:
@@ -398,7 +414,7 @@ class ExchangeSystemSender:
 
     def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
         local, _ = _from_localpart_and_name(mail)
-        if _EXCHANGE_SYSTEM_SENDER.match(local) and not _PERSON_PREFIX.match(mail.subject):
+        if _EXCHANGE_SYSTEM_SENDER.match(local) and not _person_written(mail):
             return _bounce(self.name, f"sent by Exchange: {header(mail, 'from')}", mail)
         return None
 
@@ -411,7 +427,7 @@ class LocalisedNdrSubject:
     description = "non-delivery report with a non-English subject"
 
     def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
-        if _PERSON_PREFIX.match(mail.subject):
+        if _person_written(mail):
             return None
         match = _NDR_SUBJECT_LOCALISED.search(mail.subject)
         if not match:
@@ -443,7 +459,7 @@ class NdrBodyStatement:
     description = "body states a delivery failure for an address (non-DSN MTA)"
 
     def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
-        if _PERSON_PREFIX.match(mail.subject):
+        if _person_written(mail):
             return None
         # The sender's own words only: a person quoting a bounce under "On … wrote:" or
         # with ">" is not one.
@@ -474,7 +490,7 @@ class FluflBounce:
     description = "flufl.bounce recognises a bounce format"
 
     def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
-        if _PERSON_PREFIX.match(mail.subject):
+        if _person_written(mail):
             return None
         try:
             msg = email.message_from_bytes(mail.raw[:_FLUFL_SCAN_LIMIT], policy=policy.compat32)

@@ -145,3 +145,30 @@ def test_issue16_prose_is_kept(text: str) -> None:
     for line in text.splitlines():
         if line.strip() and not line.startswith(">"):
             assert line in got
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Chinese Gmail/QQ: full-width colon after 写道
+        ("好的。\n\nXYZ <c@zyx.example>于2020年3月9日 周一下午9:10写道：\n\n旧文", "好的。"),
+        # the verb before the date (Finnish, Hungarian)
+        ("Kiitos.\n\nAsiakaspalvelu kirjoitti 20.05.2019 kello 10:26:\n\nvanha", "Kiitos."),
+        (
+            "Rendben.\n\nÜgyfél <s@example.hu> ezt írta (időpont: 2026. aug. 16., Ke 12:27):\nrégi",
+            "Rendben.",
+        ),
+        # Czech/Polish Gmail "napsal(a):" wrapped under the address
+        ("Díky.\n\nDne po 15. led. 2025 17:03 Anna <a@example.cz>\nnapsal(a):\n\n> staré", "Díky."),
+        # sign-offs in more languages, "/John", a rule above a short signature block
+        ("Hej,\n\nSvar.\n\nKh\nPeter", "Hej,\n\nSvar."),
+        ("Hello Anna,\n\nI am busy this year.\n\n/John", "Hello Anna,\n\nI am busy this year."),
+        (
+            "安安：\n\n已经整理好了。\n\n——————————————\n\n小满\n活动协调人",
+            "安安：\n\n已经整理好了。",
+        ),
+    ],
+)
+def test_issue16_more_kinds(text: str, expected: str) -> None:
+    """Kinds found on other projects' fixtures: CJK colons, verb-first attributions, sign-offs."""
+    assert strip_reply(text) == expected

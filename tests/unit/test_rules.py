@@ -270,3 +270,15 @@ def test_issue16_rules_name_their_signal(raw: str, rule: str, kind: str) -> None
 def test_people_who_mention_automatic_mail_are_not_quarantined(subject: str, body: str) -> None:
     """A person writing about an absence, or quoting or forwarding a bounce, is still a ticket."""
     assert _kind(f"Subject: {subject}", body) is None
+
+
+def test_bounce_answering_with_re_subject_is_still_a_bounce() -> None:
+    """An MTA that answers "RE: <subject> : non remis (delivery failed)" and states the failure
+    in its own words is a bounce (flufl.bounce simple_20), while a person's "Re:" that only
+    quotes one is not (see test_people_who_mention_automatic_mail_are_not_quarantined)."""
+    body = (
+        "***********************\nVotre message n'a pas pu etre delivre a\nuserx@example.com\n\n"
+        "***********************\nYour message could not be delivered to\nuserx@example.com\n"
+    )
+    subject = "Subject: RE: Your message to GPC-talk awaits moderator approval : non remis (delivery failed)"
+    assert _kind(subject, body) == "bounce"
