@@ -196,6 +196,7 @@ def test_return_and_reject_buttons_ask_for_a_remark(sg: SlackGateway) -> None:
     assert t["status"] == "RETURNED" and t["history"][-1]["remark"] == "Which room?"
     sg.client.button("ticket_reject", ref, user="U0CAROL")
     meta = sg.wait("views.open", 2)[-1]["view"]["private_metadata"]
-    sg.client.submit("ticket_remark", {"remark": text_input("duplicate")}, user="U0CAROL",
-                     private_metadata=meta)
+    sg.client.submit(
+        "ticket_remark", {"remark": text_input("duplicate")}, user="U0CAROL", private_metadata=meta
+    )
     poll_until(lambda: status(sg, ref) == "REJECTED", timeout=10, what="REJECTED")

@@ -52,8 +52,13 @@ def karl_message(sg: SlackGateway, ts: str = "1700000500.000100") -> dict[str, o
                 "url_private": sg.fake.files_url + "F0SCREEN/screen.png",
                 "url_private_download": sg.fake.files_url + "F0SCREEN/screen.png",
             },
-            {"id": "F0ELSEWHERE", "name": "x.txt", "mimetype": "text/plain", "size": 3,
-             "url_private": "https://attacker.example/steal"},
+            {
+                "id": "F0ELSEWHERE",
+                "name": "x.txt",
+                "mimetype": "text/plain",
+                "size": 3,
+                "url_private": "https://attacker.example/steal",
+            },
         ],
     }
     sg.fake.messages.setdefault("C0ITSUPPORT", []).append(msg)
@@ -82,8 +87,11 @@ def test_a_ticket_reaction_raises_from_the_message_once(sg: SlackGateway) -> Non
         a = sg.client.event(reaction("U0ALICE", str(msg["ts"])), event_id="Ev0REACT1", retry=retry)
         assert a.status == 200
     sg.client.event(reaction("U0BOB", str(msg["ts"])), event_id="Ev0REACT2")
-    poll_until(lambda: sg.counter("ticketgate_slack_duplicates_total") == 3, timeout=10,
-               what="three duplicates counted")
+    poll_until(
+        lambda: sg.counter("ticketgate_slack_duplicates_total") == 3,
+        timeout=10,
+        what="three duplicates counted",
+    )
     assert sg.counter("ticketgate_slack_retries_total") == 2
     [t] = sg.gw.tickets()
     assert t["from"]["employee"] == "karl@acme.example"
@@ -130,17 +138,25 @@ def test_a_retried_thread_reply_is_one_message(sg: SlackGateway) -> None:
     poll_until(lambda: len(sg.gw.tickets()) == 1, timeout=10, what="the ticket")
     ref = sg.gw.tickets()[0]["ref"]
     sg.deliver()
-    ts = next(p for p in sg.fake.of("chat.postMessage") if p["channel"] == "C0ITSUPPORT")
     post_ts = _post_ts(sg)
-    del ts
-    ev = {"type": "message", "channel": "C0ITSUPPORT", "user": "U0ALICE", "text": "On my way",
-          "ts": "1700000900.000100", "thread_ts": post_ts, "event_ts": "1700000900.000100"}
+    ev = {
+        "type": "message",
+        "channel": "C0ITSUPPORT",
+        "user": "U0ALICE",
+        "text": "On my way",
+        "ts": "1700000900.000100",
+        "thread_ts": post_ts,
+        "event_ts": "1700000900.000100",
+    }
     for retry in (None, 1, 2):
         assert sg.client.event(ev, event_id="Ev0THREAD", retry=retry).status == 200
     sg.client.event({**ev, "subtype": "message_changed"}, event_id="Ev0EDIT")
     sg.client.event({**ev, "bot_id": "B0OTHER", "ts": "1700000901.000100"}, event_id="Ev0BOT")
-    poll_until(lambda: sg.counter("ticketgate_slack_duplicates_total") == 2, timeout=10,
-               what="two duplicates")
+    poll_until(
+        lambda: sg.counter("ticketgate_slack_duplicates_total") == 2,
+        timeout=10,
+        what="two duplicates",
+    )
     msgs = sg.gw.ticket(ref)["messages"]
     assert [m["body"] for m in msgs][1:] == ["On my way"]
     assert sg.gw.ticket(ref)["status"] == "REPLIED"
@@ -158,8 +174,14 @@ def test_a_thread_reply_by_a_non_participant_or_hidden_copy_is_refused(sg: Slack
     post_ts = _post_ts(sg)
     n = sg.fake.count("chat.postEphemeral")
     for i, user in enumerate(("U0MIA", "U0LENA")):
-        ev = {"type": "message", "channel": "C0ITSUPPORT", "user": user, "text": "me too",
-              "ts": f"170000100{i}.000100", "thread_ts": post_ts}
+        ev = {
+            "type": "message",
+            "channel": "C0ITSUPPORT",
+            "user": user,
+            "text": "me too",
+            "ts": f"170000100{i}.000100",
+            "thread_ts": post_ts,
+        }
         sg.client.event(ev)
     answers = sg.wait("chat.postEphemeral", n + 2)[n:]
     by_user = {a["user"]: a for a in answers}
@@ -178,12 +200,20 @@ def test_the_new_ticket_modal(sg: SlackGateway) -> None:
     opened = sg.wait("views.open")[0]
     command_trigger = sg.client.counter[0]
     assert opened["trigger_id"].endswith(f"{command_trigger:06d}")
-    assert [c.method for c in sg.fake.calls if c.method != "auth.test"][0] == "views.open"
+    assert next(c.method for c in sg.fake.calls if c.method != "auth.test") == "views.open"
     view = opened["view"]
     assert view["callback_id"] == "new_ticket"
     blocks = {b["block_id"]: b for b in view["blocks"]}
-    assert {"department", "person", "category", "priority", "subject", "description", "cc",
-            "bcc"} <= set(blocks)
+    assert {
+        "department",
+        "person",
+        "category",
+        "priority",
+        "subject",
+        "description",
+        "cc",
+        "bcc",
+    } <= set(blocks)
     assert "IT" in json.dumps(blocks["department"])
     sg.client.interaction(
         {
@@ -191,10 +221,18 @@ def test_the_new_ticket_modal(sg: SlackGateway) -> None:
             "user": {"id": "U0KARL", "team_id": "T0DEMO"},
             "container": {"type": "view", "view_id": "V00000001"},
             "view": {**view, "id": "V00000001", "hash": "1.abc", "state": {"values": {}}},
-            "actions": [{"type": "static_select", "action_id": "new_category",
-                         "block_id": "category", "action_ts": "1.1",
-                         "selected_option": {"value": "Hardware",
-                                             "text": {"type": "plain_text", "text": "Hardware"}}}],
+            "actions": [
+                {
+                    "type": "static_select",
+                    "action_id": "new_category",
+                    "block_id": "category",
+                    "action_ts": "1.1",
+                    "selected_option": {
+                        "value": "Hardware",
+                        "text": {"type": "plain_text", "text": "Hardware"},
+                    },
+                }
+            ],
         }
     )
     updated = sg.wait("views.update")[0]
@@ -225,8 +263,11 @@ def test_the_new_ticket_modal(sg: SlackGateway) -> None:
     assert dm["channel"] == "U0KARL" and t["ref"] in dm["text"]
     # The same submission again (a retry) raises nothing more.
     sg.client.submit("new_ticket", values, user="U0KARL", view_id="V0SUBMIT")
-    poll_until(lambda: sg.counter("ticketgate_slack_duplicates_total") == 1, timeout=10,
-               what="the duplicate")
+    poll_until(
+        lambda: sg.counter("ticketgate_slack_duplicates_total") == 1,
+        timeout=10,
+        what="the duplicate",
+    )
     assert len(sg.gw.tickets()) == 1
 
 
@@ -243,8 +284,13 @@ def test_app_home_shows_open_tickets(sg: SlackGateway) -> None:
     sg.client.command("new IT: Headset crackles", user="U0KARL")
     poll_until(lambda: len(sg.gw.tickets()) == 1, timeout=10, what="the ticket")
     ref = sg.gw.tickets()[0]["ref"]
-    home = {"type": "app_home_opened", "user": "U0KARL", "channel": "D0KARL", "tab": "home",
-            "event_ts": "1700001100.000100"}
+    home = {
+        "type": "app_home_opened",
+        "user": "U0KARL",
+        "channel": "D0KARL",
+        "tab": "home",
+        "event_ts": "1700001100.000100",
+    }
     sg.client.event(home)
     published = sg.wait("views.publish")[0]
     assert published["user_id"] == "U0KARL" and published["view"]["type"] == "home"
@@ -257,9 +303,12 @@ def test_app_home_shows_open_tickets(sg: SlackGateway) -> None:
     )
     assert opener["action_id"] == "ticket_open"
     sg.client.interaction(
-        {"type": "block_actions", "user": {"id": "U0KARL", "team_id": "T0DEMO"},
-         "container": {"type": "view", "view_id": "V0HOME"},
-         "actions": [{**opener, "action_ts": "1.2"}]}
+        {
+            "type": "block_actions",
+            "user": {"id": "U0KARL", "team_id": "T0DEMO"},
+            "container": {"type": "view", "view_id": "V0HOME"},
+            "actions": [{**opener, "action_ts": "1.2"}],
+        }
     )
     shown = sg.wait("views.open")[0]
     assert "Headset crackles" in json.dumps(shown["view"])
