@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -70,9 +71,29 @@ def team_and_app(body: dict[str, Any]) -> tuple[str, str]:
 class PinWorkspace(Middleware):
     """Only the configured workspaces (and apps) act; every other request changes nothing."""
 
-    def __init__(self, service: SlackService, counters: SlackCounters) -> None:
+    def __init__(
+        self,
+        service: SlackService,
+        counters: SlackCounters,
+        *,
+        ttl_seconds: float = 30.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.service = service
         self.counters = counters
+        # team id → its workspace (or None), kept briefly: no database read on the ack path
+        self._known: dict[str, tuple[float, Workspace | None]] = {}
+        self._ttl = ttl_seconds
+        self._monotonic = monotonic
+
+    def workspace(self, team: str) -> Workspace | None:
+        now = self._monotonic()
+        hit = self._known.get(team)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        ws = self.service.workspace(team)
+        self._known[team] = (now + self._ttl, ws)
+        return ws
 
     def process(
         self, *, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]
@@ -81,7 +102,7 @@ class PinWorkspace(Middleware):
         if body.get("type") in ("url_verification",) or body.get("ssl_check"):
             return next()
         team, app_id = team_and_app(body)
-        ws = self.service.workspace(team) if team else None
+        ws = self.workspace(team) if team else None
         if ws is None or (ws.app_id and app_id and app_id != ws.app_id):
             self.counters.add('ticketgate_slack_refused_total{reason="workspace"}')
             log.info("slack request from team %s app %s: not configured; ignored", team, app_id)
@@ -118,7 +139,8 @@ class SlackAdapter:
             # the failing body); Socket Mode has none.
             request_verification_enabled=False,
             token_verification_enabled=False,
-            process_before_response=False,
+            # The ack functions run in the request's thread, the work after them (lazy).
+            process_before_response=True,
             logger=quiet,
             listener_executor=executor,
             before_authorize=PinWorkspace(service, counters),
@@ -180,32 +202,70 @@ class SlackAdapter:
 
     # ---- registration ---------------------------------------------------------------------------
     def _register(self) -> None:
+        """Each listener: an ack function that runs in the request's thread and answers
+        Slack at once (bolt's process_before_response), and the work, run after it on the
+        listener threads (a lazy listener) — so a busy moment delays the work, never the ack."""
         app = self.app
-        app.command("/ticket")(self.on_command)
-        app.action("ticket_take")(self.on_button)
-        app.action("ticket_deliver")(self.on_button)
-        app.action("ticket_return")(self.on_remark_button)
-        app.action("ticket_reject")(self.on_remark_button)
-        app.action("ticket_open")(self.on_open)
-        app.action("new_category")(self.on_category)
-        app.action(re.compile(r"^feedback_[1-5]$"))(self.on_feedback_button)
-        app.view("new_ticket")(self.on_new_ticket)
-        app.view("ticket_remark")(self.on_remark)
-        app.view("feedback_comment")(self.on_feedback_comment)
-        app.shortcut(SHORTCUT)(self.on_shortcut)
-        app.event("reaction_added")(self.on_reaction)
-        app.event("message")(self.on_message)
-        app.event("app_home_opened")(self.on_home)
 
-    # ---- /ticket ------------------------------------------------------------------------------
-    def on_command(self, ack: Any, body: dict[str, Any], context: Any, respond: Any) -> None:
+        def on(decorator: Any, ack: Callable[..., Any], work: Callable[..., Any]) -> None:
+            decorator(ack=ack, lazy=[work])
+
+        on(app.command("/ticket"), self.ack_command, self.on_command)
+        on(app.action("ticket_take"), self.ack_now, self.on_button)
+        on(app.action("ticket_deliver"), self.ack_now, self.on_button)
+        on(app.action("ticket_return"), self.ack_now, self.on_remark_button)
+        on(app.action("ticket_reject"), self.ack_now, self.on_remark_button)
+        on(app.action("ticket_open"), self.ack_now, self.on_open)
+        on(app.action("new_category"), self.ack_now, self.on_category)
+        on(app.action(re.compile(r"^feedback_[1-5]$")), self.ack_now, self.on_feedback_button)
+        on(app.view("new_ticket"), self.ack_new_ticket, self.on_new_ticket)
+        on(app.view("ticket_remark"), self.ack_remark, self.on_remark)
+        on(app.view("feedback_comment"), self.ack_now, self.on_feedback_comment)
+        on(app.shortcut(SHORTCUT), self.ack_now, self.on_shortcut)
+        # Events are acknowledged by bolt itself (an empty 200).
+        on(app.event("reaction_added"), self.ack_event, self.on_reaction)
+        on(app.event("message"), self.ack_event, self.on_message)
+        on(app.event("app_home_opened"), self.ack_event, self.on_home)
+
+    # ---- the acks (in the request's thread: no database, no Web API) -----------------------
+    @staticmethod
+    def ack_now(ack: Any) -> None:
+        ack()
+
+    @staticmethod
+    def ack_event() -> None:
+        return None
+
+    @staticmethod
+    def ack_command(ack: Any, body: dict[str, Any]) -> None:
         parsed = parse(body.get("text", ""))
         if isinstance(parsed, Help):
             # Nothing to look up: the answer is the ack itself.
             text = (f"{parsed.problem}\n\n" if parsed.problem else "") + blocks.HELP
             ack(text=text, response_type="ephemeral")
-            return
-        ack()
+        else:
+            ack()
+
+    @staticmethod
+    def ack_remark(ack: Any, view: dict[str, Any]) -> None:
+        if not _value(view, "remark").strip():
+            ack(response_action="errors", errors={"remark": "A remark is required"})
+        else:
+            ack()
+
+    @staticmethod
+    def ack_new_ticket(ack: Any, view: dict[str, Any]) -> None:
+        errors = new_ticket_errors(view)
+        if errors:
+            ack(response_action="errors", errors=errors)
+        else:
+            ack()
+
+    # ---- /ticket ------------------------------------------------------------------------------
+    def on_command(self, body: dict[str, Any], context: Any, respond: Any) -> None:
+        parsed = parse(body.get("text", ""))
+        if isinstance(parsed, Help):
+            return  # answered in the ack
         ws: Workspace = context["ws"]
         user, channel = body["user_id"], body.get("channel_id")
         once = f"cmd:{body.get('trigger_id') or ''}" if body.get("trigger_id") else None
@@ -279,8 +339,7 @@ class SlackAdapter:
         )
 
     # ---- buttons on the channel post -----------------------------------------------------------
-    def on_button(self, ack: Any, body: dict[str, Any], context: Any) -> None:
-        ack()
+    def on_button(self, body: dict[str, Any], context: Any) -> None:
         ws: Workspace = context["ws"]
         action = body["actions"][0]
         ref, name = action["value"], action["action_id"].removeprefix("ticket_")
@@ -302,8 +361,7 @@ class SlackAdapter:
             return
         self.tell(channel=channel, user=user, text=f"{ref}: {name} done")
 
-    def on_remark_button(self, ack: Any, body: dict[str, Any], context: Any) -> None:
-        ack()
+    def on_remark_button(self, body: dict[str, Any], context: Any) -> None:
         action = body["actions"][0]
         ref, name = action["value"], action["action_id"].removeprefix("ticket_")
         channel = (body.get("channel") or {}).get("id") or ""
@@ -311,12 +369,10 @@ class SlackAdapter:
             trigger_id=body["trigger_id"], view=blocks.remark_modal(ref, name, channel)
         )
 
-    def on_remark(self, ack: Any, body: dict[str, Any], context: Any, view: dict[str, Any]) -> None:
+    def on_remark(self, body: dict[str, Any], context: Any, view: dict[str, Any]) -> None:
         remark = _value(view, "remark")
         if not remark.strip():
-            ack(response_action="errors", errors={"remark": "A remark is required"})
-            return
-        ack()
+            return  # answered with the error in the ack
         ws: Workspace = context["ws"]
         meta = json.loads(view.get("private_metadata") or "{}")
         user = body["user"]["id"]
@@ -340,8 +396,7 @@ class SlackAdapter:
             return
         self.tell(channel=channel, user=user, text=f"{ref}: {name} done")
 
-    def on_open(self, ack: Any, body: dict[str, Any], context: Any) -> None:
-        ack()
+    def on_open(self, body: dict[str, Any], context: Any) -> None:
         ws: Workspace = context["ws"]
         user = body["user"]["id"]
         ref = body["actions"][0]["value"]
@@ -356,9 +411,8 @@ class SlackAdapter:
         self.client.views_open(trigger_id=body["trigger_id"], view=blocks.info_modal(ref, bl))
 
     # ---- the new-ticket modal ---------------------------------------------------------------
-    def on_category(self, ack: Any, body: dict[str, Any], context: Any) -> None:
+    def on_category(self, body: dict[str, Any], context: Any) -> None:
         """The sub-category select follows the chosen category."""
-        ack()
         ws: Workspace = context["ws"]
         view = body["view"]
         chosen = (body["actions"][0].get("selected_option") or {}).get("value", "")
@@ -373,21 +427,12 @@ class SlackAdapter:
             ),
         )
 
-    def on_new_ticket(
-        self, ack: Any, body: dict[str, Any], context: Any, view: dict[str, Any]
-    ) -> None:
+    def on_new_ticket(self, body: dict[str, Any], context: Any, view: dict[str, Any]) -> None:
+        if new_ticket_errors(view):
+            return  # answered with the errors in the ack
         department = _selected(view, "department")
         person = _value(view, "person", key="selected_user")
         subject = _value(view, "subject")
-        errors = {}
-        if bool(department) == bool(person):
-            errors["department"] = "Choose a department or a person (one of them)"
-        if not subject.strip():
-            errors["subject"] = "Give the ticket a subject"
-        if errors:
-            ack(response_action="errors", errors=errors)
-            return
-        ack()
         ws: Workspace = context["ws"]
         user = body["user"]["id"]
         category = _selected(view, "category")
@@ -423,8 +468,7 @@ class SlackAdapter:
         self.client.chat_postMessage(channel=user, text=f"Raised {ref}: {subject}")
 
     # ---- intake from messages ---------------------------------------------------------------
-    def on_shortcut(self, ack: Any, body: dict[str, Any], context: Any, respond: Any) -> None:
-        ack()
+    def on_shortcut(self, body: dict[str, Any], context: Any, respond: Any) -> None:
         ws: Workspace = context["ws"]
         message = body.get("message") or {}
         channel = (body.get("channel") or {}).get("id", "")
@@ -617,17 +661,13 @@ class SlackAdapter:
         self.client.views_publish(user_id=user, view=view)
 
     # ---- feedback ----------------------------------------------------------------------------
-    def on_feedback_button(self, ack: Any, body: dict[str, Any], context: Any) -> None:
-        ack()
+    def on_feedback_button(self, body: dict[str, Any], context: Any) -> None:
         ref, _, rating = body["actions"][0]["value"].partition(":")
         self.client.views_open(
             trigger_id=body["trigger_id"], view=blocks.feedback_modal(ref, int(rating))
         )
 
-    def on_feedback_comment(
-        self, ack: Any, body: dict[str, Any], context: Any, view: dict[str, Any]
-    ) -> None:
-        ack()
+    def on_feedback_comment(self, body: dict[str, Any], context: Any, view: dict[str, Any]) -> None:
         ws: Workspace = context["ws"]
         user = body["user"]["id"]
         meta = json.loads(view.get("private_metadata") or "{}")
@@ -653,6 +693,16 @@ class SlackAdapter:
         self.client.chat_postMessage(
             channel=user, text=f"{ref}: thank you", blocks=blocks.feedback_thanks(ref, rating)
         )
+
+
+def new_ticket_errors(view: dict[str, Any]) -> dict[str, str]:
+    """What the new-ticket modal must say before it closes (response_action errors)."""
+    errors = {}
+    if bool(_selected(view, "department")) == bool(_value(view, "person", key="selected_user")):
+        errors["department"] = "Choose a department or a person (one of them)"
+    if not _value(view, "subject").strip():
+        errors["subject"] = "Give the ticket a subject"
+    return errors
 
 
 # ---- view state -------------------------------------------------------------------------------

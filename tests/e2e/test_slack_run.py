@@ -1,0 +1,89 @@
+"""`ticketgate run` with `slack.enabled`: the Slack app answers signed requests at
+/slack/events on `slack.port`, posts through the outbox to the configured Web API, and
+counts on /metrics; a bad signature is 401 and leaves no secret in the log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import ROOT, free_port, poll_until
+from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, SlackClient, fake_slack
+
+
+class _Now:
+    @staticmethod
+    def now() -> object:
+        from datetime import UTC, datetime
+
+        return datetime.now(UTC)
+
+
+def test_run_serves_slack(tmp_path: Path) -> None:
+    with fake_slack() as fake:
+        fake.add_user("U0KARL", "karl@acme.example")
+        slack_port, http_port = free_port(), free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "TICKETGATE_CONFIG": str(tmp_path / "ticketgate.toml"),
+            "TICKETGATE__DATABASE__URL": f"sqlite:///{tmp_path}/tg.db",
+            "TICKETGATE__SMTP__PORT": str(free_port()),
+            "TICKETGATE__HTTP__PORT": str(http_port),
+            "TICKETGATE__SLACK__ENABLED": "true",
+            "TICKETGATE__SLACK__PORT": str(slack_port),
+            "TICKETGATE__SLACK__API_URL": fake.url,
+            "TICKETGATE__SLACK__BOT_TOKEN": BOT_TOKEN,
+            "TICKETGATE__SLACK__SIGNING_SECRET": SIGNING_SECRET,
+            "TICKETGATE__SCHEDULER__ENABLED": "false",
+            "TICKETGATE__OUTBOUND__POLL_SECONDS": "0.2",
+        }
+        init = subprocess.run(
+            [sys.executable, "-m", "gateway", "init", "--demo"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert init.returncode == 0, init.stderr
+        log = tmp_path / "run.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run"], cwd=tmp_path, env=env, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        try:
+            client = SlackClient(f"http://127.0.0.1:{slack_port}/slack/events", _Now())
+
+            def up() -> bool:
+                assert proc.poll() is None, log.read_text()[-2000:]
+                try:
+                    return client.command("help", user="U0KARL").status == 200
+                except OSError:
+                    return False
+
+            poll_until(up, timeout=60, interval=0.2, what="the Slack endpoint")
+            forged = client.post(b"command=%2Fticket&text=new", "application/x-www-form-urlencoded",
+                                 signature="v0=" + "0" * 64)
+            assert forged.status == 401
+            assert client.command("new IT: Beamer in room 2", user="U0KARL").status == 200
+            poll_until(
+                lambda: any(p["channel"] == "C0ITSUPPORT" for p in fake.of("chat.postMessage")),
+                timeout=30, interval=0.1, what="the channel post",
+            )
+            post = next(p for p in fake.of("chat.postMessage") if p["channel"] == "C0ITSUPPORT")
+            assert "TKT-1" in post["text"] and "Beamer in room 2" in post["text"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as r:
+                metrics = r.read().decode()
+            assert 'ticketgate_slack_requests_total{kind="command"} 2' in metrics
+            assert 'ticketgate_slack_refused_total{reason="signature"} 1' in metrics
+            assert 'ticketgate_slack_posts_total{result="sent"}' in metrics
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        text = log.read_text()
+        assert "Slack: HTTP on 127.0.0.1" in text
+        for secret in (BOT_TOKEN, SIGNING_SECRET, "Beamer"):
+            assert secret not in text
+
