@@ -95,7 +95,9 @@ def main() -> None:
             runner.start(name="bench-runner")
             worker.start(name="bench-delivery")
             runtime.start()
-            client = SlackClient(f"http://127.0.0.1:{runtime.entry.port}/slack/events", app.service.clock)
+            client = SlackClient(
+                f"http://127.0.0.1:{runtime.entry.port}/slack/events", app.service.clock
+            )
             # warm up: identities cached, connections open, as in a running installation
             for uid in list(requesters) + list(takers):
                 client.command("list", user=uid)
@@ -159,12 +161,17 @@ def main() -> None:
 
             while time.monotonic() < deadline:
                 with app.sessions() as s:
-                    n = s.scalar(select(func.count()).select_from(m.Ticket).where(
-                        m.Ticket.channel == "slack"))
+                    n = s.scalar(
+                        select(func.count())
+                        .select_from(m.Ticket)
+                        .where(m.Ticket.channel == "slack")
+                    )
                 if n and n >= a.n // 2 // a.clients * a.clients:
                     break
                 time.sleep(0.5)
-            print(f"tickets raised by /ticket new: {n} (of {per_client // 2 * a.clients + (per_client % 2) * a.clients})")
+            print(
+                f"tickets raised by /ticket new: {n} (of {per_client // 2 * a.clients + (per_client % 2) * a.clients})"
+            )
             runtime.stop()
             worker.stop()
             runner.stop()

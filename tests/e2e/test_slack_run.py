@@ -11,7 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port, poll_until
+from tests.conftest import ROOT, free_port, poll_until, run_cli
 from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, SlackClient, fake_slack
 
 
@@ -42,16 +42,17 @@ def test_run_serves_slack(tmp_path: Path) -> None:
             "TICKETGATE__SCHEDULER__ENABLED": "false",
             "TICKETGATE__OUTBOUND__POLL_SECONDS": "0.2",
         }
-        init = subprocess.run(
-            [sys.executable, "-m", "gateway", "init", "--demo"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
-        )
+        init = run_cli(env, "init", "--demo", cwd=tmp_path)
         assert init.returncode == 0, init.stderr
         log = tmp_path / "run.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run"], cwd=tmp_path, env=env, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                [sys.executable, "-m", "gateway", "run"],
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             client = SlackClient(f"http://127.0.0.1:{slack_port}/slack/events", _Now())
@@ -64,13 +65,18 @@ def test_run_serves_slack(tmp_path: Path) -> None:
                     return False
 
             poll_until(up, timeout=60, interval=0.2, what="the Slack endpoint")
-            forged = client.post(b"command=%2Fticket&text=new", "application/x-www-form-urlencoded",
-                                 signature="v0=" + "0" * 64)
+            forged = client.post(
+                b"command=%2Fticket&text=new",
+                "application/x-www-form-urlencoded",
+                signature="v0=" + "0" * 64,
+            )
             assert forged.status == 401
             assert client.command("new IT: Beamer in room 2", user="U0KARL").status == 200
             poll_until(
                 lambda: any(p["channel"] == "C0ITSUPPORT" for p in fake.of("chat.postMessage")),
-                timeout=30, interval=0.1, what="the channel post",
+                timeout=30,
+                interval=0.1,
+                what="the channel post",
             )
             post = next(p for p in fake.of("chat.postMessage") if p["channel"] == "C0ITSUPPORT")
             assert "TKT-1" in post["text"] and "Beamer in room 2" in post["text"]
@@ -86,4 +92,3 @@ def test_run_serves_slack(tmp_path: Path) -> None:
         assert "Slack: HTTP on 127.0.0.1" in text
         for secret in (BOT_TOKEN, SIGNING_SECRET, "Beamer"):
             assert secret not in text
-

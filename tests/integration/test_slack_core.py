@@ -227,3 +227,49 @@ def _post_ts(sg: SlackGateway, ref: str) -> str:
     ts = SlackService(sg.service).post_of(parse_ref(ref), "C0ITSUPPORT")
     assert ts is not None
     return ts
+
+
+def test_the_ack_does_not_wait_for_a_slow_slack(sg: SlackGateway) -> None:
+    """users.info takes 4 s: the command is still answered 200 within a second (the work runs
+    after the ack) and the ticket and the answer follow."""
+    sg.fake.delay["users.info"] = 4.0
+    a = sg.client.command("new IT: Slow Slack", user="U0KARL")
+    assert a.status == 200 and a.seconds < 1.0
+    assert sg.gw.tickets() == []
+    poll_until(lambda: len(sg.gw.tickets()) == 1, timeout=15, what="the ticket")
+    wait_ephemeral(sg, "Raised")
+
+
+def test_socket_mode_requests_take_the_same_listeners_once(sg: SlackGateway) -> None:
+    """A Socket Mode envelope (no signature, no retry headers) dispatched twice — Slack
+    redelivers when an ack is lost — gives the same ticket message once."""
+    from slack_bolt import BoltRequest
+
+    raise_quick(sg, subject="Socket", user="U0KARL")
+    sg.deliver()
+    ts = _post_ts(sg, sg.gw.tickets()[0]["ref"])
+    body = {
+        "team_id": "T0DEMO",
+        "api_app_id": "A0DEMO",
+        "type": "event_callback",
+        "event_id": "Ev0SOCKET",
+        "event_time": 1700000000,
+        "event": {
+            "type": "message",
+            "channel": "C0ITSUPPORT",
+            "user": "U0BOB",
+            "text": "via socket",
+            "ts": "1700000200.000100",
+            "thread_ts": ts,
+        },
+    }
+    app = sg.runtime.adapter.app
+    for _ in range(2):
+        assert app.dispatch(BoltRequest(body=body, mode="socket_mode")).status == 200
+    poll_until(
+        lambda: sg.counter("ticketgate_slack_duplicates_total") == 1,
+        timeout=10,
+        what="the redelivery counted",
+    )
+    bodies = [m["body"] for m in sg.gw.tickets()[0]["messages"]]
+    assert bodies.count("via socket") == 1
