@@ -482,6 +482,18 @@ _FLUFL_TRUSTED = tuple(d for d in _FLUFL_DETECTORS if d.__name__ != "LLNL")
 _FLUFL_SCAN_LIMIT = 64 * 1024
 
 
+def _hide_attached_messages(msg: email.message.Message) -> None:
+    """Empty every attached message (message/rfc822) before the detectors walk the mail.
+
+    A bounce states its failure in its own parts; what it attaches is our original. A person
+    who forwards a bounce as an attachment must not be judged by the bounce inside (issue 16:
+    a human mail that quotes a bounce is still a ticket) — flufl's DSN detector walks into
+    attached messages and would find its delivery-status part."""
+    for part in msg.walk():
+        if part.get_content_type() in _ORIGINAL_PART_TYPES and part.is_multipart():
+            part.set_payload([email.message.Message()])
+
+
 class FluflBounce:
     """Mailman's bounce detectors (flufl.bounce) as a detector in their own right: any of
     them that finds a failed address makes the mail a bounce."""
@@ -494,6 +506,7 @@ class FluflBounce:
             return None
         try:
             msg = email.message_from_bytes(mail.raw[:_FLUFL_SCAN_LIMIT], policy=policy.compat32)
+            _hide_attached_messages(msg)
         except Exception:  # noqa: BLE001 - an unreadable mail just is not recognised here
             return None
         for detector in _FLUFL_TRUSTED:

@@ -282,3 +282,23 @@ def test_bounce_answering_with_re_subject_is_still_a_bounce() -> None:
     )
     subject = "Subject: RE: Your message to GPC-talk awaits moderator approval : non remis (delivery failed)"
     assert _kind(subject, body) == "bounce"
+
+
+def test_person_forwarding_a_bounce_as_attachment_is_not_quarantined() -> None:
+    """A colleague who attaches the bounce they got (message/rfc822) writes a ticket; the
+    delivery-status part inside the attachment is not this mail's own."""
+    from email import message_from_bytes
+    from email import policy as email_policy
+    from email.message import EmailMessage
+
+    from tests.unit.test_corpus import FIXTURES
+
+    bounce = (FIXTURES / "sisimai-set-of-emails/maildir/bsd/lhost-postfix-01.eml").read_bytes()
+    msg = EmailMessage()
+    msg["From"] = "Jane <jane@example.com>"
+    msg["To"] = "it@tickets.acme.example"
+    msg["Subject"] = "Mail to the supplier bounces"
+    msg["Message-ID"] = "<fwd-bounce@example.com>"
+    msg.set_content("Every mail to the supplier bounces, see the attached report.")
+    msg.add_attachment(message_from_bytes(bounce, policy=email_policy.default))
+    assert classify(parse_mail(msg.as_bytes()), CTX) is None
