@@ -13,6 +13,7 @@ from gateway.domain.visibility import sees_hidden
 from gateway.service.commands import Act, CommandResult, RaiseTicket
 from gateway.service.directory import Directory
 from gateway.service.errors import ActionRefused, NotFound
+from gateway.service.feedback import FeedbackRecorded, record_in
 from gateway.service.tickets import TicketService, parse_ref
 from store import directory_queries as dq
 from store import models as m
@@ -196,9 +197,17 @@ class SlackService:
 
     def record_feedback(
         self, *, ref: str, actor: str, rating: int, comment: str, once: str | None
-    ) -> None:
-        """The requester's answer to a feedback request (issue 13's feedback service)."""
-        raise ActionRefused("feedback from Slack is not connected yet")
+    ) -> FeedbackRecorded:
+        """The requester's answer from the feedback buttons and comment modal: the same rule
+        as by mail (issue 13's `record_in`: requester only, closed tickets, one answer that a
+        later one replaces, every change in the history), applied once per modal."""
+        with self.tickets.unit() as u:
+            u.once(once)
+            emp = u.actor(actor)
+            t = u.ticket(ref)
+            if not u.d.roles_of(t, emp):
+                raise NotFound(f"no ticket {ref.strip().upper()} for {emp.email}")
+            return record_in(u, t, emp, rating=rating, comment=comment, channel=Channel.SLACK)
 
     # ---- reads ----------------------------------------------------------------------------
     def tickets_of(self, email: str, which: str) -> list[TicketLine]:

@@ -106,6 +106,7 @@ class SlackFanOut:
                     "remark": e["remark"],
                     "hidden": hidden,
                     "feedback": kind == "feedback_request",
+                    "question": str(e["extra"].get("question", "")),
                 },
             )
         return rows

@@ -677,7 +677,7 @@ class SlackAdapter:
             self.client.chat_postMessage(channel=user, text=refusal)
             return
         try:
-            self.service.record_feedback(
+            recorded = self.service.record_feedback(
                 ref=ref,
                 actor=actor.email,
                 rating=rating,
@@ -690,8 +690,11 @@ class SlackAdapter:
         except UserFacingError as e:
             self.client.chat_postMessage(channel=user, text=f"Not recorded: {e.reason}")
             return
+        replaced = recorded.previous if recorded.changed else None
         self.client.chat_postMessage(
-            channel=user, text=f"{ref}: thank you", blocks=blocks.feedback_thanks(ref, rating)
+            channel=user,
+            text=f"{ref}: thank you",
+            blocks=blocks.feedback_thanks(ref, rating, replaced=replaced),
         )
 
 

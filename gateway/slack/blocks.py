@@ -107,7 +107,9 @@ def dm(payload: dict[str, Any]) -> tuple[str, list[Block]]:
         head += "  _(hidden: only the assignee side and hidden copies see this)_"
     blocks = [section(head)]
     if payload.get("feedback"):
-        blocks.append(section(feedback_question(payload["status"])))
+        # The scheduler's question (it fits the outcome; a reminder says so), else ours.
+        question = payload.get("question") or feedback_question(payload["status"])
+        blocks.append(section(_escape(question)))
         blocks.append(
             {
                 "type": "actions",
@@ -115,7 +117,7 @@ def dm(payload: dict[str, Any]) -> tuple[str, list[Block]]:
                 "elements": [button(str(n), f"feedback_{n}", f"{ref}:{n}") for n in range(1, 6)],
             }
         )
-        return f"{ref}: {feedback_question(payload['status'])}", blocks
+        return _clip(f"{ref}: {question}"), blocks
     if payload.get("text"):
         blocks.append(section(f"*{_escape(payload['actor'])}*\n{_escape(payload['text'])}"))
         text = f"{ref} {payload['actor']}: {payload['text']}"
@@ -135,8 +137,9 @@ def feedback_question(status: str) -> str:
     return "Was the decision clear? Rate it from 1 (not at all) to 5 (completely)."
 
 
-def feedback_thanks(ref: str, rating: int) -> list[Block]:
-    return [section(f"*{ref}*: thank you — you rated it {rating} of 5.")]
+def feedback_thanks(ref: str, rating: int, *, replaced: int | None = None) -> list[Block]:
+    again = f" (your earlier {replaced} of 5 is replaced)" if replaced is not None else ""
+    return [section(f"*{ref}*: thank you — you rated it {rating} of 5{again}.")]
 
 
 # ---- ephemeral answers ---------------------------------------------------------------------
