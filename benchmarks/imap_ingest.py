@@ -40,6 +40,9 @@ from benchmarks.smtp_ingest import (
 from tests.dovecot import PASSWORD, Dovecot, running_dovecot
 
 
+VERBOSE = False  # --verbose: the run's IMAP log lines on stderr
+
+
 def counts(url: str) -> tuple[int, int, int]:
     """(processing records not queued, replies misthreaded, records) of the database."""
     from sqlalchemy import create_engine, func, select
@@ -130,6 +133,10 @@ def run(backend: str, mode: str, msgs: list[tuple[str, list[str], bytes]]) -> di
             done = wait_moved(dv, url, len(msgs))
             decided, wrong, total = counts(url)
             processed = dv.count("it", "Processed")
+            if VERBOSE:
+                for line in log.read_text(errors="replace").splitlines():
+                    if "ticketgate.imap" in line or "ticketgate:" in line:
+                        print(line, file=sys.stderr)
         finally:
             proc.terminate()
             proc.wait(60)
@@ -155,7 +162,10 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000)
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--modes", default="backlog,live")
+    ap.add_argument("--verbose", action="store_true", help="print the IMAP log lines of each run")
     args = ap.parse_args()
+    global VERBOSE
+    VERBOSE = args.verbose
     backends = [b for b in args.backends.split(",") if b]
     if "postgres" in backends and not os.environ.get("TICKETGATE_TEST_POSTGRES_URL"):
         backends.remove("postgres")

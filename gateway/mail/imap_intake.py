@@ -39,13 +39,13 @@ def envelope_of(raw: bytes) -> tuple[str | None, list[str]]:
             break  # the first is the one the last delivery added
     rcpts: list[str] = []
     for name in ENVELOPE_HEADERS:
-        values = [v for k, v in items if k == name]
-        if not values:
-            continue
-        for addr in parse_addresses(name, values, []) or ():
-            low = addr.email.lower()
-            if low and low not in rcpts:
-                rcpts.append(low)
+        for value in (v for k, v in items if k == name):
+            # Parsed as an address list (the parser knows these names only as unstructured
+            # text), one value at a time: a defective one costs only itself.
+            for addr in parse_addresses("to", [value], []) or ():
+                low = addr.email.lower()
+                if low and low not in rcpts:
+                    rcpts.append(low)
     return return_path, rcpts
 
 

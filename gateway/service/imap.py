@@ -73,6 +73,11 @@ class ImapIntake:
         self.on_storage_error = on_storage_error
 
     def state(self, mailbox: str) -> FolderState:
+        """What the database knows of the folder; its row is made at the first look (a read
+        on every later pass: no write turn taken from the intake runner)."""
+        known = self.stored_state(mailbox)
+        if known is not None:
+            return known
         with storage_errors(self.on_storage_error), write_session(self.svc.sessions) as s:
             st = iq.folder_state(s, mailbox, now=self.svc.now())
         return FolderState(st.uidvalidity, st.last_uid)

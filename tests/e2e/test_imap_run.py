@@ -5,6 +5,7 @@ nothing (every message ends in the processed folder, each applied once)."""
 from __future__ import annotations
 
 import json
+import smtplib
 import urllib.request
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -96,6 +97,10 @@ def test_run_reconnects_after_dovecot_restarts(
         poll_until(lambda: settled(sqlite_db, dovecot, 20), timeout=30, what="20 tickets moved")
         assert counts(sqlite_db) == (20, 20)
         assert dovecot.count("it", "INBOX") == 0
+        # SMTP went on beside the failing mailbox and the restart.
+        with smtplib.SMTP("127.0.0.1", inst.smtp_port, timeout=30) as smtp:
+            smtp.sendmail(SENDERS[0], ["it@acme.example"], message(0, "by-smtp"))
+        poll_until(lambda: counts(sqlite_db) == (21, 21), timeout=30, what="the SMTP mail")
         port = inst.env["TICKETGATE__HTTP__PORT"]
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         text = metrics.decode()

@@ -165,8 +165,9 @@ def test_unknown_sender_and_automatic_mail_go_to_quarantine_unanswered(
 def test_bcc_recovered_from_delivered_to_is_a_hidden_copy(
     sqlite_gateway: Gateway, dovecot: Dovecot
 ) -> None:
-    """HR's mailbox got a mail To: IT whose Delivered-To names HR: one ticket to IT, HR an RHC."""
-    d = desk(sqlite_gateway, dovecot, "hr")
+    """HR's mailbox (no departments configured) got a mail To: IT whose Delivered-To names HR:
+    one ticket to IT, HR an RHC."""
+    d = desk(sqlite_gateway, dovecot, "hr", departments=())
     msg = mail(REQ, [IT], "Laptop for new hire", "Needed Monday.", msgid="<bcc@client.example>")
     d.append(b"Delivered-To: hr@acme.example\r\n" + raw(msg))
     d.cycle()
@@ -351,3 +352,8 @@ def test_imap_check_reports_each_mailbox(sqlite_gateway: Gateway, dovecot: Dovec
     assert report[0]["to_queue"] == 1 and report[0]["folders"]["folder"]["messages"] == 1
     assert "cannot log in" in report[1]["error"]
     assert d.count() == 1  # a check reads; it queues and moves nothing
+    # The processing record names the mailbox and UID the mail came from.
+    d.cycle()
+    r = run_cli(env, "mail", "explain", "<check@client.example>")
+    assert r.returncode == 0, r.stderr
+    assert f"imap:    mailbox {d.box.name}, UID 1 (processed)" in r.stdout
