@@ -94,7 +94,8 @@ def parent(sender: str, mid: str) -> bytes:
 
 
 def test_corpus_through_imap_matches_smtp(tmp_path: Path, dovecot: Dovecot) -> None:
-    """All 141 corpus files through both doors, in the same order with the same parents: the
+    """The 141 files of the shared corpus (../shared/corpus/; not issue 16's `written/` cases,
+    which the SMTP corpus test covers) through both doors, in the same order with the same parents: the
     same outcome for each file (a refusal in the SMTP session is a `refused` record under
     IMAP: there is no session to refuse in), every IMAP message out of the folder, and the
     same tickets."""
@@ -113,7 +114,7 @@ def test_corpus_through_imap_matches_smtp(tmp_path: Path, dovecot: Dovecot) -> N
         differ: dict[str, tuple[str, str]] = {}
         table: Counter[tuple[str, str]] = Counter()
         try:
-            for n, row in enumerate(rows()):
+            for n, row in enumerate(r for r in rows() if r.source != "written"):
                 for e in (smtp_env, imap_env):
                     e.clock.advance(seconds=4)  # under the per-minute burst limit, as over SMTP
                 employee = EMPLOYEES[n % len(EMPLOYEES)]
