@@ -103,7 +103,7 @@ class PinWorkspace(Middleware):
             return next()
         team, app_id = team_and_app(body)
         ws = self.workspace(team) if team else None
-        if ws is None or (ws.app_id and app_id and app_id != ws.app_id):
+        if ws is None or (ws.app_id and app_id != ws.app_id):
             self.counters.add('ticketgate_slack_refused_total{reason="workspace"}')
             log.info("slack request from team %s app %s: not configured; ignored", team, app_id)
             text = NOT_CONNECTED if body.get("command") else ""
@@ -131,7 +131,12 @@ class SlackAdapter:
         self.client = client
         self.counters = counters
         self.options = options
-        quiet = logger or logging.getLogger("ticketgate.slack.bolt")
+        quiet = logger
+        if quiet is None:
+            # bolt's own warnings quote request bodies (an unhandled request is logged with its
+            # payload): only its errors are let through.
+            quiet = logging.getLogger("ticketgate.slack.bolt")
+            quiet.setLevel(logging.ERROR)
         self.app = App(
             client=client,  # its token is the bot token
             signing_secret="",

@@ -273,3 +273,14 @@ def test_socket_mode_requests_take_the_same_listeners_once(sg: SlackGateway) -> 
     )
     bodies = [m["body"] for m in sg.gw.tickets()[0]["messages"]]
     assert bodies.count("via socket") == 1
+
+
+def test_an_unhandled_request_leaves_no_body_in_the_log(
+    sg: SlackGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A signed click on a button ticketgate does not have: bolt answers 404 and logs nothing
+    of the payload (its own warning would quote it)."""
+    caplog.set_level(logging.DEBUG)
+    a = sg.client.button("no_such_button", "private-value-4711", user="U0KARL")
+    assert a.status == 404
+    assert "private-value-4711" not in caplog.text
