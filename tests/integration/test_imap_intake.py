@@ -357,3 +357,36 @@ def test_imap_check_reports_each_mailbox(sqlite_gateway: Gateway, dovecot: Dovec
     r = run_cli(env, "mail", "explain", "<check@client.example>")
     assert r.returncode == 0, r.stderr
     assert f"imap:    mailbox {d.box.name}, UID 1 (processed)" in r.stdout
+
+
+@pytest.mark.faults
+def test_first_run_against_10000_messages_is_bounded(
+    sqlite_gateway: Gateway, dovecot: Dovecot, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder of 10,000 old messages of ~5 KB (50 MB): one pass queues them all in batches of
+    100, logs its progress, and its Python heap never holds more than a few batches."""
+    import tracemalloc
+
+    d = desk(sqlite_gateway, dovecot)
+    filler = ("x" * 76 + "\n") * 64
+    with dovecot.client("it") as c:
+        for i in range(10_000):
+            msg = mail(REQ, [IT], f"Old {i}", filler, msgid=f"<big-{i}@client.example>")
+            c.append(d.box.folder, raw(msg))
+    conn = d.watcher.open()
+    tracemalloc.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="ticketgate.imap"):
+            d.watcher.run_pass(conn)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        conn.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("10000 messages to queue" in x for x in lines)
+    assert [x for x in lines if "of 10000 messages queued" in x][-1].startswith(
+        f"imap {d.box.name}: 10000 of 10000"
+    )
+    assert len([x for x in lines if "of 10000 messages queued" in x]) == 20  # every 500
+    assert d.watcher.counts["queued"] == 10_000
+    assert peak < 20 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB for 50 MB of mail"
