@@ -1,9 +1,10 @@
 """One scheduler tick with 1,000 due tickets among N (issue 13): the cost must follow the due
 work, not the table. Builds a database of N untouched IT tickets of the demo org with bulk
 inserts (every one with its SLA deadlines set, most of them in the future, and its history
-row); three cohorts of 1,000 are due ten minutes apart. Each tick breaches its cohort's first
+row); five cohorts of 1,000 are due ten minutes apart. Each tick breaches its cohort's first
 response and runs escalation step 1 (history, step keys, outbox events). Prints the
-milliseconds of each tick and their median, as JSON.
+milliseconds of each tick, their best and their median, as JSON (the best is the figure to
+compare across sizes on a shared machine: interference only ever adds).
 
     .venv/bin/python benchmarks/tick.py [-n 10000] [--backend sqlite|postgres] [--due 1000]
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday, inside Berlin's working hours
-COHORTS = 3
+COHORTS = 5
 CHUNK = 20_000
 
 
@@ -94,7 +95,7 @@ def build_tickets(app: object, n: int, due: int) -> None:
         done += len(rows)
     if engine.dialect.name == "postgresql":
         with engine.begin() as c:
-            c.exec_driver_sql("SELECT setval('tickets_id_seq', %s)" % n)
+            c.exec_driver_sql(f"SELECT setval('tickets_id_seq', {int(n)})")
             c.exec_driver_sql("ANALYZE")
     else:
         with engine.begin() as c:
@@ -157,8 +158,9 @@ def main() -> None:
                         "due": a.due,
                         "build_s": round(built, 1),
                         "tick_ms": ms,
+                        "best_ms": min(ms),
                         "median_ms": statistics.median(ms),
-                        "ms_per_due_ticket": round(statistics.median(ms) / a.due, 2),
+                        "best_ms_per_due_ticket": round(min(ms) / a.due, 2),
                     }
                 )
             )

@@ -462,3 +462,26 @@ def test_report_counts_sla_escalations_and_feedback(org: Env) -> None:
     assert "SLA first response: 50.0 % met" in text.stdout
     newer = json.loads(run_cli(org.env, "report", "--json", "--since", "2026-03-03").stdout)
     assert newer["tickets"] == 0
+
+
+def test_run_ticks_with_apscheduler_and_counts_on_metrics(org: Env) -> None:
+    """`run`'s ticker: APScheduler calls the tick on its interval; what the ticks did is on
+    the /metrics counters (by kind) and the number of ticks."""
+    from gateway.bootstrap import make_ticker
+    from gateway.scheduler.ticker import Ticker
+    from tests.conftest import poll_until
+
+    ref = raise_at(org, berlin(2026, 3, 2, 9, 0), "it@initech.example")
+    org.clock.at = berlin(2026, 3, 2, 15, 0).astimezone(UTC)
+    ticker = make_ticker(org.app)
+    fast = Ticker(ticker.scheduler, tick_seconds=0.05)
+    fast.start()
+    try:
+        poll_until(lambda: fast.scheduler.ticks >= 2, timeout=30, what="two ticks")
+    finally:
+        fast.stop()
+    counters = fast.counters()
+    assert counters["ticketgate_scheduler_ticks_total"] >= 2
+    assert counters['ticketgate_scheduler_done_total{kind="escalation"}'] == 3
+    assert counters['ticketgate_scheduler_done_total{kind="breach_first_response"}'] == 1
+    assert ticket(org, ref).status == "TO_HIGHER_AUTHORITY"
