@@ -4,7 +4,8 @@ inserts (every one with its SLA deadlines set, most of them in the future, and i
 row); five cohorts of 1,000 are due ten minutes apart. Each tick breaches its cohort's first
 response and runs escalation step 1 (history, step keys, outbox events). Prints the
 milliseconds of each tick, their best and their median, as JSON (the best is the figure to
-compare across sizes on a shared machine: interference only ever adds).
+compare across sizes on a shared machine: interference only ever adds), and the CPU time the
+tick took in this process (``cpu_ms``), which other load disturbs far less.
 
     .venv/bin/python benchmarks/tick.py [-n 10000] [--backend sqlite|postgres] [--due 1000]
 """
@@ -100,6 +101,13 @@ def build_tickets(app: object, n: int, due: int) -> None:
     else:
         with engine.begin() as c:
             c.exec_driver_sql("ANALYZE")
+        # The bulk load sits in the WAL: copy it into the database now, or the first ticks'
+        # commits pay for checkpointing the build (a cost of the build, not of a tick).
+        raw = engine.raw_connection()  # outside a transaction (the driver autocommits)
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+        finally:
+            raw.close()
 
 
 def main() -> None:
@@ -142,12 +150,13 @@ def main() -> None:
             build_tickets(app, a.n, a.due)
             built = time.perf_counter() - started
             sched = make_scheduler(app)
-            ms = []
+            ms, cpu = [], []
             for k in range(COHORTS):
                 at = T0 + timedelta(minutes=10 * k)
-                t = time.perf_counter()
+                t, c0 = time.perf_counter(), time.process_time()
                 report = sched.tick(at)
                 ms.append(round((time.perf_counter() - t) * 1000, 1))
+                cpu.append(round((time.process_time() - c0) * 1000, 1))
                 assert report.tickets == a.due, (report.tickets, report.counts)
                 assert report.counts["escalation"] == a.due, report.counts
             print(
@@ -161,6 +170,9 @@ def main() -> None:
                         "best_ms": min(ms),
                         "median_ms": statistics.median(ms),
                         "best_ms_per_due_ticket": round(min(ms) / a.due, 2),
+                        # this process's CPU: what other load on a shared machine disturbs least
+                        "cpu_ms": cpu,
+                        "median_cpu_ms": statistics.median(cpu),
                     }
                 )
             )

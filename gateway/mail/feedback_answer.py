@@ -102,9 +102,10 @@ def _value(token: str) -> int | None:
     return n if n is not None and 1 <= n <= 5 else None
 
 
-def answer_text(text: str) -> str:
-    """What the person wrote: the reply without the quoted request."""
-    new = strip_reply(text)
+def answer_text(text: str, new_text: str | None = None) -> str:
+    """What the person wrote: the reply without the quoted request (``new_text``: the
+    parser's ``strip_reply`` of it, when it has it already)."""
+    new = strip_reply(text) if new_text is None else new_text
     cut = _OUR_REQUEST.search(new)
     if cut is not None:
         new = _GREETING.sub("", "\n" + new[: cut.start()].rstrip())
@@ -136,9 +137,9 @@ def _comment(text: str, start: int, end: int) -> str:
     return re.sub(r"\n{3,}", "\n\n", out).strip()
 
 
-def parse_feedback(text: str) -> ParsedFeedback:
+def parse_feedback(text: str, *, new_text: str | None = None) -> ParsedFeedback:
     """The rating (None when there is no clear one) and the comment of an answer's text."""
-    answer = answer_text(text)
+    answer = answer_text(text, new_text)
     if not answer:
         return ParsedFeedback(None, "")
     stars = list(_STARS.finditer(answer))

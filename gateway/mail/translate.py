@@ -118,7 +118,7 @@ def _feedback(mail: InboundMail, rcpts: Sequence[str]) -> FeedbackAnswer | None:
     addresses = [*rcpts, *(a.email for a in mail.to), *(a.email for a in mail.cc)]
     if not any("+" in a.split("@", 1)[0] for a in addresses):
         return None
-    parsed = parse_feedback(mail.text)
+    parsed = parse_feedback(mail.text, new_text=mail.new_text)
     return FeedbackAnswer(parsed.rating, parsed.comment)
 
 
