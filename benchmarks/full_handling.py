@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 IT = "it@acme.example"
 
 
-def wait_handled(url: str, timeout: float = 600) -> tuple[float, dict[str, int]]:
+def wait_handled(url: str, timeout: float = 600) -> tuple[float, float, dict[str, int]]:
     """Poll until nothing is queued, no event is pending and no outbox row waits; returns when
-    that was and the outbox's states."""
+    the queue was first empty (intake done), when everything was, and the outbox's states."""
     from sqlalchemy import create_engine, func, select
 
     sys.path.insert(0, str(ROOT))
@@ -42,6 +42,7 @@ def wait_handled(url: str, timeout: float = 600) -> tuple[float, dict[str, int]]
 
     eng = create_engine(url)
     deadline = time.perf_counter() + timeout
+    intake_done = 0.0
     try:
         with eng.connect() as c:
             while True:
@@ -61,6 +62,8 @@ def wait_handled(url: str, timeout: float = 600) -> tuple[float, dict[str, int]]
                     .select_from(m.Outbox)
                     .where(m.Outbox.state.in_(("pending", "sending")))
                 )
+                if not queued and not intake_done:
+                    intake_done = time.perf_counter()
                 if not queued and not events and not waiting:
                     done = time.perf_counter()
                     break
@@ -72,7 +75,7 @@ def wait_handled(url: str, timeout: float = 600) -> tuple[float, dict[str, int]]
             )
     finally:
         eng.dispose()
-    return done, {str(k): int(v) for k, v in states.items()}
+    return intake_done, done, {str(k): int(v) for k, v in states.items()}
 
 
 def run(
@@ -123,7 +126,7 @@ def run(
             ingest.wait_port(port, proc)
             start = time.perf_counter()
             sent = ingest.blast(port, msgs, conns)
-            done, states = wait_handled(url)
+            intake_done, done, states = wait_handled(url)
             seconds = done - start
             delivered = (
                 sink.count
@@ -134,6 +137,7 @@ def run(
                 "inbound": n,
                 "errors": sent["errors"],
                 "accepted_per_s": sent["msg_per_s"],
+                "intake_seconds": round(intake_done - start, 3),
                 "handled_seconds": round(seconds, 3),
                 "handled_per_s": round(n / seconds, 1),
                 "mails_out": delivered,
