@@ -29,4 +29,10 @@ def counts(s: Session) -> dict[str, dict[str, int]]:
         ("outbox_events", m.OutboxEvent.state),
     ):
         out[name] = {str(k): int(n) for k, n in s.execute(select(col, func.count()).group_by(col))}
+    # Outbox rows by channel and state ("slack|sent"): the delivery workers may be other
+    # processes, so what they did is read here rather than from their counters.
+    by = select(m.Outbox.channel, m.Outbox.state, func.count()).group_by(
+        m.Outbox.channel, m.Outbox.state
+    )
+    out["outbox_channel"] = {f"{c}|{st}": int(n) for c, st, n in s.execute(by)}
     return out

@@ -47,6 +47,10 @@ class StatusService:
             for k, n in sorted(c["outbox_events"].items())
         ]
         lines += [
+            'ticketgate_outbox_channel{{channel="{}",state="{}"}} {}'.format(*k.split("|"), n)
+            for k, n in sorted(c["outbox_channel"].items())
+        ]
+        lines += [
             f'ticketgate_imap_messages{{mailbox="{prometheus_label(box)}",state="{st}"}} {n}'
             for (box, st), n in sorted(imap.items())
         ]
