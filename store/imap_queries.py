@@ -32,6 +32,7 @@ class Decided:
     uid: int
     inbound_id: int
     outcome: str
+    copies: int = 1  # messages (in any watched folder) that became this record
 
 
 def folder_state(s: Session, name: str, *, now: datetime) -> FolderState:
@@ -116,8 +117,15 @@ def record_queued(
 
 def decided(s: Session, mailbox_id: int, *, uidvalidity: int, limit: int) -> list[Decided]:
     """Waiting messages whose processing record has left the queue, in UID order."""
+    other = m.ImapMessage.__table__.alias("other")
+    copies = (
+        select(func.count())
+        .select_from(other)
+        .where(other.c.inbound_id == m.ImapMessage.inbound_id)
+        .scalar_subquery()
+    )
     rows = s.execute(
-        select(m.ImapMessage.uid, m.ImapMessage.inbound_id, m.InboundMail.outcome)
+        select(m.ImapMessage.uid, m.ImapMessage.inbound_id, m.InboundMail.outcome, copies)
         .join(m.InboundMail, m.InboundMail.id == m.ImapMessage.inbound_id)
         .where(
             m.ImapMessage.mailbox_id == mailbox_id,
@@ -128,7 +136,7 @@ def decided(s: Session, mailbox_id: int, *, uidvalidity: int, limit: int) -> lis
         .order_by(m.ImapMessage.uid)
         .limit(limit)
     )
-    return [Decided(int(uid), int(rid), str(outcome)) for uid, rid, outcome in rows]
+    return [Decided(int(uid), int(rid), str(outcome), int(n)) for uid, rid, outcome, n in rows]
 
 
 def waiting_count(s: Session, mailbox_id: int) -> int:
@@ -193,6 +201,13 @@ def widen_envelope(s: Session, record_id: int, rcpts: Sequence[str]) -> tuple[st
     if added:
         rec.envelope_rcpts = have + added
     return rec.outcome, rec.ticket_id
+
+
+def envelope_of_record(s: Session, record_id: int) -> tuple[str, int | None, list[str]]:
+    """(outcome, ticket, envelope recipients) of a processing record."""
+    rec = s.get(m.InboundMail, record_id)
+    assert rec is not None
+    return rec.outcome, rec.ticket_id, [str(r) for r in rec.envelope_rcpts or []]
 
 
 def mailboxes_of(s: Session, record_id: int) -> list[tuple[str, int, str]]:

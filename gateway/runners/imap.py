@@ -210,6 +210,10 @@ class MailboxWatcher:
                 self.counts[to] += len(here)
                 moved += len(group)
                 self._log_moves(group, to)
+            self.intake.settle_copies(
+                self.box.name,
+                [d.record_id for d in decided if d.several and d.outcome == "ticket"],
+            )
 
     def _log_moves(self, group: list[Move], to: str) -> None:
         for d in group:

@@ -55,6 +55,8 @@ class Move:
     uid: int
     to: Folder
     outcome: str
+    record_id: int = 0
+    several: bool = False  # the record came from more than one message (mailboxes, re-reads)
 
 
 def folder_for(outcome: str) -> Folder:
@@ -138,8 +140,24 @@ class ImapIntake:
         raised from it gets each department or employee not yet on it as a hidden copy (they
         were not in To/Cc, or routing would have put them there)."""
         outcome, ticket_id = iq.widen_envelope(u.s, record_id, rcpts)
-        if outcome != "ticket" or ticket_id is None:
+        if outcome == "ticket" and ticket_id is not None:
+            self._hidden_copies(u, record_id, ticket_id, rcpts, mailbox)
+
+    def settle_copies(self, mailbox: str, record_ids: Sequence[int]) -> None:
+        """Records that several messages became, now decided: every recipient their envelope
+        gathered is on the ticket. (The runner may have read a record before a second copy
+        widened its envelope, and applied it with the recipients it had read.)"""
+        if not record_ids:
             return
+        with storage_errors(self.on_storage_error), self.svc.unit() as u:
+            for rid in record_ids:
+                outcome, ticket_id, rcpts = iq.envelope_of_record(u.s, rid)
+                if outcome == "ticket" and ticket_id is not None and rcpts:
+                    self._hidden_copies(u, rid, ticket_id, rcpts, mailbox)
+
+    def _hidden_copies(
+        self, u: Unit, record_id: int, ticket_id: int, rcpts: Sequence[str], mailbox: str
+    ) -> None:
         t = u.s.get(m.Ticket, ticket_id, with_for_update=True)
         if t is None:
             return
@@ -172,7 +190,9 @@ class ImapIntake:
             if st is None:
                 return []
             rows = iq.decided(s, st.id, uidvalidity=uidvalidity, limit=limit)
-        return [Move(r.uid, folder_for(r.outcome), r.outcome) for r in rows]
+        return [
+            Move(r.uid, folder_for(r.outcome), r.outcome, r.inbound_id, r.copies > 1) for r in rows
+        ]
 
     def moved(self, mailbox: str, *, uidvalidity: int, uids: Sequence[int], state: str) -> None:
         """`uids` left the folder (`processed`, `quarantine`, or `gone`: no longer there)."""

@@ -390,3 +390,29 @@ def test_first_run_against_10000_messages_is_bounded(
     assert len([x for x in lines if "of 10000 messages queued" in x]) == 20  # every 500
     assert d.watcher.counts["queued"] == 10_000
     assert peak < 20 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB for 50 MB of mail"
+
+
+def test_second_copy_while_the_runner_holds_the_first_still_adds_its_department(
+    sqlite_gateway: Gateway, dovecot: Dovecot
+) -> None:
+    """The runner has read the mail from IT's mailbox (with IT's envelope) when HR's copy
+    arrives and widens the queued record: the ticket it raises still gets HR as a copy, once
+    the copies are moved."""
+    it, hr = desk(sqlite_gateway, dovecot, "it"), desk(sqlite_gateway, dovecot, "hr")
+    msg = mail(REQ, [IT], "Race", "Both desks.", msgid="<race@client.example>")
+    it.append(msg)
+    hr.append(msg)
+    conn = it.watcher.open()
+    it.watcher.run_pass(conn)
+    conn.close()
+    runner = sqlite_gateway.runner
+    parsed = [runner.parse(q) for q in runner.intake.waiting(32)]  # type: ignore[attr-defined]
+    conn = hr.watcher.open()
+    hr.watcher.run_pass(conn)  # widens the queued record; the runner read it before
+    conn.close()
+    runner.intake.process(parsed)  # type: ignore[attr-defined]
+    it.cycle()
+    hr.cycle()
+    (t,) = sqlite_gateway.tickets()
+    assert t["to"]["department"] == IT and t["copies"]["rhc"] == [HR]
+    assert [x.count("processed") for x in (it, hr)] == [1, 1]
