@@ -298,3 +298,37 @@ def test_a_failing_event_is_marked_failed_and_the_rest_fan_out(
         assert events[broken_id][0] == "failed" and "KeyError" in events[broken_id][1]
         assert [st for i, (st, _) in events.items() if i != broken_id] == ["done"] * 3
         assert len(rows(env)) == 7
+
+
+def test_run_starts_delivery_with_every_channel_and_as_processes_when_asked(
+    database: Database, tmp_path: Path
+) -> None:
+    """`run` gives a delivery thread the other channels' senders beside mail; it starts the
+    workers as processes when `outbound.processes` says so, and always for several on
+    PostgreSQL (on SQLite several stay threads)."""
+    import dataclasses
+
+    from gateway.bootstrap import delivery_processes
+    from gateway.runner import _start_loop
+
+    with demo_env(database, tmp_path / "install", MANY) as env:
+        started: list[object] = []
+        slack = FakeSlack([])
+        worker = _start_loop(
+            env.app.settings, env.app, "delivery", "delivery-0", False, started, {"slack": slack}
+        )
+        try:
+            assert isinstance(worker, DeliveryWorker) and started == [worker]
+            assert sorted(worker.senders) == ["email", "slack"]
+            assert worker.senders["slack"] is slack
+        finally:
+            assert isinstance(worker, DeliveryWorker)
+            worker.stop()
+        s = env.app.settings
+        out = s.outbound
+        assert not delivery_processes(s)
+        assert delivery_processes(
+            dataclasses.replace(s, outbound=dataclasses.replace(out, processes=True))
+        )
+        several = dataclasses.replace(s, outbound=dataclasses.replace(out, workers=2))
+        assert delivery_processes(several) == s.database.url.startswith("postgresql")
