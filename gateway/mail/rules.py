@@ -16,8 +16,8 @@ from email import policy
 from typing import Protocol
 
 from flufl.bounce import all_failures
-from flufl.bounce._scan import _DETECTORS as _FLUFL_DETECTORS  # its ordered detector list
 
+from gateway.mail.flufl_detectors import first_failures
 from gateway.mail.parse import InboundMail, ParsedAttachment, header, headers_named
 
 
@@ -474,9 +474,6 @@ class NdrBodyStatement:
         return _bounce(self.name, f"body: {match.group(0)!r} with the original below", mail)
 
 
-# flufl.bounce's heuristic LLNL detector matches ordinary replies (talon's comcast.eml):
-# it is left out of the rule that judges on flufl alone.
-_FLUFL_TRUSTED = tuple(d for d in _FLUFL_DETECTORS if d.__name__ != "LLNL")
 # Bounces state the failure near the top; the text-scanning detectors (SimpleMatch) cost
 # about 1 ms per kB, so only the first 64 KiB are scanned (benchmarks/BENCHMARKS.md).
 _FLUFL_SCAN_LIMIT = 64 * 1024
@@ -509,16 +506,13 @@ class FluflBounce:
             _hide_attached_messages(msg)
         except Exception:  # noqa: BLE001 - an unreadable mail just is not recognised here
             return None
-        for detector in _FLUFL_TRUSTED:
-            try:
-                temporary, permanent = detector().process(msg)
-            except Exception:  # noqa: BLE001, S112 - one detector's bug must not stop the rest
-                continue
-            found = _decode_addresses(set(permanent) | set(temporary))
-            if found:
-                reason = f"flufl.bounce {detector.__name__} found {', '.join(found[:3])}"
-                return _bounce(self.name, reason, mail)
-        return None
+        # flufl's LLNL heuristic matches ordinary replies: it is left out (flufl_detectors).
+        first = first_failures(msg)
+        found = _decode_addresses(first[1]) if first is not None else []
+        if first is None or not found:
+            return None
+        reason = f"flufl.bounce {first[0]} found {', '.join(found[:3])}"
+        return _bounce(self.name, reason, mail)
 
 
 # Outlook/Exchange, Gmail, Apple and other clients prefix the subject of an out-of-office
