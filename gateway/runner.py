@@ -68,8 +68,8 @@ def _runner_process_main(settings: Settings, role: str = "intake") -> None:
 class RunnerProcess:
     """An intake runner or a delivery worker (``role``) in a child process (spawned: this
     process has threads and open connections a fork would copy), started again by a watcher
-    thread if it dies. The queue or the outbox is the hand-off: nothing passes between the
-    processes."""
+    thread if it dies (a crash or a kill; not when SIGTERM stopped it).
+    The queue or the outbox is the hand-off: nothing passes between the processes."""
 
     def __init__(self, settings: Settings, *, name: str, role: str = "intake") -> None:
         self.settings = settings
@@ -100,6 +100,12 @@ class RunnerProcess:
             proc = self._proc
             assert proc is not None
             proc.join(0.5)
+            if proc.exitcode in (0, -signal.SIGTERM) and not self._stop.is_set():
+                # A stop on request (SIGTERM to the process group while `run` shuts down: a
+                # clean exit, or death by the signal before the handler was set; or its `run`
+                # gone): not a crash to restart from.
+                log.info("%s: pid %s stopped", self.name, proc.pid)
+                return
             if proc.exitcode is not None and not self._stop.is_set():
                 log.error(
                     "%s: pid %s exited (%s); starting a new one", self.name, proc.pid, proc.exitcode

@@ -270,6 +270,10 @@ def test_sigterm_stops_run(database: Database, tmp_path: Path) -> None:
         assert inst.proc is not None
         os.killpg(inst.proc.pid, signal.SIGTERM)
         assert inst.proc.wait(15) == 0
+        # The runner children got the same SIGTERM and exited cleanly: that is a stop, not a
+        # crash to restart from while `run` shuts down.
+        log = inst.log.read_text()
+        assert "starting a new one" not in log, log[-2000:]
         inst.start()
         assert_stored_once(database, 1)
 
