@@ -37,8 +37,10 @@ demo: venv
 	@echo "ticketgate demo: SMTP 127.0.0.1:2525, outbox in var/demo/var/outbox/new/ (Ctrl-C stops)"
 	exec $(BIN)/ticketgate --config $(DEMO_CONFIG) run
 
+# Two workers (one per core here); the tests that restart the machine's PostgreSQL run alone after.
 test: venv
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n 2 -m 'not faults and not serial'
+	$(BIN)/pytest -q -p no:cacheprovider -m 'serial and not faults'
 
 test-faults: venv
 	$(BIN)/pytest -q -p no:cacheprovider -m faults

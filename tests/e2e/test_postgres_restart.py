@@ -18,7 +18,7 @@ import pytest
 from tests.conftest import PG_URL, Database, poll_until, postgres_schema, with_search_path
 from tests.e2e.test_kill9 import Client, assert_stored_once, installation
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.serial]
 
 
 def _cluster() -> str:

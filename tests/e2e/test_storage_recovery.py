@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -23,6 +24,14 @@ def _healthz(port: int) -> tuple[int, dict]:  # type: ignore[type-arg]
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def _listens(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
 
 
 def _send(port: int, i: int) -> int:
@@ -54,6 +63,8 @@ def test_read_only_at_start_then_writable(tmp_path: Path) -> None:
         try:
             inst.start()
             assert _send(inst.smtp_port, 0) == 451
+            # `run` opens the status port after the SMTP port: wait for it to listen.
+            poll_until(lambda: _listens(http_port), timeout=30, what="the /healthz port")
             code, body = _healthz(http_port)
             assert code == 503 and body["status"] == "storage unavailable" and body["error"]
         finally:
