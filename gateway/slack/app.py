@@ -355,8 +355,14 @@ class SlackAdapter:
             self.tell(channel=channel, user=user, text=refusal)
             return
         once = f"action:{user}:{action.get('action_ts', '')}"
+        act = Act(ref, actor.email, name, channel=Channel.SLACK)
+        self._act_and_tell(act, once=once, channel=channel, user=user)
+
+    def _act_and_tell(self, act: Act, *, once: str, channel: str | None, user: str) -> None:
+        """Apply a button's (or its remark modal's) action once and tell the clicker, in an
+        ephemeral message, that it was done or why it was refused; a repeat says nothing."""
         try:
-            self.service.act(Act(ref, actor.email, name, channel=Channel.SLACK), once=once)
+            self.service.act(act, once=once)
         except AlreadyApplied:
             self.counters.add("ticketgate_slack_duplicates_total")
             return
@@ -364,7 +370,7 @@ class SlackAdapter:
             self.counters.add('ticketgate_slack_refused_total{reason="action"}')
             self.tell(channel=channel, user=user, text=f"Refused: {e.reason}")
             return
-        self.tell(channel=channel, user=user, text=f"{ref}: {name} done")
+        self.tell(channel=channel, user=user, text=f"{act.ref}: {act.action} done")
 
     def on_remark_button(self, body: dict[str, Any], context: Any) -> None:
         action = body["actions"][0]
@@ -386,20 +392,8 @@ class SlackAdapter:
         if actor is None:
             self.tell(channel=channel, user=user, text=refusal)
             return
-        ref, name = meta["ref"], meta["action"]
-        try:
-            self.service.act(
-                Act(ref, actor.email, name, remark=remark, channel=Channel.SLACK),
-                once=f"view:{view['id']}",
-            )
-        except AlreadyApplied:
-            self.counters.add("ticketgate_slack_duplicates_total")
-            return
-        except UserFacingError as e:
-            self.counters.add('ticketgate_slack_refused_total{reason="action"}')
-            self.tell(channel=channel, user=user, text=f"Refused: {e.reason}")
-            return
-        self.tell(channel=channel, user=user, text=f"{ref}: {name} done")
+        act = Act(meta["ref"], actor.email, meta["action"], remark=remark, channel=Channel.SLACK)
+        self._act_and_tell(act, once=f"view:{view['id']}", channel=channel, user=user)
 
     def on_open(self, body: dict[str, Any], context: Any) -> None:
         ws: Workspace = context["ws"]
