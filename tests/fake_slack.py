@@ -163,6 +163,8 @@ class FakeSlack:
                 if failure.times <= 0:
                     queue.pop(0)
         if self.delay.get(method):
+            # A slow Slack (latency injected into the answer, e.g. users.info taking longer
+            # than Slack's 3 s ack window): the test asserts the ack did not wait for it.
             time.sleep(self.delay[method])
         if auth != f"Bearer {BOT_TOKEN}":
             self._json(req, 200, {"ok": False, "error": "not_authed"})
