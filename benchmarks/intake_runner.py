@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from smtp_ingest import build_messages, drop_schema, pg_schema_url
+    from smtp_ingest import build_messages, drop_schema, bench_database
 
     from gateway.bootstrap import build, make_inbound, make_runner
     from gateway.config import load_settings
@@ -38,13 +38,7 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         pg = os.environ.get("TICKETGATE_TEST_POSTGRES_URL", "")
-        schema = ""
-        if a.backend == "sqlite":
-            url = f"sqlite:///{d}/runner.db"
-        else:
-            if not pg:
-                raise SystemExit("TICKETGATE_TEST_POSTGRES_URL is not set")
-            url, schema = pg_schema_url(pg)
+        url, schema = bench_database(a.backend, d, "runner.db")
         env = {
             "TICKETGATE__DATABASE__URL": url,
             "TICKETGATE__MAIL__SECRET": "bench-secret-0123456789",

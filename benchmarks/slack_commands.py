@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from smtp_ingest import build_messages, drop_schema, pg_schema_url
+    from smtp_ingest import build_messages, drop_schema, bench_database
 
     from gateway.bootstrap import build, make_edge, make_runner, make_slack, make_worker
     from gateway.config import load_settings
@@ -45,13 +45,7 @@ def main() -> None:
     a = ap.parse_args()
     pg = os.environ.get("TICKETGATE_TEST_POSTGRES_URL", "")
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as d, fake_slack() as fake:
-        schema = ""
-        if a.backend == "sqlite":
-            url = f"sqlite:///{d}/slack.db"
-        else:
-            if not pg:
-                raise SystemExit("TICKETGATE_TEST_POSTGRES_URL is not set")
-            url, schema = pg_schema_url(pg)
+        url, schema = bench_database(a.backend, d, "slack.db")
         requesters = {
             "U0KARL": "karl@acme.example",
             "U0LENA": "lena@acme.example",

@@ -224,6 +224,17 @@ def pg_schema_url(base: str) -> tuple[str, str]:
     return f"{base}{sep}options=-csearch_path%3D{schema}", schema
 
 
+def bench_database(backend: str, folder: str, name: str) -> tuple[str, str]:
+    """(database URL, PostgreSQL schema or "") for one run: a SQLite file ``name`` in
+    ``folder``, or a fresh schema on $TICKETGATE_TEST_POSTGRES_URL."""
+    if backend == "sqlite":
+        return f"sqlite:///{folder}/{name}", ""
+    pg = os.environ.get("TICKETGATE_TEST_POSTGRES_URL", "")
+    if not pg:
+        raise SystemExit("TICKETGATE_TEST_POSTGRES_URL is not set")
+    return pg_schema_url(pg)
+
+
 def drop_schema(base: str, schema: str) -> None:
     from sqlalchemy import create_engine, text
 

@@ -113,7 +113,7 @@ def build_tickets(app: object, n: int, due: int) -> None:
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from smtp_ingest import drop_schema, pg_schema_url
+    from smtp_ingest import drop_schema, bench_database
 
     from gateway.bootstrap import build, make_scheduler
     from gateway.config import load_settings
@@ -129,13 +129,7 @@ def main() -> None:
     assert a.n >= COHORTS * a.due
     with tempfile.TemporaryDirectory() as d:
         pg = os.environ.get("TICKETGATE_TEST_POSTGRES_URL", "")
-        schema = ""
-        if a.backend == "sqlite":
-            url = f"sqlite:///{d}/tick.db"
-        else:
-            if not pg:
-                raise SystemExit("TICKETGATE_TEST_POSTGRES_URL is not set")
-            url, schema = pg_schema_url(pg)
+        url, schema = bench_database(a.backend, d, "tick.db")
         env = {
             "TICKETGATE__DATABASE__URL": url,
             "TICKETGATE__MAIL__SECRET": "bench-secret-0123456789",
