@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import smtplib
 import socket
 import statistics
@@ -183,6 +184,32 @@ sys.stdin.read()
 """
 
 
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by process `pid` and by each of its children,
+    by their names (Linux /proc): where the gateway's CPU goes."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(p: int) -> tuple[str, int, float]:
+        text = Path(f"/proc/{p}/stat").read_text()
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+
+    out: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name, ppid, cpu = stat(int(entry.name))
+        except (OSError, ValueError):
+            continue
+        if int(entry.name) == pid:
+            out["gateway"] = cpu
+        elif ppid == pid:
+            out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -330,11 +357,24 @@ def run_gateway(
         )
         try:
             wait_port(port, proc)
+            cpu_before = cpu_seconds(proc.pid)
+            client_before = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
             res = blast(port, msgs, conns)
+            client = resource.getrusage(resource.RUSAGE_SELF)
+            res["client_cpu_ms_per_msg"] = round(
+                (client.ru_utime + client.ru_stime - client_before.ru_utime - client_before.ru_stime)
+                / len(msgs) * 1000,
+                2,
+            )
             if EXTRA_ENV.get("TICKETGATE__INTAKE__RUNNERS") == "0":
                 return res  # the edge alone: nothing processes the queue
             after = wait_processed(url)
+            cpu_after = cpu_seconds(proc.pid)
+            res["cpu_ms_per_msg"] = {  # type: ignore[assignment]
+                k: round((v - cpu_before.get(k, 0.0)) / len(msgs) * 1000, 2)
+                for k, v in cpu_after.items()
+            }
             res["e2e_seconds"] = round(after["done"] - start, 3)
             res["e2e_msg_per_s"] = round(len(msgs) / (after["done"] - start), 1)
             res["replies_misthreaded"] = after["replies_misthreaded"]

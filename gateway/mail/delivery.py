@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-# Concurrent fsyncs of one batch's files: the file system commits them together.
+# Threads writing and fsyncing one batch's files: the file system commits them together.
 SYNC_THREADS = 16
 
 
@@ -89,42 +89,36 @@ class MaildirTransport:
         _raise_first(self.send_many([OutgoingMail(envelope_from, recipient, data)]))
 
     def send_many(self, mails: Sequence[OutgoingMail]) -> list[Exception | None]:
-        """Write the batch: every file into tmp/, all fsynced at once (concurrent fsyncs share
-        the file system's journal commits), each renamed into new/ once its own fsync
-        returned, then new/ synced once. A mail is reported delivered only after all that."""
+        """Write the batch: every file written into tmp/ and fsynced by a pool of threads
+        (concurrent fsyncs share the file system's journal commits, and a write here costs
+        about as much as its fsync), each renamed into new/ once its own fsync returned, then
+        new/ synced once. A mail is reported delivered only after all that."""
         results: list[Exception | None] = [None] * len(mails)
         try:
             self._prepare()
             delivered = self._delivered_names() if any(m.resend for m in mails) else set()
         except OSError as exc:
             return [TemporaryDeliveryError(f"maildir {self.path}: {exc}") for _ in mails]
-        opened: list[tuple[int, str, int]] = []  # (index, name, fd) written, not yet synced
-        try:
-            for i, mail in enumerate(mails):
-                try:
-                    _check_envelope(mail)
-                    name = self._name(mail)
-                    if name in delivered:
-                        continue  # an earlier attempt wrote it and synced new/: delivered
-                    opened.append((i, name, self._write(name, mail)))
-                except PermanentDeliveryError as exc:
-                    results[i] = exc
-                except OSError as exc:
-                    results[i] = TemporaryDeliveryError(f"maildir {self.path}: {exc}")
-            synced = list(self._pool().map(_fsync_error, [fd for _, _, fd in opened]))
-        finally:
-            for _, _, fd in opened:
-                os.close(fd)
+        todo: list[tuple[int, str]] = []  # (index, file name) to write
+        for i, mail in enumerate(mails):
+            try:
+                _check_envelope(mail)
+            except PermanentDeliveryError as exc:
+                results[i] = exc
+                continue
+            name = self._name(mail)
+            if name not in delivered:  # else an earlier attempt wrote it and synced new/
+                todo.append((i, name))
+        written = self._pool().map(lambda job: self._write_synced(job[1], mails[job[0]]), todo)
         renamed = False
-        for (i, name, _), error in zip(opened, synced, strict=True):
-            tmp = self.path / "tmp" / name
+        for (i, name), error in zip(todo, written, strict=True):
             try:
                 if error is not None:
                     raise error
-                os.rename(tmp, self.path / "new" / name)
+                os.rename(self.path / "tmp" / name, self.path / "new" / name)
                 renamed = True
             except OSError as exc:
-                tmp.unlink(missing_ok=True)
+                (self.path / "tmp" / name).unlink(missing_ok=True)
                 results[i] = TemporaryDeliveryError(f"maildir {self.path}: {exc}")
         if renamed:
             try:
@@ -163,23 +157,26 @@ class MaildirTransport:
         digest = hashlib.sha256(f"{mail.key}\0{mail.recipient}".encode()).hexdigest()[:32]
         return f"ticketgate.K{digest}.{self._host}"
 
-    def _write(self, name: str, mail: OutgoingMail) -> int:
-        """The mail's file in tmp/, written, not yet synced; returns its open descriptor."""
+    def _write_synced(self, name: str, mail: OutgoingMail) -> OSError | None:
+        """The mail's file in tmp/, written and fsynced (closed either way); the error, if any.
+        A keyed file left half-written in tmp/ by a crash is written again from the start."""
         trace = f"Return-Path: <{mail.envelope_from}>\nDelivered-To: {mail.recipient}\n".encode()
         content = trace + mail.data.replace(b"\r\n", b"\n")
-        tmp = self.path / "tmp" / name
-        # A keyed file left half-written in tmp/ by a crash is written again from the start.
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if mail.key else os.O_EXCL)
-        fd = os.open(tmp, flags, 0o600)
+        try:
+            fd = os.open(self.path / "tmp" / name, flags, 0o600)
+        except OSError as exc:
+            return exc
         try:
             view = memoryview(content)
             while view:
                 view = view[os.write(fd, view) :]
-        except BaseException:
+            os.fsync(fd)
+        except OSError as exc:
+            return exc
+        finally:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        return fd
+        return None
 
     def _unique_name(self) -> str:
         now = time.time_ns()
@@ -193,14 +190,6 @@ class MaildirTransport:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _fsync_error(fd: int) -> OSError | None:
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        return exc
-    return None
 
 
 class _Stale(Exception):
