@@ -39,7 +39,6 @@ from benchmarks.smtp_ingest import (
 )
 from tests.dovecot import PASSWORD, Dovecot, running_dovecot
 
-
 VERBOSE = False  # --verbose: the run's IMAP log lines on stderr
 
 

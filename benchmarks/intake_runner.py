@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from smtp_ingest import build_messages, drop_schema, bench_database
+    from smtp_ingest import bench_database, build_messages, drop_schema
 
     from gateway.bootstrap import build, make_inbound, make_runner
     from gateway.config import load_settings

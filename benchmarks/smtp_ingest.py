@@ -363,8 +363,14 @@ def run_gateway(
             res = blast(port, msgs, conns)
             client = resource.getrusage(resource.RUSAGE_SELF)
             res["client_cpu_ms_per_msg"] = round(
-                (client.ru_utime + client.ru_stime - client_before.ru_utime - client_before.ru_stime)
-                / len(msgs) * 1000,
+                (
+                    client.ru_utime
+                    + client.ru_stime
+                    - client_before.ru_utime
+                    - client_before.ru_stime
+                )
+                / len(msgs)
+                * 1000,
                 2,
             )
             if EXTRA_ENV.get("TICKETGATE__INTAKE__RUNNERS") == "0":

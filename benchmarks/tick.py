@@ -113,7 +113,7 @@ def build_tickets(app: object, n: int, due: int) -> None:
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from smtp_ingest import drop_schema, bench_database
+    from smtp_ingest import bench_database, drop_schema
 
     from gateway.bootstrap import build, make_scheduler
     from gateway.config import load_settings
