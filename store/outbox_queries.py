@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -148,65 +148,76 @@ def suppressed_among(s: Session, addresses: Collection[str]) -> set[str]:
     return set(s.scalars(stmt))
 
 
-def outbox_counts_since(
+def automatic_rows_since(
     s: Session,
     *,
-    ticket_id: int,
+    ticket_ids: Collection[int],
     recipients: Collection[str],
     kinds: Collection[str],
     since: datetime,
-) -> dict[str, int]:
-    """Per recipient, how many outbox rows of these kinds the ticket got after ``since``."""
-    stmt = (
-        select(m.Outbox.recipient, func.count())
-        .where(
-            m.Outbox.ticket_id == ticket_id,
-            m.Outbox.recipient.in_(recipients),
-            m.Outbox.kind.in_(sorted(kinds)),
-            m.Outbox.created_at > since,
-        )
-        .group_by(m.Outbox.recipient)
+) -> list[tuple[int, str, datetime]]:
+    """(ticket, recipient, created_at) of the outbox rows of these kinds these tickets gave
+    these recipients after ``since``: one query for a fan-out batch's loop breaker."""
+    o = _OUTBOX()
+    stmt = select(o.c.ticket_id, o.c.recipient, o.c.created_at).where(
+        o.c.ticket_id.in_(sorted(ticket_ids)),
+        o.c.recipient.in_(sorted(recipients)),
+        o.c.kind.in_(sorted(kinds)),
+        o.c.created_at > since,
     )
-    return {recipient: int(n) for recipient, n in s.execute(stmt)}
+    return [(int(t), r, at) for t, r, at in s.execute(stmt)]
 
 
-def notice_counts_since(
+def notice_rows_since(
     s: Session,
     *,
-    sender_id: int,
+    sender_ids: Collection[int],
     recipients: Collection[str],
     kinds: Collection[str],
     since: datetime,
-) -> dict[str, int]:
-    """Per recipient, how many outbox rows of these kinds caused by employee ``sender_id``
-    (the payload's ``actor_id``) were written after ``since``; suppressed rows do not count."""
-    stmt = (
-        select(m.Outbox.recipient, func.count())
-        .where(
-            m.Outbox.recipient.in_(recipients),
-            m.Outbox.kind.in_(sorted(kinds)),
-            m.Outbox.created_at > since,
-            m.Outbox.state != "suppressed",
-            m.Outbox.payload["actor_id"].as_integer() == sender_id,
-        )
-        .group_by(m.Outbox.recipient)
+) -> list[tuple[int, str, datetime]]:
+    """(sender, recipient, created_at) of the outbox rows of these kinds caused by these
+    employees (the payload's ``actor_id``) for these recipients after ``since``; suppressed
+    rows do not count. One query for a fan-out batch's notice cap."""
+    actor = m.Outbox.payload["actor_id"].as_integer()
+    stmt = select(actor, m.Outbox.recipient, m.Outbox.created_at).where(
+        m.Outbox.recipient.in_(sorted(recipients)),
+        m.Outbox.kind.in_(sorted(kinds)),
+        m.Outbox.created_at > since,
+        m.Outbox.state != "suppressed",
+        actor.in_(sorted(sender_ids)),
     )
-    return {recipient: int(n) for recipient, n in s.execute(stmt)}
+    return [(int(a), r, at) for a, r, at in s.execute(stmt)]
 
 
-def bump_auto_mail_counter(s: Session, *, address: str, day: str) -> int:
-    """Add one to the day's automatic-mail counter of ``address``; returns the new count.
-
-    An atomic upsert: two processes mailing one address for the first time that day must
-    not both INSERT the row (the loser's whole transaction would fail)."""
+def lock_auto_mail_counters(
+    s: Session, keys: Collection[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """The automatic-mail counters of these (address, day) pairs, created at 0 where missing
+    and locked for this transaction (one upsert, in key order: fewer lock-order deadlocks
+    between workers); {(address, day): count}. An upsert, not a SELECT: two processes mailing
+    one address for the first time that day must not both INSERT the row."""
+    if not keys:
+        return {}
     dialect = postgresql if s.get_bind().dialect.name == "postgresql" else sqlite
+    c = m.AutoMailCounter
     stmt = (
-        dialect.insert(m.AutoMailCounter)
-        .values(address=address, day=day, count=1)
-        .on_conflict_do_update(
-            index_elements=[m.AutoMailCounter.address, m.AutoMailCounter.day],
-            set_={"count": m.AutoMailCounter.count + 1},
-        )
-        .returning(m.AutoMailCounter.count)
+        dialect.insert(c)
+        .values([{"address": a, "day": d, "count": 0} for a, d in sorted(keys)])
+        .on_conflict_do_update(index_elements=[c.address, c.day], set_={"count": c.count})
+        .returning(c.address, c.day, c.count)
     )
-    return int(s.execute(stmt).scalar_one())
+    return {(a, d): int(n) for a, d, n in s.execute(stmt)}
+
+
+def set_auto_mail_counters(s: Session, counts: Mapping[tuple[str, str], int]) -> None:
+    """Write counters locked by `lock_auto_mail_counters` (one executemany UPDATE)."""
+    if not counts:
+        return
+    c = cast(Table, m.AutoMailCounter.__table__)
+    stmt = (
+        update(c)
+        .where(c.c.address == bindparam("a"), c.c.day == bindparam("d"))
+        .values(count=bindparam("n"))
+    )
+    s.connection().execute(stmt, [{"a": a, "d": d, "n": n} for (a, d), n in sorted(counts.items())])

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, and_, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -64,6 +65,33 @@ def history_upto(s: Session, ticket_id: int, upto: int, *, limit: int) -> list[m
         .limit(limit)
     )
     return list(reversed(list(rows)))
+
+
+def history_upto_many(
+    s: Session, upto: Mapping[int, int], *, window: int
+) -> dict[int, list[m.StatusHistory]]:
+    """Per ticket of ``upto`` ({ticket: newest entry wanted}), its newest ``window`` history
+    entries up to that one, newest first: one query for a fan-out batch."""
+    if not upto:
+        return {}
+    h = m.StatusHistory
+    newest = (
+        select(
+            h.id, func.row_number().over(partition_by=h.ticket_id, order_by=h.id.desc()).label("rn")
+        )
+        .where(or_(*(and_(h.ticket_id == t, h.id <= u) for t, u in sorted(upto.items()))))
+        .subquery()
+    )
+    rows = s.scalars(
+        select(h)
+        .join(newest, newest.c.id == h.id)
+        .where(newest.c.rn <= window)
+        .order_by(h.id.desc())
+    )
+    out: dict[int, list[m.StatusHistory]] = {t: [] for t in upto}
+    for row in rows:
+        out[row.ticket_id].append(row)
+    return out
 
 
 def insert_blob_if_new(conn: Connection, *, sha256: str, data: bytes) -> None:
@@ -147,6 +175,27 @@ def insert_copy(
         "added_at": added_at,
     }
     return int(conn.execute(stmt, params).scalar_one())
+
+
+def copies_of_tickets(conn: Connection, ticket_ids: Collection[int]) -> dict[int, list[CopyRow]]:
+    """Per ticket, its RC and RHC entries, oldest first (one query for many tickets)."""
+    out: dict[int, list[CopyRow]] = {t: [] for t in ticket_ids}
+    if not out:
+        return out
+    stmt = (
+        select(
+            m.TicketCopy.ticket_id,
+            m.TicketCopy.id,
+            m.TicketCopy.kind,
+            m.TicketCopy.employee_id,
+            m.TicketCopy.department_id,
+        )
+        .where(m.TicketCopy.ticket_id.in_(sorted(out)))
+        .order_by(m.TicketCopy.id)
+    )
+    for ticket_id, copy_id, kind, employee_id, department_id in conn.execute(stmt):
+        out[ticket_id].append(CopyRow(copy_id, kind, employee_id, department_id))
+    return out
 
 
 def copies_of_ticket(conn: Connection, ticket_id: int) -> list[CopyRow]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -13,7 +14,7 @@ from gateway.domain.lifecycle import AssignmentType, Role
 from gateway.domain.routing import Party, PartyKind
 from store import directory_queries as q
 from store import models as m
-from store.ticket_queries import CopyRow, copies_of_ticket
+from store.ticket_queries import CopyRow, copies_of_ticket, copies_of_tickets
 
 _Row = TypeVar("_Row", bound=m.Base)
 
@@ -110,6 +111,12 @@ class Directory:
         if ticket_id not in self._copies:
             self._copies[ticket_id] = copies_of_ticket(self.s.connection(), ticket_id)
         return self._copies[ticket_id]
+
+    def load_copies(self, ticket_ids: Collection[int]) -> None:
+        """Look the copies of these tickets up at once (a fan-out batch), where not held yet."""
+        missing = [t for t in ticket_ids if t not in self._copies]
+        if missing:
+            self._copies |= copies_of_tickets(self.s.connection(), missing)
 
     def copies_of(self, ticket: m.Ticket | TicketAt) -> list[CopyRow]:
         """The ticket's copies; for a snapshot, only those that existed then."""

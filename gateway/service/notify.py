@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -45,6 +47,12 @@ TICKET_RECIPIENT_WINDOW = timedelta(hours=1)
 NOTICE_KINDS = frozenset({"new_ticket", "new_message"})
 NOTICE_WINDOW = timedelta(hours=1)
 
+# A notice shows the ticket's last HISTORY_LINES history entries as of its event; a fan-out
+# batch reads each ticket's newest HISTORY_WINDOW entries once (a ticket with several events
+# in the batch needs a few more than five).
+HISTORY_LINES = 5
+HISTORY_WINDOW = 15
+
 _HINTS: dict[Role, tuple[str, ...]] = {
     Role.ASSIGNEE: (
         "#take",
@@ -74,6 +82,24 @@ class MailIdentity:
     from_name: str
     reply_local: str
     loop_token: str
+
+
+@dataclass
+class _Caps:
+    """What the loop breaker and the notice cap count, for one fan-out batch: read in a few
+    queries before its first event and kept up to date as its rows are made."""
+
+    suppressed: set[str] = field(default_factory=set)
+    # (ticket, recipient) → when its automatic rows of the last hour were made
+    automatic: dict[tuple[int, str], list[datetime]] = field(default_factory=dict)
+    # (sender, recipient) → when the notices it caused that count were made
+    notices: dict[tuple[int, str], list[datetime]] = field(default_factory=dict)
+    # (address, day) → automatic mails counted; as read (locked) and as now
+    day_counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    day_read: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def changed_days(self) -> dict[tuple[str, str], int]:
+        return {k: n for k, n in self.day_counts.items() if n != self.day_read.get(k)}
 
 
 def role_label(roles: frozenset[Role]) -> str:
@@ -131,10 +157,13 @@ class Notifier:
         self._newest_history: dict[int, int] = {}
         # Per department: its active members, looked up once in this unit (fan-out batches).
         self._members: dict[int, list[m.Employee]] = {}
+        # Per ticket: its newest history entries, read for the fan-out batch at hand.
+        self._history: dict[int, list[m.StatusHistory]] = {}
 
     def forget(self) -> None:
         """A SAVEPOINT of this unit was rolled back: drop what the look-ups learnt."""
         self._members.clear()
+        self._history.clear()
         self.d.forget_all()
 
     def _members_of(self, department_id: int) -> list[m.Employee]:
@@ -180,10 +209,21 @@ class Notifier:
         return newest
 
     def history_lines(self, ticket_id: int, upto: int) -> list[dict[str, str]]:
-        """The last five history entries up to (and with) entry ``upto``."""
+        """The last five history entries up to (and with) entry ``upto``: from what
+        `_read_batch` looked up for the batch when that suffices, else asked for."""
+        held = self._history.get(ticket_id)
+        entries: list[m.StatusHistory] | None = None
+        if held is not None:
+            wanted = [h for h in held if h.id <= upto]
+            # `held` is the ticket's newest HISTORY_WINDOW entries up to the batch's newest
+            # wanted one: complete when fewer came back, else enough when five are in it.
+            if len(wanted) >= HISTORY_LINES or len(held) < HISTORY_WINDOW:
+                entries = list(reversed(wanted[:HISTORY_LINES]))
+        if entries is None:
+            entries = tq.history_upto(self.s, ticket_id, upto, limit=HISTORY_LINES)
         return [
             {"status": h.status, "actor": h.actor_label, "at": h.at.isoformat(), "remark": h.remark}
-            for h in tq.history_upto(self.s, ticket_id, upto, limit=5)
+            for h in entries
         ]
 
     def target_label(self, ticket: m.Ticket | TicketAt) -> str:
@@ -192,53 +232,41 @@ class Notifier:
         dep = self.d.get(m.Department, ticket.to_department_id)
         return dep.name if dep else ""
 
-    def _allow_automatic(self, ticket_id: int, addresses: list[str]) -> set[str]:
+    def _allow_automatic(self, ticket_id: int, addresses: list[str], caps: _Caps) -> set[str]:
         """RFC 3834 loop breaker: of ``addresses``, those that may get one more automatic mail.
 
         Caps per (ticket, recipient) and hour and per address and day; an address that
-        hard-bounced repeatedly gets none. Two queries for all recipients, then one atomic
-        counter upsert each."""
-        if not addresses:
-            return set()
-        suppressed = oq.suppressed_among(self.s, addresses)
-        recent = oq.outbox_counts_since(
-            self.s,
-            ticket_id=ticket_id,
-            recipients=addresses,
-            kinds=AUTOMATIC_KINDS,
-            since=self.now - TICKET_RECIPIENT_WINDOW,
-        )
-        # Counters are locked in address order: fewer lock-order deadlocks between workers.
-        return {
-            a
-            for a in sorted(addresses)
-            if a not in suppressed
-            and recent.get(a, 0) < self.auto_mail_per_ticket_hour
-            and self._count_automatic(a) <= self.auto_mail_per_day
-        }
+        hard-bounced repeatedly gets none. Counted from what `_read_batch` read for the batch,
+        kept up to date as the batch's rows are made (`_made`)."""
+        since = self.now - TICKET_RECIPIENT_WINDOW
+        allowed: set[str] = set()
+        for a in sorted(addresses):
+            if a in caps.suppressed:
+                continue
+            recent = sum(1 for at in caps.automatic.get((ticket_id, a), ()) if at > since)
+            if recent >= self.auto_mail_per_ticket_hour:
+                continue
+            day = (a, self.now.date().isoformat())
+            caps.day_counts[day] += 1  # counted whether or not it is over the cap, as before
+            if caps.day_counts[day] <= self.auto_mail_per_day:
+                allowed.add(a)
+        return allowed
 
-    def _over_notice_cap(self, sender_id: int, addresses: list[str]) -> set[str]:
+    def _over_notice_cap(self, sender_id: int, addresses: list[str], caps: _Caps) -> set[str]:
         """Of ``addresses``, those that already got ``notices_per_sender_hour`` notices caused
         by employee ``sender_id`` within the last hour (suppressed ones not counted)."""
-        if not addresses:
-            return set()
-        recent = oq.notice_counts_since(
-            self.s,
-            sender_id=sender_id,
-            recipients=addresses,
-            kinds=NOTICE_KINDS,
-            since=self.now - NOTICE_WINDOW,
-        )
-        return {a for a in addresses if recent.get(a, 0) >= self.notices_per_sender_hour}
+        since = self.now - NOTICE_WINDOW
+        return {
+            a
+            for a in addresses
+            if sum(1 for at in caps.notices.get((sender_id, a), ()) if at > since)
+            >= self.notices_per_sender_hour
+        }
 
     def _suppressed_note(self, sender_id: int | None) -> str:
         """Why a notice row was not sent, for `outbox list`."""
         sender = self.d.employee_by_id(sender_id).email if sender_id is not None else "system"
         return f"not sent: over {self.notices_per_sender_hour} notices an hour from {sender}"
-
-    def _count_automatic(self, address: str) -> int:
-        """Add one to today's counter for ``address`` and return it (an atomic upsert)."""
-        return oq.bump_auto_mail_counter(self.s, address=address, day=self.now.date().isoformat())
 
     # ---- in the change's transaction ------------------------------------------------------------
     def enqueue(
@@ -298,13 +326,102 @@ class Notifier:
 
     # ---- in the delivery worker ------------------------------------------------------------------
     def fan_out(self, event: m.OutboxEvent) -> list[dict[str, Any]]:
-        """One outbox row per recipient of ``event``, as of the event (``self.now`` is its
-        time), written in one INSERT; returns the rows' values."""
+        """`fan_out_batch` of one event."""
+        return self.fan_out_batch([event])
+
+    def fan_out_batch(self, events: Sequence[m.OutboxEvent]) -> list[dict[str, Any]]:
+        """One outbox row per recipient of each event, as of the event (its time, its
+        snapshot of the ticket), in event order; written in one INSERT. Returns the rows.
+
+        What the events' audiences and caps need is looked up for the whole batch in a few
+        queries (`_read_batch`), not per event."""
+        self.d.load_copies({ev.ticket_id for ev in events})
+        planned = [(ev, self._audience(ev)) for ev in events]
+        caps = self._read_batch(planned)
+        rows: list[dict[str, Any]] = []
+        for ev, audience in planned:
+            rows += self._rows_of(ev, audience, caps)
+        oq.set_auto_mail_counters(self.s, caps.changed_days())
+        oq.insert_outbox_rows(self._conn or self.s.connection(), rows)
+        return rows
+
+    def _audience(self, event: m.OutboxEvent) -> list[tuple[m.Employee, frozenset[Role]]]:
+        """Who an event is for, before the caps: its participants less the excluded, only
+        those it names, and for a hidden one only who sees hidden messages (SPEC §1.4)."""
+        e = event.payload
+        exclude = frozenset(e["exclude"])
+        only = frozenset(e["only"]) if e["only"] is not None else None
+        hidden = bool(e["hidden"])
+        return [
+            (emp, roles)
+            for emp, roles in self.participants(ticket_at(event))
+            if emp.id not in exclude
+            and (only is None or emp.id in only)
+            and (not hidden or sees_hidden(roles))
+        ]
+
+    def _read_batch(
+        self, planned: Sequence[tuple[m.OutboxEvent, list[tuple[m.Employee, frozenset[Role]]]]]
+    ) -> _Caps:
+        """The look-ups of a batch, one query each: suppressed addresses, the automatic rows
+        and notices of the last hour that the caps count, the day counters (locked), and the
+        tickets' newest history entries."""
+        caps = _Caps()
+        if not planned:
+            return caps
+        addresses = {emp.email.lower() for _, aud in planned for emp, _ in aud}
+        times = [datetime.fromisoformat(ev.payload["at"]) for ev, _ in planned]
+        automatic = [ev for ev, _ in planned if ev.kind in AUTOMATIC_KINDS]
+        notices = [
+            ev
+            for ev, _ in planned
+            if ev.kind in NOTICE_KINDS and ev.payload["actor_id"] is not None
+        ]
+        if addresses:
+            caps.suppressed = oq.suppressed_among(self.s, addresses) if automatic else set()
+        if automatic and addresses:
+            for ticket_id, recipient, at in oq.automatic_rows_since(
+                self.s,
+                ticket_ids={ev.ticket_id for ev in automatic},
+                recipients=addresses,
+                kinds=AUTOMATIC_KINDS,
+                since=min(times) - TICKET_RECIPIENT_WINDOW,
+            ):
+                caps.automatic.setdefault((ticket_id, recipient), []).append(at)
+            days = {
+                (emp.email.lower(), datetime.fromisoformat(ev.payload["at"]).date().isoformat())
+                for ev, aud in planned
+                if ev.kind in AUTOMATIC_KINDS
+                for emp, _ in aud
+            }
+            caps.day_counts = Counter(oq.lock_auto_mail_counters(self.s, days))
+            caps.day_read = dict(caps.day_counts)
+        if notices and addresses:
+            for sender, recipient, at in oq.notice_rows_since(
+                self.s,
+                sender_ids={int(ev.payload["actor_id"]) for ev in notices},
+                recipients=addresses,
+                kinds=NOTICE_KINDS,
+                since=min(times) - NOTICE_WINDOW,
+            ):
+                caps.notices.setdefault((sender, recipient), []).append(at)
+        upto: dict[int, int] = {}
+        for ev, _ in planned:
+            upto[ev.ticket_id] = max(upto.get(ev.ticket_id, 0), int(ev.payload["history_upto"]))
+        self._history = tq.history_upto_many(self.s, upto, window=HISTORY_WINDOW)
+        return caps
+
+    def _rows_of(
+        self,
+        event: m.OutboxEvent,
+        audience: list[tuple[m.Employee, frozenset[Role]]],
+        caps: _Caps,
+    ) -> list[dict[str, Any]]:
+        """The outbox rows of one event of the batch, after the caps; counted in ``caps``."""
+        self.now = datetime.fromisoformat(event.payload["at"])
         e = event.payload
         ticket = ticket_at(event)
         kind = event.kind
-        exclude = frozenset(e["exclude"])
-        only = frozenset(e["only"]) if e["only"] is not None else None
         hidden = bool(e["hidden"])
         in_reply_to: str | None = e["in_reply_to"]
         actor_id: int | None = e["actor_id"]
@@ -321,20 +438,12 @@ class Notifier:
             "new_message": None,
         }.get(kind, "auto-generated")
         rows: list[dict[str, Any]] = []
-        audience = [
-            (emp, roles)
-            for emp, roles in self.participants(ticket)
-            if emp.id not in exclude
-            and (only is None or emp.id in only)
-            # SPEC §1.4: hidden messages reach only the assignee side and RHC
-            and (not hidden or sees_hidden(roles))
-        ]
         if kind in AUTOMATIC_KINDS:
-            allowed = self._allow_automatic(ticket.id, [p.email.lower() for p, _ in audience])
+            allowed = self._allow_automatic(ticket.id, [p.email.lower() for p, _ in audience], caps)
             audience = [(p, r) for p, r in audience if p.email.lower() in allowed]
         over_cap: set[str] = set()
         if kind in NOTICE_KINDS and actor_id is not None:
-            over_cap = self._over_notice_cap(actor_id, [p.email.lower() for p, _ in audience])
+            over_cap = self._over_notice_cap(actor_id, [p.email.lower() for p, _ in audience], caps)
         for emp, roles in audience:
             address = emp.email.lower()
             reply_addr = self.identity.from_address
@@ -400,7 +509,11 @@ class Notifier:
                     "sent_at": None,
                 }
             )
-        oq.insert_outbox_rows(self._conn or self.s.connection(), rows)
+        for row in rows:
+            if kind in AUTOMATIC_KINDS:
+                caps.automatic.setdefault((ticket.id, row["recipient"]), []).append(self.now)
+            if kind in NOTICE_KINDS and actor_id is not None and row["state"] != "suppressed":
+                caps.notices.setdefault((actor_id, row["recipient"]), []).append(self.now)
         return rows
 
 

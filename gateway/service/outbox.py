@@ -152,20 +152,21 @@ class OutboxService:
                 notices_per_sender_hour=self.notices_per_sender_hour,
                 directory=d,
             )
-            done: list[m.OutboxEvent] = []
-            for ev in events:
-                notifier.now = datetime.fromisoformat(ev.payload["at"])
-                if not isolate:
-                    try:
-                        notifier.fan_out(ev)
+            if not isolate:
+                try:
+                    notifier.fan_out_batch(events)
+                    for ev in events:
+                        notifier.now = datetime.fromisoformat(ev.payload["at"])
                         for extra in self.channel_fan_outs:
                             extra(s, ev, notifier)
-                    except DBAPIError:
-                        raise
-                    except Exception as e:
-                        raise _EventFailed() from e  # rolls the batch back
-                    done.append(ev)  # marked below: no UPDATE flushed before each look-up
-                    continue
+                except DBAPIError:
+                    raise
+                except Exception as e:
+                    raise _EventFailed() from e  # rolls the batch back
+                for ev in events:
+                    ev.state, ev.done_at = "done", done_at
+                return len(events)
+            for ev in events:
                 try:
                     with s.begin_nested():
                         notifier.fan_out(ev)
@@ -181,8 +182,6 @@ class OutboxService:
                     ev.state = "failed"
                     ev.last_error = f"{type(e).__name__}: {e}"[:2000]
                 ev.done_at = done_at
-            for ev in done:
-                ev.state, ev.done_at = "done", done_at
             return len(events)
 
     def claim(self, limit: int = 20, channels: Collection[str] = ("email",)) -> list[OutboxItem]:
