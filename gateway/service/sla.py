@@ -163,7 +163,7 @@ class SlaClocks:
 
     # ---- hooks of the ticket service ------------------------------------------------------------
     def raised(self, u: Unit, t: m.Ticket) -> None:
-        """A new ticket: its policy, and both clocks from now."""
+        """A new ticket, before its INSERT: its policy, and both clocks from now."""
         t.sla_policy = self.policy_for(u, t)
         t.sla_start = u.now
         if t.sla_policy is None:

@@ -274,6 +274,8 @@ class Unit:
             created_at=self.now,
             updated_at=self.now,
         )
+        # Its clocks before the INSERT, so that the new row is written once (no UPDATE).
+        self.svc.sla.raised(self, t)
         self.s.add(t)
         self.s.flush()  # its id, for the rows that refer to it
         self.d.new_ticket(t.id)
@@ -305,7 +307,6 @@ class Unit:
         )
         if t.root_message_id is None:
             t.root_message_id = new_message_id(f"TKT-{t.id}", self.svc.identity.domain)
-        self.svc.sla.raised(self, t)
         return t
 
     def notify_raised(
