@@ -107,6 +107,9 @@ def drop(schema: str) -> None:
     eng.dispose()
 
 
+EXTRA_ENV: dict[str, str] = {}  # --env KEY=VALUE: settings for this run
+
+
 def run(backend: str, transport: str, tickets: int, workers: int) -> dict[str, float]:
     from gateway.bootstrap import make_worker
 
@@ -119,6 +122,7 @@ def run(backend: str, transport: str, tickets: int, workers: int) -> dict[str, f
             "TICKETGATE__MAIL__AUTO_MAIL_PER_DAY": "1000000",
             "TICKETGATE__MAIL__NOTICES_PER_SENDER_HOUR": "1000000",
         }
+        extra |= EXTRA_ENV
         if transport == "smtp":
             extra |= {
                 "TICKETGATE__OUTBOUND__TRANSPORT": "smtp",
@@ -179,7 +183,9 @@ def main() -> None:
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--runs", default="maildir/1,smtp/1,smtp/2")
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the settings")
     a = ap.parse_args()
+    EXTRA_ENV.update(kv.split("=", 1) for kv in a.env)
     rounds: dict[str, list[dict[str, float]]] = {}
     for r in range(a.rounds):
         print(f"round {r + 1}: {load()}", file=sys.stderr)

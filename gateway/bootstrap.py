@@ -166,6 +166,7 @@ def make_transport(settings: Settings) -> Transport:
             username=o.username or None,
             password=o.password or None,
             max_per_connection=o.relay_max_per_connection,
+            sessions=o.relay_sessions,
         )
     raise ValueError(f"outbound.transport: unknown transport {o.transport!r} (smtp or maildir)")
 

@@ -121,6 +121,7 @@ class OutboundSettings:
     processes: bool = False
     batch_size: int = 50  # due rows claimed, delivered and marked in one go
     relay_max_per_connection: int = 100  # mails per SMTP session before a new one
+    relay_sessions: int = 4  # concurrent SMTP sessions a worker's batch is split over
     lease_seconds: float = 300.0  # a claimed row not marked by then is due again (a crash)
 
 
@@ -581,6 +582,7 @@ def _validate(s: Settings) -> None:
         "poll_seconds",
         "batch_size",
         "relay_max_per_connection",
+        "relay_sessions",
         "lease_seconds",
     ):
         positive(f"[outbound] {key}", getattr(s.outbound, key))

@@ -8,6 +8,7 @@ import secrets
 import smtplib
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,8 @@ from typing import Protocol
 
 # Threads writing and fsyncing one batch's files: the file system commits them together.
 SYNC_THREADS = 16
+# A batch is split over several relay sessions only in parts of at least this many mails.
+MIN_PER_SESSION = 10
 
 
 class TemporaryDeliveryError(Exception):
@@ -197,10 +200,13 @@ class _Stale(Exception):
 
 
 class SmtpRelayTransport:
-    """Send through an SMTP relay, optional STARTTLS and AUTH; one session per batch.
+    """Send through an SMTP relay, optional STARTTLS and AUTH; a batch over a few sessions.
 
-    `send_many` delivers a batch over one SMTP session (up to ``max_per_connection`` mails,
-    then a new one): MAIL, RCPT, DATA per mail, RSET after a refused one, a new session after
+    `send_many` splits a batch into up to ``sessions`` consecutive parts of at least
+    ``MIN_PER_SESSION`` mails, each delivered over an SMTP session of its own, in a thread of
+    its own (while one session waits for the relay's answer, another sends: Postfix, too,
+    delivers to one relay over several connections). A session carries up to
+    ``max_per_connection`` mails, then a new one is opened: MAIL, RCPT, DATA per mail, RSET after a refused one, a new session after
     a 421 or a dropped connection. A session found closed at MAIL (the relay timed it out) is
     opened again and the mail sent on the new one; a failure once the mail's data may have
     reached the relay is that mail's error, retried by the outbox later. When no session can
@@ -219,6 +225,7 @@ class SmtpRelayTransport:
         helo: str | None = None,
         tls_context: ssl.SSLContext | None = None,
         max_per_connection: int = 100,
+        sessions: int = 1,
     ) -> None:
         self.host = host
         self.port = port
@@ -229,7 +236,10 @@ class SmtpRelayTransport:
         self.helo = helo
         self._tls_context = tls_context
         self.max_per_connection = max(1, max_per_connection)
+        self.sessions = max(1, sessions)
         self.sessions_opened = 0  # for tests and the benchmark: sessions this transport opened
+        self._opened_lock = threading.Lock()
+        self._senders: ThreadPoolExecutor | None = None
 
     def send(self, *, envelope_from: str, recipient: str, data: bytes) -> None:
         """Deliver ``data`` to ``recipient``; raise the error tier the outbox needs.
@@ -241,6 +251,17 @@ class SmtpRelayTransport:
         _raise_first(self.send_many([OutgoingMail(envelope_from, recipient, data)]))
 
     def send_many(self, mails: Sequence[OutgoingMail]) -> list[Exception | None]:
+        """Per mail, in order: None (the relay answered 250 to its data) or its error."""
+        parts = min(self.sessions, max(1, len(mails) // MIN_PER_SESSION))
+        if parts == 1:
+            return self._send_on_one_session(mails)
+        size = -(-len(mails) // parts)
+        chunks = [mails[i : i + size] for i in range(0, len(mails), size)]
+        if self._senders is None:
+            self._senders = ThreadPoolExecutor(self.sessions, thread_name_prefix="relay-session")
+        return [r for part in self._senders.map(self._send_on_one_session, chunks) for r in part]
+
+    def _send_on_one_session(self, mails: Sequence[OutgoingMail]) -> list[Exception | None]:
         results: list[Exception | None] = []
         smtp: smtplib.SMTP | None = None
         on_session = 0
@@ -295,7 +316,8 @@ class SmtpRelayTransport:
         except BaseException:
             _drop(smtp)
             raise
-        self.sessions_opened += 1
+        with self._opened_lock:
+            self.sessions_opened += 1
         return smtp
 
     @staticmethod

@@ -139,9 +139,13 @@ def test_fanned_out_rows_render_once_per_audience_and_as_alone(
 def test_one_relay_session_carries_a_batch(
     database: Database, tmp_path: Path, relay: Relay, per_session: int, sessions: int
 ) -> None:
-    """Twenty mails in one claimed batch go over one SMTP session; with
+    """Twenty mails in one claimed batch go over one SMTP session (relay_sessions = 1); with
     relay_max_per_connection = 8 over three. Each Message-ID arrives once, every row is sent."""
-    extra = smtp_settings(relay, TICKETGATE__OUTBOUND__RELAY_MAX_PER_CONNECTION=str(per_session))
+    extra = smtp_settings(
+        relay,
+        TICKETGATE__OUTBOUND__RELAY_MAX_PER_CONNECTION=str(per_session),
+        TICKETGATE__OUTBOUND__RELAY_SESSIONS="1",
+    )
     with demo_env(database, tmp_path / "install", extra) as env:
         raise_tickets(env, 5)
         assert make_worker(env.app).run_once() == 20
@@ -332,3 +336,28 @@ def test_run_starts_delivery_with_every_channel_and_as_processes_when_asked(
         )
         several = dataclasses.replace(s, outbound=dataclasses.replace(out, workers=2))
         assert delivery_processes(several) == s.database.url.startswith("postgresql")
+
+
+def test_a_batch_is_split_over_concurrent_relay_sessions(
+    database: Database, tmp_path: Path, relay: Relay
+) -> None:
+    """With relay_sessions = 2, a claimed batch of 50 goes over two sessions at once, the
+    last 10 rows over one. Each outcome lands on its own row: bob's mails, refused in every
+    part, are dead-lettered, everyone else's sent, each Message-ID once."""
+    relay.refuse = {"bob@acme.example"}
+    extra = smtp_settings(relay, TICKETGATE__OUTBOUND__RELAY_SESSIONS="2")
+    with demo_env(database, tmp_path / "install", extra) as env:
+        raise_tickets(env, 15)
+        assert make_worker(env.app).run_once() == 60
+        assert relay.sessions() == 3
+        states = Counter((r.recipient, r.state) for r in rows(env))
+        assert states == Counter(
+            {
+                ("bob@acme.example", "dead"): 15,
+                ("alice@acme.example", "sent"): 15,
+                ("carol@acme.example", "sent"): 15,
+                (REQ, "sent"): 15,
+            }
+        )
+        sent = [r.message_id for r in rows(env) if r.state == "sent"]
+        assert relay.message_ids() == Counter({mid: 1 for mid in sent})
