@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.domain.tokens import ReplyTokens, reply_address
 from gateway.service.clock import Clock
-from gateway.service.directory import Directory
+from gateway.service.directory import Directory, DirectoryCache
 from gateway.service.notify import MailIdentity, Notifier, retry_delay
 from gateway.service.storage import storage_errors
 from store import models as m
@@ -103,6 +103,9 @@ class OutboxService:
         self.backoff_max_seconds = backoff_max_seconds
         self.lease = lease
         self.on_storage_error = on_storage_error
+        # Organization rows kept from one fan-out batch to the next while the directory
+        # version stays (each worker has its own OutboxService, used by one thread).
+        self._directory = DirectoryCache()
 
     def fan_out(self, limit: int = 20) -> int:
         """Turn up to ``limit`` pending events into per-recipient outbox rows; returns how many
@@ -133,12 +136,17 @@ class OutboxService:
         try:
             return self._fan_out_batch(limit, isolate=False)
         except _EventFailed:
+            self._directory.clear()  # a rollback expired the rows it loaded
             return self._fan_out_batch(limit, isolate=True)
+        except BaseException:
+            self._directory.clear()
+            raise
 
     def _fan_out_batch(self, limit: int, *, isolate: bool) -> int:
         with self.sessions() as s, s.begin():
             events = q.lock_pending_events(s, limit=limit)
-            d = Directory(s)
+            self._directory.sync(s.connection())
+            d = Directory(s, self._directory)
             done_at = self.clock.now()
             # One notifier for the batch (its look-ups serve every event); its clock is each
             # event's own time.

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from gateway.bootstrap import make_worker
+from gateway.demo import DEMO_EMPLOYEES_CSV, DEMO_ORG_TOML
 from gateway.service.commands import Act, RaiseTicket
 from store import models as m
 from tests.conftest import Database, Env, demo_env
@@ -84,3 +85,33 @@ def test_one_batch_makes_the_rows_that_one_event_at_a_time_makes(
     assert any(r[3] == "suppressed" for r in got)
     assert want_days[REQ] > 6
     assert sum(1 for r in got if r[2] == REQ and r[1] != "new_ticket") == 6
+
+
+def test_a_worker_keeps_the_directory_until_an_org_import_changes_it(
+    database: Database, tmp_path: Path
+) -> None:
+    """The worker keeps members and employees from batch to batch; an `org import` that
+    deactivates Bob is seen by its next batch: the next ticket's notices leave him out."""
+    with demo_env(database, tmp_path / "install") as env:
+        worker = make_worker(env.app)
+        env.service.raise_ticket(RaiseTicket(REQ, IT, "Printer 1", "Paper stuck."))
+        worker.outbox.fan_out()
+        toml = DEMO_ORG_TOML.replace(
+            'email = "bob@acme.example"\n', 'email = "bob@acme.example"\nactive = false\n'
+        )
+        assert toml != DEMO_ORG_TOML
+        folder = tmp_path / "org"
+        folder.mkdir()
+        (folder / "org.toml").write_text(toml, encoding="utf-8")
+        (folder / "employees.csv").write_text(DEMO_EMPLOYEES_CSV, encoding="utf-8")
+        env.import_org(folder / "org.toml")
+        env.service.raise_ticket(RaiseTicket(REQ, IT, "Printer 2", "Paper stuck."))
+        worker.outbox.fan_out()
+        with env.app.sessions() as s:
+            got = {
+                (r.ticket_id, r.recipient)
+                for r in s.scalars(select(m.Outbox).where(m.Outbox.kind == "new_ticket"))
+            }
+    assert (1, "bob@acme.example") in got
+    assert (2, "bob@acme.example") not in got
+    assert (2, "alice@acme.example") in got
