@@ -206,12 +206,12 @@ class SmtpRelayTransport:
     ``MIN_PER_SESSION`` mails, each delivered over an SMTP session of its own, in a thread of
     its own (while one session waits for the relay's answer, another sends: Postfix, too,
     delivers to one relay over several connections). A session carries up to
-    ``max_per_connection`` mails, then a new one is opened: MAIL, RCPT, DATA per mail, RSET after a refused one, a new session after
-    a 421 or a dropped connection. A session found closed at MAIL (the relay timed it out) is
-    opened again and the mail sent on the new one; a failure once the mail's data may have
-    reached the relay is that mail's error, retried by the outbox later. When no session can
-    be opened the rest of the batch fails with that error at once. The relay's SIZE limit is
-    checked before sending. No PIPELINING (smtplib does not speak it; see DECISIONS)."""
+    ``max_per_connection`` mails, then a new one is opened: MAIL, RCPT, DATA per mail, RSET
+    after a refused one, a new session after a 421 or a dropped connection. A session found
+    closed at MAIL (the relay timed it out) is opened again and the mail sent on the new one;
+    a failure once the mail's data may have reached the relay is that mail's error, retried by
+    the outbox later. When no session can be opened the rest of its part fails with that
+    error at once. The relay's SIZE limit is checked before sending. No PIPELINING (smtplib does not speak it; see DECISIONS)."""
 
     def __init__(
         self,

@@ -237,7 +237,7 @@ class Notifier:
 
         Caps per (ticket, recipient) and hour and per address and day; an address that
         hard-bounced repeatedly gets none. Counted from what `_read_batch` read for the batch,
-        kept up to date as the batch's rows are made (`_made`)."""
+        kept up to date as the batch's rows are made (`_rows_of`)."""
         since = self.now - TICKET_RECIPIENT_WINDOW
         allowed: set[str] = set()
         for a in sorted(addresses):
@@ -377,9 +377,8 @@ class Notifier:
             for ev, _ in planned
             if ev.kind in NOTICE_KINDS and ev.payload["actor_id"] is not None
         ]
-        if addresses:
-            caps.suppressed = oq.suppressed_among(self.s, addresses) if automatic else set()
         if automatic and addresses:
+            caps.suppressed = oq.suppressed_among(self.s, addresses)
             for ticket_id, recipient, at in oq.automatic_rows_since(
                 self.s,
                 ticket_ids={ev.ticket_id for ev in automatic},
