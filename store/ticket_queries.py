@@ -200,11 +200,4 @@ def copies_of_tickets(conn: Connection, ticket_ids: Collection[int]) -> dict[int
 
 def copies_of_ticket(conn: Connection, ticket_id: int) -> list[CopyRow]:
     """The ticket's RC and RHC entries, oldest first."""
-    stmt = (
-        select(
-            m.TicketCopy.id, m.TicketCopy.kind, m.TicketCopy.employee_id, m.TicketCopy.department_id
-        )
-        .where(m.TicketCopy.ticket_id == ticket_id)
-        .order_by(m.TicketCopy.id)
-    )
-    return [CopyRow(*row) for row in conn.execute(stmt)]
+    return copies_of_tickets(conn, [ticket_id])[ticket_id]
