@@ -360,6 +360,8 @@ class Outbox(Base):
         Index("ix_outbox_due", "state", "next_attempt_at"),
         # The loop breaker counts automatic mail per (ticket, recipient) on every enqueue.
         Index("ix_outbox_ticket_recipient", "ticket_id", "recipient"),
+        # The notice cap counts one sender's notices to a recipient within the hour.
+        Index("ix_outbox_notices", "recipient", "actor_id", "created_at"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
@@ -367,6 +369,8 @@ class Outbox(Base):
     kind: Mapped[str] = mapped_column(String(32))
     recipient: Mapped[str] = mapped_column(String(320), index=True)
     recipient_id: Mapped[int | None] = mapped_column(ForeignKey("employees.id"))
+    # The employee whose action caused the row (the payload's actor_id), None for the system.
+    actor_id: Mapped[int | None] = mapped_column(Integer, default=None)
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     hidden: Mapped[bool] = mapped_column(Boolean, default=False)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -177,15 +177,15 @@ def notice_rows_since(
     since: datetime,
 ) -> list[tuple[int, str, datetime]]:
     """(sender, recipient, created_at) of the outbox rows of these kinds caused by these
-    employees (the payload's ``actor_id``) for these recipients after ``since``; suppressed
+    employees (``actor_id``, index ix_outbox_notices) for these recipients after ``since``; suppressed
     rows do not count. One query for a fan-out batch's notice cap."""
-    actor = m.Outbox.payload["actor_id"].as_integer()
-    stmt = select(actor, m.Outbox.recipient, m.Outbox.created_at).where(
-        m.Outbox.recipient.in_(sorted(recipients)),
-        m.Outbox.kind.in_(sorted(kinds)),
-        m.Outbox.created_at > since,
-        m.Outbox.state != "suppressed",
-        actor.in_(sorted(sender_ids)),
+    o = _OUTBOX()
+    stmt = select(o.c.actor_id, o.c.recipient, o.c.created_at).where(
+        o.c.recipient.in_(sorted(recipients)),
+        o.c.actor_id.in_(sorted(sender_ids)),
+        o.c.created_at > since,
+        o.c.kind.in_(sorted(kinds)),
+        o.c.state != "suppressed",
     )
     return [(int(a), r, at) for a, r, at in s.execute(stmt)]
 

@@ -497,6 +497,7 @@ class Notifier:
                     "kind": kind,
                     "recipient": address,
                     "recipient_id": emp.id,
+                    "actor_id": actor_id,
                     "message_id": msg_id,
                     "hidden": hidden or Role.RHC in roles,
                     "payload": payload,

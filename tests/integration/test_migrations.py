@@ -5,14 +5,14 @@ from __future__ import annotations
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from store import models as m
 from store.db import make_engine
 from store.migrate import alembic_config, upgrade
 from tests.conftest import Database
 
-REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0009", "0010", "0011"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0009", "0010", "0011", "0012"]
 
 
 def _tables(engine: Engine) -> set[str]:
@@ -62,5 +62,31 @@ def test_every_migration_steps_down_and_up_again(database: Database) -> None:
         upgrade(engine)
         assert _revision(engine) == REVISIONS[-1]
         assert _tables(engine) == head_tables
+    finally:
+        engine.dispose()
+
+
+def test_0012_fills_actor_id_from_the_payload(database: Database) -> None:
+    """Rows written before 0012 carry their actor only in the payload: the migration copies it
+    into the column the notice cap now counts by (a system row stays without one)."""
+    engine = make_engine(database.url)
+    try:
+        _migrate(engine, "upgrade", "0011")
+        rows = [(1, '{"actor_id": 7}'), (2, '{"actor_id": null}')]
+        with engine.begin() as conn:
+            for i, payload in rows:
+                conn.execute(
+                    text(
+                        "INSERT INTO outbox (channel, kind, recipient, message_id, hidden,"
+                        " payload, state, attempts, next_attempt_at, last_error, created_at)"
+                        " VALUES ('email', 'new_ticket', 'a@b.example', :mid, false,"
+                        " :payload, 'sent', 1, CURRENT_TIMESTAMP, '', CURRENT_TIMESTAMP)"
+                    ),
+                    {"mid": f"m{i}@x.example", "payload": payload},
+                )
+        upgrade(engine)
+        with engine.connect() as conn:
+            got = dict(conn.execute(text("SELECT message_id, actor_id FROM outbox")).all())
+        assert got == {"m1@x.example": 7, "m2@x.example": None}
     finally:
         engine.dispose()
