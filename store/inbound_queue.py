@@ -262,14 +262,17 @@ def _runner_statements(dialect: str) -> _RunnerStatements:
         queued_ids=select(mail.message_id, func.min(mail.id))
         .where(mail.message_id.in_(_ids("mids")), mail.outcome == QUEUED)
         .group_by(mail.message_id),
-        seen=tuple(
-            select(col).where(col.in_(_ids("mids"))).distinct()
-            for col in (
-                mail.message_id,
-                m.Message.message_id,
-                m.Outbox.message_id,
-                m.Ticket.root_message_id,
-            )
+        # Received and decided (a queued mail is `queued_ids`' business: counted here, a
+        # parent queued between that look-up and this one would count as seen, and its reply
+        # would be processed before it), sent, or a ticket's root.
+        seen=(
+            select(mail.message_id)
+            .where(mail.message_id.in_(_ids("mids")), mail.outcome != QUEUED)
+            .distinct(),
+            *(
+                select(col).where(col.in_(_ids("mids"))).distinct()
+                for col in (m.Message.message_id, m.Outbox.message_id, m.Ticket.root_message_id)
+            ),
         ),
         defer=update(mail).where(by_id).values(not_before=bindparam("until")),
         waiting_replies=waiting,
@@ -336,7 +339,8 @@ def queued_with_message_ids(s: Session, mids: Iterable[str]) -> dict[str, int]:
 
 
 def seen_message_ids(s: Session, mids: Iterable[str]) -> set[str]:
-    """Those of `mids` the gateway has seen: received (any outcome), sent, or a ticket's root."""
+    """Those of `mids` the gateway has seen: received and no longer queued, sent, or a
+    ticket's root."""
     wanted = list(set(mids))
     if not wanted:
         return set()
