@@ -189,8 +189,9 @@ def parse_limits(settings: Settings) -> ParseLimits:
     )
 
 
-def make_runner(app: App) -> IntakeRunner:
-    """The intake runner over `app`'s inbound queue."""
+def make_runner(app: App, queue_slice: tuple[int, int] = (0, 1)) -> IntakeRunner:
+    """The intake runner over `app`'s inbound queue, or over the slice (i, n) of it that is
+    runner i's of n."""
     i = app.settings.intake
     return IntakeRunner(
         make_intake(app),
@@ -198,6 +199,7 @@ def make_runner(app: App) -> IntakeRunner:
         limits=parse_limits(app.settings),
         batch_size=i.batch_size,
         poll_seconds=i.poll_seconds,
+        queue_slice=queue_slice,
     )
 
 

@@ -37,9 +37,11 @@ from gateway.service.status import StatusService, prometheus_label
 log = logging.getLogger("ticketgate")
 
 
-def _runner_process_main(settings: Settings, role: str = "intake") -> None:
+def _runner_process_main(
+    settings: Settings, role: str = "intake", queue_slice: tuple[int, int] = (0, 1)
+) -> None:
     """A runner process: its own App on the same database, the loop of ``role`` (the intake
-    runner, or a delivery worker), until SIGTERM."""
+    runner, over its ``queue_slice``, or a delivery worker), until SIGTERM."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -49,7 +51,7 @@ def _runner_process_main(settings: Settings, role: str = "intake") -> None:
         slack = {"slack": make_slack_poster(app)} if settings.slack.enabled else {}
         runner = make_worker(app, slack)
     else:
-        runner = make_runner(app)
+        runner = make_runner(app, queue_slice)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
@@ -71,10 +73,18 @@ class RunnerProcess:
     thread if it dies (a crash or a kill; not when SIGTERM stopped it).
     The queue or the outbox is the hand-off: nothing passes between the processes."""
 
-    def __init__(self, settings: Settings, *, name: str, role: str = "intake") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str,
+        role: str = "intake",
+        queue_slice: tuple[int, int] = (0, 1),
+    ) -> None:
         self.settings = settings
         self.name = name
         self.role = role
+        self.queue_slice = queue_slice
         self._mp = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
         self._stop = threading.Event()
@@ -83,7 +93,7 @@ class RunnerProcess:
     def _spawn(self) -> None:
         self._proc = self._mp.Process(
             target=_runner_process_main,
-            args=(self.settings, self.role),
+            args=(self.settings, self.role, self.queue_slice),
             name=self.name,
             daemon=True,
         )
@@ -142,17 +152,18 @@ def _start_loop(
     in_child: bool,
     started: list[Any],
     senders: Mapping[str, ChannelSender] | None = None,
+    queue_slice: tuple[int, int] = (0, 1),
 ) -> IntakeRunner | DeliveryWorker | None:
-    """Start the intake runner or a delivery worker (``role``, with the other channels'
-    ``senders``): in a child process of its own (which makes its own senders), or as a thread
-    of this one (returned); either way added to ``started``."""
+    """Start the intake runner (over ``queue_slice``) or a delivery worker (``role``, with
+    the other channels' ``senders``): in a child process of its own (which makes its own
+    senders), or as a thread of this one (returned); either way added to ``started``."""
     if in_child:
-        child = RunnerProcess(settings, name=name, role=role)
+        child = RunnerProcess(settings, name=name, role=role, queue_slice=queue_slice)
         child.start()
         started.append(child)
         return None
     loop: IntakeRunner | DeliveryWorker = (
-        make_worker(app, senders) if role == "delivery" else make_runner(app)
+        make_worker(app, senders) if role == "delivery" else make_runner(app, queue_slice)
     )
     loop.start(name=name)
     started.append(loop)
@@ -171,11 +182,19 @@ def run(settings: Settings) -> int:
     stop = threading.Event()
     started: list[Any] = []
     try:
-        # intake.runners = 0: another gateway process processes the queue (SPEC §7).
+        # intake.runners = 0: another gateway process processes the queue (SPEC §7). With
+        # several, runner i takes the queued mails whose id is i modulo their number.
         runners: list[IntakeRunner] = []
-        for i in range(settings.intake.runners):
+        n = settings.intake.runners
+        for i in range(n):
             runner = _start_loop(
-                settings, app, "intake", f"intake-runner-{i}", settings.intake.processes, started
+                settings,
+                app,
+                "intake",
+                f"intake-runner-{i}",
+                settings.intake.processes,
+                started,
+                queue_slice=(i, n),
             )
             if isinstance(runner, IntakeRunner):
                 runners.append(runner)

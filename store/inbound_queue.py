@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, true, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -130,11 +130,20 @@ def enqueue(conn: Connection, mails: Sequence[NewInbound], *, now: datetime) -> 
 
 
 def queued_batch(
-    s: Session, *, now: datetime, limit: int, max_bytes: int | None = None
+    s: Session,
+    *,
+    now: datetime,
+    limit: int,
+    max_bytes: int | None = None,
+    queue_slice: tuple[int, int] = (0, 1),
 ) -> list[QueuedRow]:
     """The oldest queued mails that may be claimed now, with their raw bytes: at most `limit`
     mails, and with `max_bytes`, no more once their raw bytes would pass it (the first is
-    always taken), so that a queue of large mails is not read into memory at once."""
+    always taken), so that a queue of large mails is not read into memory at once.
+    `queue_slice` (i, n) takes only the mails whose id is i modulo n: n runners, each with a
+    slice of its own, read and parse different mails (Mailman's queue slices)."""
+    index, slices = queue_slice
+    in_slice = (m.InboundMail.id % slices == index) if slices > 1 else true()
     rows = s.execute(
         select(
             m.InboundMail.id,
@@ -151,6 +160,7 @@ def queued_batch(
         .where(
             m.InboundMail.outcome == QUEUED,
             (m.InboundMail.not_before.is_(None)) | (m.InboundMail.not_before <= now),
+            in_slice,
         )
         .order_by(m.InboundMail.id)
         .limit(limit)

@@ -42,6 +42,7 @@ class IntakeRunner:
         batch_bytes: int = BATCH_BYTES,
         poll_seconds: float = 0.5,
         retry_seconds: float = 1.0,
+        queue_slice: tuple[int, int] = (0, 1),
     ) -> None:
         self.intake = intake
         self.ctx = ctx
@@ -50,6 +51,9 @@ class IntakeRunner:
         self.batch_bytes = batch_bytes
         self.poll_seconds = poll_seconds
         self.retry_seconds = retry_seconds
+        # (i, n): this runner takes the queued mails whose id is i modulo n, so that n
+        # runners parse different mails (the service's claim keeps each mail applied once).
+        self.queue_slice = queue_slice
         self.counts: Counter[str] = Counter()  # mails that left the queue, by outcome
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -70,7 +74,9 @@ class IntakeRunner:
 
     def run_once(self) -> int:
         """Process one batch of queued mail; returns how many mails left the queue."""
-        mails = self.intake.waiting(self.batch_size, max_bytes=self.batch_bytes)
+        mails = self.intake.waiting(
+            self.batch_size, max_bytes=self.batch_bytes, queue_slice=self.queue_slice
+        )
         if not mails:
             return 0
         results = self.intake.process([self.parse(q) for q in mails])
@@ -113,6 +119,9 @@ class IntakeRunner:
                 self._wake.clear()
 
     def start(self, name: str = "intake-runner") -> None:
+        index, slices = self.queue_slice
+        if slices > 1:
+            log.info("%s: takes the queued mails whose id is %d modulo %d", name, index, slices)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 

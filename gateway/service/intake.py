@@ -78,11 +78,24 @@ class MailIntake:
         self._refs_of_queued: dict[int, list[str]] = {}
 
     # ---- the queue ------------------------------------------------------------------------------
-    def waiting(self, limit: int, *, max_bytes: int | None = None) -> list[QueuedMail]:
+    def waiting(
+        self,
+        limit: int,
+        *,
+        max_bytes: int | None = None,
+        queue_slice: tuple[int, int] = (0, 1),
+    ) -> list[QueuedMail]:
         """The oldest queued mails that may be processed now (read without a write lock): at
-        most `limit`, and no more than `max_bytes` of raw mail unless the first is bigger."""
+        most `limit`, and no more than `max_bytes` of raw mail unless the first is bigger;
+        of `queue_slice` (i, n) only the mails whose record id is i modulo n."""
         with storage_errors(self.on_storage_error), read_session(self.svc.sessions) as s:
-            rows = queue.queued_batch(s, now=self.svc.now(), limit=limit, max_bytes=max_bytes)
+            rows = queue.queued_batch(
+                s,
+                now=self.svc.now(),
+                limit=limit,
+                max_bytes=max_bytes,
+                queue_slice=queue_slice,
+            )
         return [
             QueuedMail(
                 record_id=r.id,

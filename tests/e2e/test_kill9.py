@@ -232,8 +232,9 @@ def test_kill9_mid_stream_loses_and_duplicates_nothing(database: Database, tmp_p
 
 def test_kill9_while_the_runner_works_through_the_queue(database: Database, tmp_path: Path) -> None:
     """200 mails queued by a `run` without a runner (`intake.runners = 0`), then a `run` with
-    one, killed -9 while it works through them, then started again: every mail becomes one
-    ticket, with one acknowledgement and one notice (nothing applied twice, nothing lost)."""
+    two (each over half of the queue, in processes of their own), killed -9 while they work
+    through them, then started again: every mail becomes one ticket, with one
+    acknowledgement and one notice (nothing applied twice, nothing lost)."""
     with installation(database, tmp_path, {"TICKETGATE__INTAKE__RUNNERS": "0"}) as inst:
         inst.start()
         client = Client(inst.smtp_port)
@@ -242,7 +243,7 @@ def test_kill9_while_the_runner_works_through_the_queue(database: Database, tmp_
         assert client.acked == set(range(TOTAL)) and client.refused == {}
         inst.stop()
         assert queued(database) == TOTAL
-        inst.env["TICKETGATE__INTAKE__RUNNERS"] = "1"
+        inst.env["TICKETGATE__INTAKE__RUNNERS"] = "2"
         inst.env["TICKETGATE__INTAKE__BATCH_SIZE"] = "8"
         inst.start()
         poll_until(
@@ -256,6 +257,9 @@ def test_kill9_while_the_runner_works_through_the_queue(database: Database, tmp_
         assert 0 < left < TOTAL, left
         inst.start()
         assert_stored_once(database, TOTAL)
+        log = inst.log.read_text()
+        for i in (0, 1):
+            assert f"takes the queued mails whose id is {i} modulo 2" in log
         print(f"\nkill -9 with {left} of {TOTAL} mails still queued")
 
 

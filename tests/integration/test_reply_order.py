@@ -113,17 +113,21 @@ def test_replies_land_on_their_parents_in_any_order(live_env: Env) -> None:
 
 
 @pytest.mark.postgres
-def test_replies_land_on_their_parents_with_two_runners(tmp_path: Path) -> None:
-    """Two runners on one PostgreSQL database (SPEC §7: several gateway processes share it;
-    SQLite serves one)."""
+@pytest.mark.parametrize("sliced", [False, True], ids=["two-processes", "intake.runners=2"])
+def test_replies_land_on_their_parents_with_two_runners(tmp_path: Path, sliced: bool) -> None:
+    """Two runners on one PostgreSQL database: each over the whole queue (two gateway
+    processes, SPEC §7: they share it; SQLite serves one), or each over its half of it
+    (`intake.runners = 2`: a parent and its reply are often in different halves)."""
     if not PG_URL:
         pytest.skip("TICKETGATE_TEST_POSTGRES_URL is not set (.ci/run always sets it)")
     with postgres_schema() as schema, _live_env(with_search_path(PG_URL, schema), tmp_path) as e:
-        _replies_land(e, runners=2)
+        _replies_land(e, runners=2, sliced=sliced)
 
 
-def _replies_land(live_env: Env, *, runners: int) -> None:
-    workers = [make_runner(live_env.app) for _ in range(runners)]
+def _replies_land(live_env: Env, *, runners: int, sliced: bool = False) -> None:
+    workers = [
+        make_runner(live_env.app, (i, runners) if sliced else (0, 1)) for i in range(runners)
+    ]
     with serving(live_env) as gw:
         for w in workers:
             w.start()

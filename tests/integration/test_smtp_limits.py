@@ -208,6 +208,31 @@ def test_the_runner_reads_queued_mail_in_batches_bounded_by_their_bytes(gateway:
     assert outcomes == ["ticket"] * 3
 
 
+def test_runners_over_slices_of_the_queue_read_and_process_only_their_own(
+    gateway: Gateway,
+) -> None:
+    """`intake.runners = 2`: runner 1 of 2 reads and processes only the mails whose record
+    id is odd, and leaves the others queued; runner 0 of 2 then processes those."""
+    for i in range(6):
+        msg = mail(REQ, [IT], f"Sliced {i}", "One of six.", msgid=f"<slice-{i}@client.example>")
+        assert gateway.send(msg, REQ, [IT], process=False)[0] == 250
+    intake = make_intake(gateway.env.app)
+    ids = [q.record_id for q in intake.waiting(32)]
+    assert len(ids) == 6
+    assert [q.record_id for q in intake.waiting(32, queue_slice=(1, 2))] == [
+        i for i in ids if i % 2 == 1
+    ]
+    assert make_runner(gateway.env.app, (1, 2)).run_until_idle() == 3
+
+    def outcomes() -> dict[int, str]:
+        with gateway.env.app.sessions() as s:
+            return dict(s.execute(select(m.InboundMail.id, m.InboundMail.outcome)).tuples().all())
+
+    assert outcomes() == {i: "ticket" if i % 2 else "queued" for i in ids}
+    assert make_runner(gateway.env.app, (0, 2)).run_until_idle() == 3
+    assert outcomes() == {i: "ticket" for i in ids}
+
+
 def test_the_banner_and_the_ehlo_answer_name_no_version(sqlite_env: Env) -> None:
     """The greeting is `220 <hostname> ticketgate ESMTP`; neither it nor EHLO names Python,
     aiosmtpd or a version number."""
