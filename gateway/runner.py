@@ -10,6 +10,7 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
 from gateway.bootstrap import (
@@ -36,12 +37,19 @@ from gateway.service.status import StatusService, prometheus_label
 
 log = logging.getLogger("ticketgate")
 
+# How long `run` waits for its intake runner processes to start before it opens intake.
+RUNNER_READY_SECONDS = 30
+
 
 def _runner_process_main(
-    settings: Settings, role: str = "intake", queue_slice: tuple[int, int] = (0, 1)
+    settings: Settings,
+    role: str = "intake",
+    queue_slice: tuple[int, int] = (0, 1),
+    ready: EventType | None = None,
 ) -> None:
     """A runner process: its own App on the same database, the loop of ``role`` (the intake
-    runner, over its ``queue_slice``, or a delivery worker), until SIGTERM."""
+    runner, over its ``queue_slice``, or a delivery worker), until SIGTERM; ``ready`` is set
+    once the loop runs."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -56,6 +64,8 @@ def _runner_process_main(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
     runner.start()
+    if ready is not None:
+        ready.set()
     parent = os.getppid()
     # Killed with its parent's process group, or on its own: a runner whose `run` is gone
     # (kill -9 of the parent alone) stops too instead of working on beside the next `run`.
@@ -87,13 +97,14 @@ class RunnerProcess:
         self.queue_slice = queue_slice
         self._mp = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
+        self._ready = self._mp.Event()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
     def _spawn(self) -> None:
         self._proc = self._mp.Process(
             target=_runner_process_main,
-            args=(self.settings, self.role, self.queue_slice),
+            args=(self.settings, self.role, self.queue_slice, self._ready),
             name=self.name,
             daemon=True,
         )
@@ -104,6 +115,11 @@ class RunnerProcess:
         self._spawn()
         self._watcher = threading.Thread(target=self._watch, name=f"{self.name}-watch", daemon=True)
         self._watcher.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the first process got its loop running within ``timeout`` seconds (a
+        spawned interpreter imports the gateway first: about a second)."""
+        return self._ready.wait(timeout)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
@@ -198,6 +214,18 @@ def run(settings: Settings) -> int:
             )
             if isinstance(runner, IntakeRunner):
                 runners.append(runner)
+
+        # The SMTP port opens once the runner processes work: mail accepted meanwhile would
+        # only wait in the queue while they import the gateway (about a second each).
+        for child in [c for c in started if isinstance(c, RunnerProcess)]:
+            if child.wait_ready(RUNNER_READY_SECONDS):
+                log.info("%s: running", child.name)
+            else:
+                log.warning(
+                    "%s: not running after %d s; intake opens anyway (mail waits in the queue)",
+                    child.name,
+                    RUNNER_READY_SECONDS,
+                )
 
         def wake_runners() -> None:
             for r in runners:

@@ -265,9 +265,15 @@ def test_kill9_while_the_runner_works_through_the_queue(database: Database, tmp_
 
 def test_sigterm_stops_run(database: Database, tmp_path: Path) -> None:
     """SIGTERM to the process group: `run` exits 0 within seconds, and a mail acknowledged just
-    before is kept (processed, or queued for the next start)."""
+    before is kept (processed, or queued for the next start). `run` opened SMTP intake only
+    once its runner process was running."""
     with installation(database, tmp_path) as inst:
         inst.start()
+        poll_until(
+            lambda: "SMTP intake on" in inst.log.read_text(), timeout=10, what="run's log line"
+        )
+        started = inst.log.read_text()
+        assert started.index("intake-runner-0: running") < started.index("SMTP intake on")
         sender, dept, data = message(0)
         with smtplib.SMTP("127.0.0.1", inst.smtp_port, timeout=10) as smtp:
             assert smtp.sendmail(sender, [dept], data) == {}
