@@ -3,10 +3,12 @@ edge, runner and delivery worker over them."""
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
 
 from slack_sdk import WebClient
@@ -46,6 +48,25 @@ from store.db import make_engine, session_factory
 from store.org_queries import first_organization
 
 
+@dataclass(frozen=True)
+class Doorbells:
+    """How the parts of `run` wake each other across its processes. ``queued`` is rung after
+    an edge (SMTP, IMAP) committed queued mail, and idle intake runners wait on it; ``outbox``
+    after a transaction recorded notification events, and idle delivery workers wait on it.
+    They are multiprocessing Events, so they reach runners and workers in child processes. A
+    ring that is missed (another runner cleared it first) costs one poll interval, no mail:
+    the queue and the outbox stay the hand-off."""
+
+    queued: ProcessEvent
+    outbox: ProcessEvent
+
+
+def make_doorbells() -> Doorbells:
+    """Doorbells that can be handed to spawned child processes."""
+    mp = multiprocessing.get_context("spawn")
+    return Doorbells(queued=mp.Event(), outbox=mp.Event())
+
+
 @dataclass
 class App:
     settings: Settings
@@ -54,6 +75,7 @@ class App:
     service: TicketService
     tokens: ReplyTokens | None
     identity: MailIdentity
+    doorbells: Doorbells | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -73,7 +95,15 @@ def mail_domain(settings: Settings, sessions: sessionmaker[Session]) -> str:
     return "localhost"
 
 
-def build(settings: Settings, *, clock: Clock | None = None, need_secret: bool = False) -> App:
+def build(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    need_secret: bool = False,
+    doorbells: Doorbells | None = None,
+) -> App:
+    """The engine, sessions, tokens and service of ``settings``; with ``doorbells`` (`run`),
+    a transaction that recorded notification events rings ``doorbells.outbox``."""
     engine = make_engine(settings.database.url, echo=settings.database.echo)
     sessions = session_factory(engine)
     domain = mail_domain(settings, sessions)
@@ -107,8 +137,9 @@ def build(settings: Settings, *, clock: Clock | None = None, need_secret: bool =
             default_department=settings.mail.default_department,
         ),
         sla=SlaClocks(schedule_options(settings)),
+        on_outbox=doorbells.outbox.set if doorbells is not None else lambda: None,
     )
-    return App(settings, engine, sessions, service, tokens, identity)
+    return App(settings, engine, sessions, service, tokens, identity, doorbells)
 
 
 def schedule_options(settings: Settings) -> ScheduleOptions:
@@ -191,7 +222,7 @@ def parse_limits(settings: Settings) -> ParseLimits:
 
 def make_runner(app: App, queue_slice: tuple[int, int] = (0, 1)) -> IntakeRunner:
     """The intake runner over `app`'s inbound queue, or over the slice (i, n) of it that is
-    runner i's of n."""
+    runner i's of n; woken by `app.doorbells.queued` when there are doorbells."""
     i = app.settings.intake
     return IntakeRunner(
         make_intake(app),
@@ -200,6 +231,7 @@ def make_runner(app: App, queue_slice: tuple[int, int] = (0, 1)) -> IntakeRunner
         batch_size=i.batch_size,
         poll_seconds=i.poll_seconds,
         queue_slice=queue_slice,
+        wake_on=app.doorbells.queued if app.doorbells is not None else None,
     )
 
 
@@ -229,7 +261,8 @@ def delivery_processes(settings: Settings) -> bool:
 
 def make_worker(app: App, senders: Mapping[str, ChannelSender] | None = None) -> DeliveryWorker:
     """The delivery worker: mail, and the rows of other channels ``senders`` deliver (Slack).
-    With `slack.enabled`, events also fan out to Slack rows."""
+    With `slack.enabled`, events also fan out to Slack rows. Woken by `app.doorbells.outbox`
+    when there are doorbells."""
     o = app.settings.outbound
     fan_outs: list[ChannelFanOut] = [SlackFanOut()] if app.settings.slack.enabled else []
     outbox = OutboxService(
@@ -255,6 +288,7 @@ def make_worker(app: App, senders: Mapping[str, ChannelSender] | None = None) ->
         {email.channel: email, **(senders or {})},
         poll_seconds=o.poll_seconds,
         batch=o.batch_size,
+        wake_on=app.doorbells.outbox if app.doorbells is not None else None,
     )
 
 

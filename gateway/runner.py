@@ -15,9 +15,11 @@ from typing import Any
 
 from gateway.bootstrap import (
     App,
+    Doorbells,
     SlackRuntime,
     build,
     delivery_processes,
+    make_doorbells,
     make_edge,
     make_imap_watchers,
     make_runner,
@@ -46,14 +48,15 @@ def _runner_process_main(
     role: str = "intake",
     queue_slice: tuple[int, int] = (0, 1),
     ready: EventType | None = None,
+    doorbells: Doorbells | None = None,
 ) -> None:
     """A runner process: its own App on the same database, the loop of ``role`` (the intake
     runner, over its ``queue_slice``, or a delivery worker), until SIGTERM; ``ready`` is set
-    once the loop runs."""
+    once the loop runs; ``doorbells`` are `run`'s (bootstrap.Doorbells)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = build(settings)
+    app = build(settings, doorbells=doorbells)
     runner: IntakeRunner | DeliveryWorker
     if role == "delivery":
         slack = {"slack": make_slack_poster(app)} if settings.slack.enabled else {}
@@ -90,11 +93,13 @@ class RunnerProcess:
         name: str,
         role: str = "intake",
         queue_slice: tuple[int, int] = (0, 1),
+        doorbells: Doorbells | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
         self.role = role
         self.queue_slice = queue_slice
+        self.doorbells = doorbells
         self._mp = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
         self._ready = self._mp.Event()
@@ -104,7 +109,7 @@ class RunnerProcess:
     def _spawn(self) -> None:
         self._proc = self._mp.Process(
             target=_runner_process_main,
-            args=(self.settings, self.role, self.queue_slice, self._ready),
+            args=(self.settings, self.role, self.queue_slice, self._ready, self.doorbells),
             name=self.name,
             daemon=True,
         )
@@ -174,7 +179,9 @@ def _start_loop(
     the other channels' ``senders``): in a child process of its own (which makes its own
     senders), or as a thread of this one (returned); either way added to ``started``."""
     if in_child:
-        child = RunnerProcess(settings, name=name, role=role, queue_slice=queue_slice)
+        child = RunnerProcess(
+            settings, name=name, role=role, queue_slice=queue_slice, doorbells=app.doorbells
+        )
         child.start()
         started.append(child)
         return None
@@ -194,7 +201,10 @@ def run(settings: Settings) -> int:
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     # imapclient logs every connection it closes at INFO; the watchers say what matters.
     logging.getLogger("imapclient").setLevel(logging.WARNING)
-    app = build(settings, need_secret=True)
+    # Edges ring `queued` after each commit, runners ring `outbox` after recording notification
+    # events: the next one along starts at once, in this process or in a child.
+    doorbells = make_doorbells()
+    app = build(settings, need_secret=True, doorbells=doorbells)
     stop = threading.Event()
     started: list[Any] = []
     try:
@@ -227,10 +237,7 @@ def run(settings: Settings) -> int:
                     RUNNER_READY_SECONDS,
                 )
 
-        def wake_runners() -> None:
-            for r in runners:
-                r.wake()
-
+        wake_runners = doorbells.queued.set
         if settings.smtp.enabled:
             server = SmtpEdgeServer(
                 make_edge(app, on_queued=wake_runners),

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from multiprocessing.synchronize import Event as ProcessEvent
 from typing import Any
 
 from gateway.mail.delivery import (
@@ -168,12 +169,17 @@ class DeliveryWorker:
         poll_seconds: float = 1.0,
         batch: int = 50,
         monotonic: Callable[[], float] = time.monotonic,
+        wake_on: threading.Event | ProcessEvent | None = None,
     ) -> None:
         self.outbox = outbox
         self.senders = dict(senders)
         self.poll_seconds = poll_seconds
         self.batch = max(1, batch)
         self._stop = threading.Event()
+        # Set when notification events were recorded: by `wake`, or (``wake_on``, a
+        # multiprocessing Event of `run`) by a runner in another process. Idle, the worker
+        # waits on it at most `poll_seconds`.
+        self._wake = wake_on if wake_on is not None else threading.Event()
         self._thread: threading.Thread | None = None
         self.storage = StorageState(log, "delivery", meanwhile="will retry", monotonic=monotonic)
 
@@ -227,10 +233,15 @@ class DeliveryWorker:
         self.storage.succeeded()
         return handled
 
+    def wake(self) -> None:
+        """Notification events were recorded: look now instead of at the next poll."""
+        self._wake.set()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             if not self.step():
-                self._stop.wait(self.poll_seconds)
+                self._wake.wait(self.poll_seconds)
+                self._wake.clear()
 
     def start(self, name: str = "delivery") -> None:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -238,5 +249,6 @@ class DeliveryWorker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)

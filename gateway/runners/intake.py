@@ -13,6 +13,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import replace
+from multiprocessing.synchronize import Event as ProcessEvent
 
 from gateway.domain.lifecycle import Channel
 from gateway.mail.parse import ParseLimits
@@ -43,6 +44,7 @@ class IntakeRunner:
         poll_seconds: float = 0.5,
         retry_seconds: float = 1.0,
         queue_slice: tuple[int, int] = (0, 1),
+        wake_on: threading.Event | ProcessEvent | None = None,
     ) -> None:
         self.intake = intake
         self.ctx = ctx
@@ -55,7 +57,9 @@ class IntakeRunner:
         # runners parse different mails (the service's claim keeps each mail applied once).
         self.queue_slice = queue_slice
         self.counts: Counter[str] = Counter()  # mails that left the queue, by outcome
-        self._wake = threading.Event()
+        # Set when mail was queued: by `wake`, or (``wake_on``, a multiprocessing Event of
+        # `run`) by an edge in another process. Idle, the runner waits on it at most a poll.
+        self._wake = wake_on if wake_on is not None else threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.storage = StorageState(log, "intake runner", meanwhile="mail stays queued")

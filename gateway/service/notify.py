@@ -159,6 +159,8 @@ class Notifier:
         self._members: dict[int, list[m.Employee]] = {}
         # Per ticket: its newest history entries, read for the fan-out batch at hand.
         self._history: dict[int, list[m.StatusHistory]] = {}
+        # Events this unit recorded: after its commit the delivery workers are woken.
+        self.enqueued = 0
 
     def forget(self) -> None:
         """A SAVEPOINT of this unit was rolled back: drop what the look-ups learnt."""
@@ -316,6 +318,7 @@ class Notifier:
             "at": self.now.isoformat(),
         }
         # A Core INSERT: the unit never reads the event back.
+        self.enqueued += 1
         oq.insert_event(
             self._conn or self.s.connection(),
             ticket_id=ticket.id,

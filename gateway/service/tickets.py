@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -607,6 +607,7 @@ class TicketService:
         tokens: ReplyTokens | None,
         options: ServiceOptions = ServiceOptions(),
         sla: SlaClocks | None = None,
+        on_outbox: Callable[[], None] = lambda: None,
     ) -> None:
         self.sessions = sessions
         self.clock = clock
@@ -614,6 +615,9 @@ class TicketService:
         self.tokens = tokens
         self.options = options
         self.sla = sla or SlaClocks()
+        # Run after a unit that recorded notification events committed (`run` wakes its
+        # delivery workers with it, see bootstrap.Doorbells).
+        self.on_outbox = on_outbox
 
     @contextmanager
     def unit(
@@ -621,15 +625,19 @@ class TicketService:
     ) -> Iterator[Unit]:
         """A transaction: committed when the block ends, rolled back on any exception.
         ``cache``: organization rows kept from earlier transactions of the same thread;
-        ``now``: the instant the unit acts at (the scheduler's `tick --at`), else the clock's."""
+        ``now``: the instant the unit acts at (the scheduler's `tick --at`), else the clock's.
+        After a commit that recorded notification events, ``on_outbox`` runs."""
         try:
             with write_session(self.sessions) as s:
-                yield Unit(self, s, cache, now=now)
+                u = Unit(self, s, cache, now=now)
+                yield u
         except BaseException:
             if cache is not None:
                 # A rollback expires what the session loaded: held rows would be unreadable.
                 cache.clear()
             raise
+        if u.notify.enqueued:
+            self.on_outbox()
 
     # ---- commands from the CLI (and Slack) ---------------------------------------------------
     def raise_ticket(self, cmd: RaiseTicket, *, once: str | None = None) -> str:

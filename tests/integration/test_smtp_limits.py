@@ -226,7 +226,8 @@ def test_runners_over_slices_of_the_queue_read_and_process_only_their_own(
 
     def outcomes() -> dict[int, str]:
         with gateway.env.app.sessions() as s:
-            return dict(s.execute(select(m.InboundMail.id, m.InboundMail.outcome)).tuples().all())
+            rows = s.execute(select(m.InboundMail.id, m.InboundMail.outcome)).all()
+            return {rid: outcome for rid, outcome in rows}
 
     assert outcomes() == {i: "ticket" if i % 2 else "queued" for i in ids}
     assert make_runner(gateway.env.app, (0, 2)).run_until_idle() == 3
