@@ -50,7 +50,10 @@ def dispatch(args: argparse.Namespace, app: App) -> int:
             n = worker.outbox.retry(args.ids or None)
             _out({"requeued": n}, args.json, [f"{n} message(s) queued again"])
         else:
-            n = worker.run_once()
+            try:
+                n = worker.run_once()
+            finally:
+                worker.close()
             print(f"{n} message(s) handled")
         return 0
     if args.cmd == "quarantine":

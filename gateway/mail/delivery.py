@@ -51,6 +51,10 @@ class Transport(Protocol):
         (`TemporaryDeliveryError`, `PermanentDeliveryError`), in order."""
         ...
 
+    def close(self) -> None:
+        """Let go of the threads and connections kept between batches."""
+        ...
+
 
 def _check_envelope_address(addr: str) -> None:
     # An envelope address travels in an SMTP command or a header line we write ourselves;
@@ -138,6 +142,7 @@ class MaildirTransport:
         return self._fsyncs
 
     def close(self) -> None:
+        """Stop the threads that write and sync files (they start again with the next batch)."""
         if self._fsyncs is not None:
             self._fsyncs.shutdown()
             self._fsyncs = None
@@ -260,6 +265,13 @@ class SmtpRelayTransport:
         if self._senders is None:
             self._senders = ThreadPoolExecutor(self.sessions, thread_name_prefix="relay-session")
         return [r for part in self._senders.map(self._send_on_one_session, chunks) for r in part]
+
+    def close(self) -> None:
+        """Stop the threads of the concurrent relay sessions (each batch already closed its
+        sessions; the threads start again with the next batch that needs them)."""
+        if self._senders is not None:
+            self._senders.shutdown()
+            self._senders = None
 
     def _send_on_one_session(self, mails: Sequence[OutgoingMail]) -> list[Exception | None]:
         results: list[Exception | None] = []

@@ -119,6 +119,9 @@ class EmailSender:
                     errors[item.id] = f"{type(e).__name__}: {e}"
         return data, errors
 
+    def close(self) -> None:
+        self.transport.close()
+
     def deliver(self, items: Sequence[OutboxItem]) -> list[DeliveryOutcome]:
         data, errors = self.render(items)
         outcomes = [DeliveryOutcome(i, "retry", e) for i, e in errors.items()]
@@ -248,7 +251,14 @@ class DeliveryWorker:
         self._thread.start()
 
     def stop(self) -> None:
+        """End the loop (the batch at hand is finished first), then close the senders."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.close()
+
+    def close(self) -> None:
+        """Close every sender: the threads and sessions they keep between batches end."""
+        for sender in self.senders.values():
+            sender.close()

@@ -66,6 +66,10 @@ class ChannelSender(Protocol):
 
     def deliver(self, items: Sequence[OutboxItem]) -> list[DeliveryOutcome]: ...
 
+    def close(self) -> None:
+        """The worker stops: let go of what is kept between batches (threads, sessions)."""
+        ...
+
 
 # Another channel's rows for one event, written at fan-out beside the mail rows (the Slack
 # channel post, its thread, DMs): (session, event, the event's notifier) → rows added.

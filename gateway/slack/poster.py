@@ -33,6 +33,9 @@ class SlackPoster:
         self.service = service
         self.counters = counters
 
+    def close(self) -> None:
+        """Nothing is kept between batches: the WebClient opens a connection per call."""
+
     def deliver(self, items: Sequence[OutboxItem]) -> list[DeliveryOutcome]:
         out = []
         for item in items:

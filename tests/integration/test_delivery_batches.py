@@ -25,7 +25,7 @@ from gateway.mail.outbound import audience
 from gateway.service.commands import RaiseTicket
 from gateway.service.outbox import DeliveryOutcome, OutboxItem
 from store import models as m
-from tests.conftest import Database, Env, demo_env, free_port
+from tests.conftest import Database, Env, demo_env, free_port, poll_until
 
 REQ = "frank@acme.example"
 IT = "it@acme.example"
@@ -154,6 +154,36 @@ def test_one_relay_session_carries_a_batch(
         assert {(r.state, r.attempts) for r in rows(env)} == {("sent", 1)}
 
 
+def threads_named(prefix: str) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+@pytest.mark.parametrize("transport", ["smtp", "maildir"])
+def test_a_stopped_worker_leaves_no_sender_threads(
+    database: Database, tmp_path: Path, relay: Relay, transport: str
+) -> None:
+    """A batch over four relay sessions (or a maildir batch) runs on the transport's threads;
+    once the worker has stopped, none of them is left (`run` stopping, `outbox deliver`)."""
+    prefix = "relay-session" if transport == "smtp" else "maildir-fsync"
+    extra = smtp_settings(relay, TICKETGATE__OUTBOUND__RELAY_SESSIONS="4")
+    if transport == "maildir":
+        extra = {**MANY, "TICKETGATE__OUTBOUND__TRANSPORT": "maildir"}
+        extra["TICKETGATE__OUTBOUND__MAILDIR"] = str(tmp_path / "outbox")
+    with demo_env(database, tmp_path / "install", extra) as env:
+        raise_tickets(env, 10)
+        before = threads_named(prefix)
+        worker = make_worker(env.app)
+        worker.start()
+        poll_until(
+            lambda: [r.state for r in rows(env)] == ["sent"] * 40, timeout=30, what="40 sent"
+        )
+        assert len(threads_named(prefix)) > len(before)
+        worker.stop()
+        assert threads_named(prefix) == before
+        if transport == "smtp":
+            assert relay.message_ids() == Counter({r.message_id: 1 for r in rows(env)})
+
+
 def test_a_refused_recipient_does_not_stop_the_session(
     database: Database, tmp_path: Path, relay: Relay
 ) -> None:
@@ -223,6 +253,9 @@ class FakeSlack:
         if step == "429":
             return [DeliveryOutcome(i.id, "retry", "429 ratelimited", retry_after=7) for i in items]
         return [DeliveryOutcome(i.id, "sent") for i in items]
+
+    def close(self) -> None:
+        pass
 
 
 def add_slack_post(env: Env) -> int:
