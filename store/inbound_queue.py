@@ -379,6 +379,20 @@ def release_replies_to(s: Session, message_ids: Iterable[str]) -> None:
         conn.execute(q.release, {"ids": ids})
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What became of a claimed mail, for `finish_many`; ``had_refs``: it named Message-IDs
+    (its rows in inbound_refs go with it)."""
+
+    record_id: int
+    outcome: str
+    rule: str
+    ticket_id: int | None
+    detail: dict[str, Any]
+    now: datetime
+    had_refs: bool = True
+
+
 def finish(
     s: Session,
     record_id: int,
@@ -392,20 +406,31 @@ def finish(
 ) -> None:
     """Set a claimed mail's outcome: it leaves the queue (with the Message-IDs it named, when
     it `had_refs`)."""
+    finish_many(s, [Outcome(record_id, outcome, rule, ticket_id, detail, now, had_refs)])
+
+
+def finish_many(s: Session, outcomes: Sequence[Outcome]) -> None:
+    """`finish` for several claimed mails: one UPDATE and one DELETE, each an executemany."""
+    if not outcomes:
+        return
     conn, q = _run(s)
     conn.execute(
         q.finish,
-        {
-            "rid": record_id,
-            "outcome": outcome,
-            "rule": rule,
-            "ticket_id": ticket_id,
-            "detail": detail,
-            "now": now,
-        },
+        [
+            {
+                "rid": o.record_id,
+                "outcome": o.outcome,
+                "rule": o.rule,
+                "ticket_id": o.ticket_id,
+                "detail": o.detail,
+                "now": o.now,
+            }
+            for o in outcomes
+        ],
     )
-    if had_refs:
-        conn.execute(q.drop_refs, {"rid": record_id})
+    named = [{"rid": o.record_id} for o in outcomes if o.had_refs]
+    if named:
+        conn.execute(q.drop_refs, named)
 
 
 def note_failure(s: Session, record_id: int, *, error: str) -> int:

@@ -13,11 +13,11 @@ from sqlalchemy.orm import Session
 from store import models as m
 
 
-def insert_event(
-    conn: Connection, *, ticket_id: int, kind: str, payload: dict[str, Any], created_at: datetime
-) -> None:
-    """Add one pending notification event."""
-    params = {
+def event_row(
+    *, ticket_id: int, kind: str, payload: dict[str, Any], created_at: datetime
+) -> dict[str, Any]:
+    """The columns of one pending notification event, for `insert_events`."""
+    return {
         "ticket_id": ticket_id,
         "kind": kind,
         "payload": payload,
@@ -26,7 +26,12 @@ def insert_event(
         "created_at": created_at,
         "done_at": None,
     }
-    conn.execute(insert(m.OutboxEvent), params)
+
+
+def insert_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Add pending notification events (`event_row`), in order (one INSERT, executemany)."""
+    if rows:
+        conn.execute(insert(m.OutboxEvent), list(rows))
 
 
 def insert_outbox_rows(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:

@@ -10,8 +10,9 @@ raise or post — and its processing record set to the outcome.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from gateway.domain.lifecycle import TERMINAL, Channel, Priority, Role, Status
@@ -59,6 +60,16 @@ class IntakeOptions:
     max_attempts: int = 3
 
 
+@dataclass
+class _BatchState:
+    """What `MailIntake._process` learns and decides for one batch of mails."""
+
+    # Per claimed mail (and per queued parent it names): the Message-IDs it names.
+    refs_of_queued: dict[int, list[str]] = field(default_factory=dict)
+    # What became of each mail, written together when the batch is applied.
+    outcomes: list[queue.Outcome] = field(default_factory=list)
+
+
 class MailIntake:
     """Decides the fate of queued mail; the intake runner calls `waiting` and `process`."""
 
@@ -75,7 +86,8 @@ class MailIntake:
         # Organization rows kept from batch to batch while the directory version stays (the
         # same senders and departments come again and again); one runner, one thread.
         self._directory = DirectoryCache()
-        self._refs_of_queued: dict[int, list[str]] = {}
+        # The batch at hand, per thread (tests drive one runner from several threads at once).
+        self._local = threading.local()
 
     # ---- the queue ------------------------------------------------------------------------------
     def waiting(
@@ -130,6 +142,20 @@ class MailIntake:
             return results
 
     def _process(self, u: Unit, batch: Sequence[ParsedMail]) -> list[tuple[int, IntakeResult]]:
+        """The batch's mails, in one transaction; their outcomes and notification events are
+        written together at the end (one executemany each), not mail by mail."""
+        self._local.batch = batch_state = _BatchState()
+        with u.notify.batched():
+            results = self._apply_batch(u, batch)
+        queue.finish_many(u.s, batch_state.outcomes)
+        return results
+
+    @property
+    def _batch(self) -> _BatchState:
+        state: _BatchState = self._local.batch
+        return state
+
+    def _apply_batch(self, u: Unit, batch: Sequence[ParsedMail]) -> list[tuple[int, IntakeResult]]:
         by_id = {p.mail.record_id: p for p in batch}
         claimed = queue.lock_queued(u.s, by_id)
         refs = queue.refs_of(u.s, claimed)
@@ -138,7 +164,7 @@ class MailIntake:
         seen = queue.seen_message_ids(u.s, named)
         # What the queued parents name in turn (two mails naming each other, see _must_wait).
         newer = {pid for pid in still_queued.values() if pid not in refs}
-        self._refs_of_queued = {**refs, **queue.refs_of(u.s, newer)} if newer else dict(refs)
+        self._batch.refs_of_queued = {**refs, **queue.refs_of(u.s, newer)} if newer else dict(refs)
         results: list[tuple[int, IntakeResult]] = []
         processed_ids: list[str] = []
         pending = list(claimed)
@@ -198,7 +224,7 @@ class MailIntake:
         if parents:
             mine = p.cmd.message_id
             names_me = mine is not None and any(
-                mine in self._refs_of_queued.get(pid, ()) for pid in parents
+                mine in self._batch.refs_of_queued.get(pid, ()) for pid in parents
             )
             limit = p.mail.at + opts.reference_wait * PARENT_WAIT_LIMIT
             if not names_me and u.now < limit:
@@ -251,15 +277,16 @@ class MailIntake:
         if cmd.defects:
             # What the parser could not read stays on the record (nothing dropped silently).
             detail["defects"] = [_clean(d) for d in cmd.defects[:50]]
-        queue.finish(
-            u.s,
-            record_id,
-            outcome=outcome,
-            rule=rule,
-            ticket_id=ticket_id,
-            detail=dict(detail),
-            now=u.now,
-            had_refs=record_id in self._refs_of_queued,
+        self._batch.outcomes.append(
+            queue.Outcome(
+                record_id,
+                outcome,
+                rule,
+                ticket_id,
+                dict(detail),
+                u.now,
+                had_refs=record_id in self._batch.refs_of_queued,
+            )
         )
 
     def _refuse(self, u: Unit, record_id: int, cmd: ReceiveMail, rule: str) -> IntakeResult:
@@ -275,7 +302,8 @@ class MailIntake:
         arrived: datetime | None = None,
         released: bool = False,
     ) -> IntakeResult:
-        """Decide and write one mail inside the caller's unit of work (no commit here)."""
+        """Decide and write one mail of the batch `_process` applies (no commit here); its
+        outcome is written with the batch's."""
         # SPEC §2.5: automatic mail is recognised before the sender check and kept, never answered.
         q = cmd.quarantine
         if q is not None:

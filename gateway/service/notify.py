@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -161,6 +162,8 @@ class Notifier:
         self._history: dict[int, list[m.StatusHistory]] = {}
         # Events this unit recorded: after its commit the delivery workers are woken.
         self.enqueued = 0
+        # Inside `batched`: the events waiting to be written in one INSERT.
+        self._batch: list[dict[str, Any]] | None = None
 
     def forget(self) -> None:
         """A SAVEPOINT of this unit was rolled back: drop what the look-ups learnt."""
@@ -319,13 +322,23 @@ class Notifier:
         }
         # A Core INSERT: the unit never reads the event back.
         self.enqueued += 1
-        oq.insert_event(
-            self._conn or self.s.connection(),
-            ticket_id=ticket.id,
-            kind=kind,
-            payload=payload,
-            created_at=self.now,
-        )
+        row = oq.event_row(ticket_id=ticket.id, kind=kind, payload=payload, created_at=self.now)
+        if self._batch is not None:
+            self._batch.append(row)
+        else:
+            oq.insert_events(self._conn or self.s.connection(), [row])
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """The events enqueued inside the block are written when it ends, in one INSERT (the
+        intake runner's batch of mails). Only for a block that no SAVEPOINT rolls back in
+        part: an exception discards them, as the transaction's rollback would."""
+        self._batch = []
+        try:
+            yield
+            oq.insert_events(self._conn or self.s.connection(), self._batch)
+        finally:
+            self._batch = None
 
     # ---- in the delivery worker ------------------------------------------------------------------
     def fan_out(self, event: m.OutboxEvent) -> list[dict[str, Any]]:
