@@ -119,7 +119,7 @@ class OutboundSettings:
     # Each worker in a child process of its own (rendering is CPU: no shared GIL). Always so
     # for workers > 1 on PostgreSQL; on SQLite more than one writer process only waits.
     processes: bool = False
-    batch_size: int = 50  # due rows claimed, delivered and marked in one go
+    batch_size: int = 200  # due rows claimed, delivered and marked in one go
     relay_max_per_connection: int = 100  # mails per SMTP session before a new one
     relay_sessions: int = 4  # concurrent SMTP sessions a worker's batch is split over
     lease_seconds: float = 300.0  # a claimed row not marked by then is due again (a crash)

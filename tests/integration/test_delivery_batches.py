@@ -378,7 +378,9 @@ def test_a_batch_is_split_over_concurrent_relay_sessions(
     last 10 rows over one. Each outcome lands on its own row: bob's mails, refused in every
     part, are dead-lettered, everyone else's sent, each Message-ID once."""
     relay.refuse = {"bob@acme.example"}
-    extra = smtp_settings(relay, TICKETGATE__OUTBOUND__RELAY_SESSIONS="2")
+    extra = smtp_settings(
+        relay, TICKETGATE__OUTBOUND__RELAY_SESSIONS="2", TICKETGATE__OUTBOUND__BATCH_SIZE="50"
+    )
     with demo_env(database, tmp_path / "install", extra) as env:
         raise_tickets(env, 15)
         assert make_worker(env.app).run_once() == 60
