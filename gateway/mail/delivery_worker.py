@@ -179,9 +179,9 @@ class DeliveryWorker:
         self.poll_seconds = poll_seconds
         self.batch = max(1, batch)
         self._stop = threading.Event()
-        # Set when notification events were recorded: by `wake`, or (``wake_on``, a
-        # multiprocessing Event of `run`) by a runner in another process. Idle, the worker
-        # waits on it at most `poll_seconds`.
+        # ``wake_on``, `run`'s doorbell (a multiprocessing Event), is set when a unit of work
+        # in any of its processes recorded notification events. Idle, the worker waits on it
+        # at most `poll_seconds`; `stop` sets it too.
         self._wake = wake_on if wake_on is not None else threading.Event()
         self._thread: threading.Thread | None = None
         self.storage = StorageState(log, "delivery", meanwhile="will retry", monotonic=monotonic)
@@ -235,10 +235,6 @@ class DeliveryWorker:
             return 0
         self.storage.succeeded()
         return handled
-
-    def wake(self) -> None:
-        """Notification events were recorded: look now instead of at the next poll."""
-        self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -57,8 +57,9 @@ class IntakeRunner:
         # runners parse different mails (the service's claim keeps each mail applied once).
         self.queue_slice = queue_slice
         self.counts: Counter[str] = Counter()  # mails that left the queue, by outcome
-        # Set when mail was queued: by `wake`, or (``wake_on``, a multiprocessing Event of
-        # `run`) by an edge in another process. Idle, the runner waits on it at most a poll.
+        # ``wake_on``, `run`'s doorbell (a multiprocessing Event), is set when an edge in any
+        # of its processes queued mail. Idle, the runner waits on it at most a poll; `stop`
+        # sets it too.
         self._wake = wake_on if wake_on is not None else threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -104,10 +105,6 @@ class IntakeRunner:
             if not n:
                 return total
             total += n
-
-    def wake(self) -> None:
-        """New mail is queued: look now instead of at the next poll."""
-        self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
