@@ -206,6 +206,10 @@ def run(settings: Settings) -> int:
     doorbells = make_doorbells()
     app = build(settings, need_secret=True, doorbells=doorbells)
     stop = threading.Event()
+    # Before anything starts: a SIGTERM while `run` is still starting (the SMTP port may
+    # already be open) stops it cleanly once everything is up, instead of killing it.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     started: list[Any] = []
     try:
         # intake.runners = 0: another gateway process processes the queue (SPEC §7). With
@@ -305,8 +309,6 @@ def run(settings: Settings) -> int:
             )
             status.start()
             started.append(status)
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
         log.info("ticketgate running")
         stop.wait()
         log.info("stopping")

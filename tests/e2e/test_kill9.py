@@ -288,6 +288,19 @@ def test_sigterm_stops_run(database: Database, tmp_path: Path) -> None:
         assert_stored_once(database, 1)
 
 
+def test_sigterm_while_run_starts_stops_it_cleanly(database: Database, tmp_path: Path) -> None:
+    """SIGTERM the moment the SMTP port opens, while `run` is still starting its delivery
+    worker and status endpoint: it finishes starting, then stops cleanly (exit 0, the
+    runner child not restarted), instead of dying by the signal."""
+    with installation(database, tmp_path) as inst:
+        inst.start()  # returns as soon as the SMTP port accepts a connection
+        assert inst.proc is not None
+        os.killpg(inst.proc.pid, signal.SIGTERM)
+        assert inst.proc.wait(15) == 0, inst.log.read_text()[-2000:]
+        log = inst.log.read_text()
+        assert "stopping" in log and "starting a new one" not in log, log[-2000:]
+
+
 def test_run_without_delivery_workers_leaves_the_outbox_to_others(
     database: Database, tmp_path: Path
 ) -> None:
