@@ -26,7 +26,7 @@ from gateway.mail.parse import ParseLimits
 from gateway.mail.smtp_server import EdgeHandler, EdgePolicy, QueueWriter
 from gateway.mail.translate import TranslateContext
 from gateway.runners.imap import MailboxWatcher
-from gateway.runners.intake import IntakeRunner
+from gateway.runners.intake import IntakeRunner, OutcomeCounts
 from gateway.scheduler.ticker import Ticker
 from gateway.service.clock import Clock, SystemClock
 from gateway.service.imap import ImapIntake
@@ -220,9 +220,12 @@ def parse_limits(settings: Settings) -> ParseLimits:
     )
 
 
-def make_runner(app: App, queue_slice: tuple[int, int] = (0, 1)) -> IntakeRunner:
+def make_runner(
+    app: App, queue_slice: tuple[int, int] = (0, 1), counts: OutcomeCounts | None = None
+) -> IntakeRunner:
     """The intake runner over `app`'s inbound queue, or over the slice (i, n) of it that is
-    runner i's of n; woken by `app.doorbells.queued` when there are doorbells."""
+    runner i's of n; woken by `app.doorbells.queued` when there are doorbells; counting what
+    leaves the queue in ``counts`` (`run`'s, shared by its runners) or counts of its own."""
     i = app.settings.intake
     return IntakeRunner(
         make_intake(app),
@@ -232,6 +235,7 @@ def make_runner(app: App, queue_slice: tuple[int, int] = (0, 1)) -> IntakeRunner
         poll_seconds=i.poll_seconds,
         queue_slice=queue_slice,
         wake_on=app.doorbells.queued if app.doorbells is not None else None,
+        counts=counts,
     )
 
 

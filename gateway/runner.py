@@ -7,7 +7,6 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections import Counter
 from collections.abc import Mapping
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
@@ -33,7 +32,7 @@ from gateway.http_status import StatusServer
 from gateway.mail.delivery_worker import DeliveryWorker
 from gateway.mail.smtp_server import SmtpEdgeServer
 from gateway.runners.imap import MailboxWatcher
-from gateway.runners.intake import IntakeRunner
+from gateway.runners.intake import IntakeRunner, OutcomeCounts
 from gateway.service.outbox import ChannelSender
 from gateway.service.status import StatusService, prometheus_label
 
@@ -49,10 +48,12 @@ def _runner_process_main(
     queue_slice: tuple[int, int] = (0, 1),
     ready: EventType | None = None,
     doorbells: Doorbells | None = None,
+    counts: OutcomeCounts | None = None,
 ) -> None:
     """A runner process: its own App on the same database, the loop of ``role`` (the intake
-    runner, over its ``queue_slice``, or a delivery worker), until SIGTERM; ``ready`` is set
-    once the loop runs; ``doorbells`` are `run`'s (bootstrap.Doorbells)."""
+    runner, over its ``queue_slice``, counting in ``counts``, or a delivery worker), until
+    SIGTERM; ``ready`` is set once the loop runs; ``doorbells`` are `run`'s
+    (bootstrap.Doorbells)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -62,7 +63,7 @@ def _runner_process_main(
         slack = {"slack": make_slack_poster(app)} if settings.slack.enabled else {}
         runner = make_worker(app, slack)
     else:
-        runner = make_runner(app, queue_slice)
+        runner = make_runner(app, queue_slice, counts)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
@@ -94,12 +95,14 @@ class RunnerProcess:
         role: str = "intake",
         queue_slice: tuple[int, int] = (0, 1),
         doorbells: Doorbells | None = None,
+        counts: OutcomeCounts | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
         self.role = role
         self.queue_slice = queue_slice
         self.doorbells = doorbells
+        self.counts = counts
         self._mp = multiprocessing.get_context("spawn")
         self._proc: BaseProcess | None = None
         self._ready = self._mp.Event()
@@ -109,7 +112,14 @@ class RunnerProcess:
     def _spawn(self) -> None:
         self._proc = self._mp.Process(
             target=_runner_process_main,
-            args=(self.settings, self.role, self.queue_slice, self._ready, self.doorbells),
+            args=(
+                self.settings,
+                self.role,
+                self.queue_slice,
+                self._ready,
+                self.doorbells,
+                self.counts,
+            ),
             name=self.name,
             daemon=True,
         )
@@ -174,19 +184,26 @@ def _start_loop(
     started: list[Any],
     senders: Mapping[str, ChannelSender] | None = None,
     queue_slice: tuple[int, int] = (0, 1),
+    counts: OutcomeCounts | None = None,
 ) -> IntakeRunner | DeliveryWorker | None:
-    """Start the intake runner (over ``queue_slice``) or a delivery worker (``role``, with
-    the other channels' ``senders``): in a child process of its own (which makes its own
-    senders), or as a thread of this one (returned); either way added to ``started``."""
+    """Start the intake runner (over ``queue_slice``, counting in ``counts``) or a delivery
+    worker (``role``, with the other channels' ``senders``): in a child process of its own
+    (which makes its own senders), or as a thread of this one (returned); either way added
+    to ``started``."""
     if in_child:
         child = RunnerProcess(
-            settings, name=name, role=role, queue_slice=queue_slice, doorbells=app.doorbells
+            settings,
+            name=name,
+            role=role,
+            queue_slice=queue_slice,
+            doorbells=app.doorbells,
+            counts=counts,
         )
         child.start()
         started.append(child)
         return None
     loop: IntakeRunner | DeliveryWorker = (
-        make_worker(app, senders) if role == "delivery" else make_runner(app, queue_slice)
+        make_worker(app, senders) if role == "delivery" else make_runner(app, queue_slice, counts)
     )
     loop.start(name=name)
     started.append(loop)
@@ -213,11 +230,12 @@ def run(settings: Settings) -> int:
     started: list[Any] = []
     try:
         # intake.runners = 0: another gateway process processes the queue (SPEC §7). With
-        # several, runner i takes the queued mails whose id is i modulo their number.
-        runners: list[IntakeRunner] = []
+        # several, runner i takes the queued mails whose id is i modulo their number. They
+        # count what leaves the queue in shared memory, threads or child processes alike.
+        intake_counts = OutcomeCounts()
         n = settings.intake.runners
         for i in range(n):
-            runner = _start_loop(
+            _start_loop(
                 settings,
                 app,
                 "intake",
@@ -225,9 +243,8 @@ def run(settings: Settings) -> int:
                 settings.intake.processes,
                 started,
                 queue_slice=(i, n),
+                counts=intake_counts,
             )
-            if isinstance(runner, IntakeRunner):
-                runners.append(runner)
 
         # The SMTP port opens once the runner processes work: mail accepted meanwhile would
         # only wait in the queue while they import the gateway (about a second each).
@@ -293,7 +310,7 @@ def run(settings: Settings) -> int:
             return {
                 **{
                     f'ticketgate_intake_processed_total{{outcome="{k}"}}': n
-                    for k, n in sum((r.counts for r in runners), Counter()).items()
+                    for k, n in intake_counts.snapshot().items()
                 },
                 **(slack.counters.snapshot() if slack is not None else {}),
                 **imap_counters(watchers),

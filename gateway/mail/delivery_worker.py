@@ -1,6 +1,7 @@
 """The delivery worker: fans out events, claims batches of outbox rows, hands each channel's
 part to its sender (`ChannelSender`: `EmailSender` here, the Slack poster beside it), records
-the batch's outcomes in one transaction.
+the batch's outcomes in one transaction. Running, it has a lane (a thread) per channel, so a
+slow channel holds only its own rows.
 
 `EmailSender` renders once per audience (`Renderer.render_audience`) and hands the batch to
 the transport in one go (one relay session, one maildir sync). A mail is resent only when its
@@ -161,8 +162,14 @@ def _error_text(error: Exception) -> str:
 
 
 class DeliveryWorker:
-    """One loop: fan out pending events, claim a batch of due rows of the channels it has
-    senders for, deliver each channel's part, record the batch's outcomes in one transaction."""
+    """Fans out pending events, claims batches of due rows, has each channel's sender deliver
+    them and records the outcomes of a batch in one transaction.
+
+    Started, it runs one lane (a thread) per channel: each lane fans out, claims only its own
+    channel's rows and delivers them, so one channel's slowness (a Slack outage waiting out
+    its timeouts, a relay that answers slowly) never holds another channel's rows. `run_once`
+    and `step` do one pass over every channel in the calling thread (`ticketgate outbox
+    deliver`, tests)."""
 
     def __init__(
         self,
@@ -180,10 +187,15 @@ class DeliveryWorker:
         self.batch = max(1, batch)
         self._stop = threading.Event()
         # ``wake_on``, `run`'s doorbell (a multiprocessing Event), is set when a unit of work
-        # in any of its processes recorded notification events. Idle, the worker waits on it
-        # at most `poll_seconds`; `stop` sets it too.
+        # in any of its processes recorded notification events. Idle, a lane waits at most
+        # `poll_seconds` for it (with several lanes, a bell thread passes each ring on to
+        # every lane); `stop` sets it too.
         self._wake = wake_on if wake_on is not None else threading.Event()
-        self._thread: threading.Thread | None = None
+        self._bells: dict[str, threading.Event] = {}
+        self._threads: list[threading.Thread] = []
+        # The outbox's fan-out keeps a directory cache for one thread at a time.
+        self._fan_out_turn = threading.Lock()
+        self._storage_turn = threading.Lock()
         self.storage = StorageState(log, "delivery", meanwhile="will retry", monotonic=monotonic)
 
     def deliver(self, items: Sequence[OutboxItem]) -> dict[int, str]:
@@ -210,48 +222,79 @@ class DeliveryWorker:
                     outcomes[i.id] = DeliveryOutcome(i.id, "retry", "the sender gave no outcome")
         return self.outbox.record([outcomes[i.id] for i in items])
 
-    def run_once(self) -> int:
-        """Fan out pending events, then deliver everything due now; returns how many outbox
-        rows (mails, posts) were handled."""
+    def run_once(self, channels: Sequence[str] | None = None) -> int:
+        """Fan out pending events, then deliver everything of ``channels`` (default: every
+        channel with a sender) due now; returns how many outbox rows (mails, posts) were
+        handled."""
         n = 0
-        channels = sorted(self.senders)
+        wanted = sorted(self.senders) if channels is None else list(channels)
         while True:
-            fanned = self.outbox.fan_out(self.batch)
-            items = self.outbox.claim(self.batch, channels)
+            with self._fan_out_turn:
+                fanned = self.outbox.fan_out(self.batch)
+            if fanned:
+                for bell in self._bells.values():  # new rows may be any lane's
+                    bell.set()
+            items = self.outbox.claim(self.batch, wanted)
             if not items and not fanned:
                 return n
             if items:
                 self.deliver(items)
                 n += len(items)
 
-    def step(self) -> int:
+    def step(self, channels: Sequence[str] | None = None) -> int:
         """One pass of the loop: `run_once`, its failure logged by state (StorageState: one
         line when the database goes away, a reminder a minute, one line when it is back);
         returns how many rows were handled (0 after a failure)."""
         try:
-            handled = self.run_once()
+            handled = self.run_once(channels)
         except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
-            self.storage.failed(e)
+            with self._storage_turn:
+                self.storage.failed(e)
             return 0
-        self.storage.succeeded()
+        with self._storage_turn:
+            self.storage.succeeded()
         return handled
 
-    def _loop(self) -> None:
+    def _lane(self, channel: str, bell: threading.Event | ProcessEvent) -> None:
         while not self._stop.is_set():
-            if not self.step():
-                self._wake.wait(self.poll_seconds)
+            if not self.step([channel]):
+                bell.wait(self.poll_seconds)
+                bell.clear()
+
+    def _pass_on_rings(self) -> None:
+        while not self._stop.is_set():
+            if self._wake.wait(self.poll_seconds):
                 self._wake.clear()
+                for bell in self._bells.values():
+                    bell.set()
 
     def start(self, name: str = "delivery") -> None:
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        """One lane thread per channel (named ``name`` and the channel when there are
+        several), and with several lanes the thread that passes the doorbell on to them."""
+        channels = sorted(self.senders)
+        if len(channels) == 1:
+            self._threads = [
+                threading.Thread(target=self._lane, args=(channels[0], self._wake), name=name)
+            ]
+        else:
+            self._bells = {c: threading.Event() for c in channels}
+            self._threads = [
+                threading.Thread(target=self._lane, args=(c, self._bells[c]), name=f"{name}-{c}")
+                for c in channels
+            ]
+            self._threads.append(threading.Thread(target=self._pass_on_rings, name=f"{name}-bell"))
+        for t in self._threads:
+            t.daemon = True
+            t.start()
 
     def stop(self) -> None:
-        """End the loop (the batch at hand is finished first), then close the senders."""
+        """End the lanes (each finishes the batch at hand first), then close the senders."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        for bell in self._bells.values():
+            bell.set()
+        for t in self._threads:
+            t.join(timeout=30)
         self.close()
 
     def close(self) -> None:

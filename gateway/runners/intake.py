@@ -10,8 +10,8 @@ Storage errors leave the mails queued: the runner says so once, and tries again.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
-from collections import Counter
 from dataclasses import replace
 from multiprocessing.synchronize import Event as ProcessEvent
 
@@ -30,6 +30,29 @@ log = logging.getLogger("ticketgate.intake")
 BATCH_BYTES = 16 * 1024 * 1024
 
 
+# What becomes of a mail that leaves the queue (IntakeResult.outcome; "deferred" and
+# "queued" stay in it).
+OUTCOMES = ("ticket", "message", "quarantined", "refused")
+
+
+class OutcomeCounts:
+    """Mails that left the queue, by outcome, in shared memory: a runner in a child process of
+    `run` counts where `run`'s /metrics reads, and a child started again after a crash goes on
+    from the same figures (Prometheus counters do not go back)."""
+
+    def __init__(self) -> None:
+        self._values = multiprocessing.get_context("spawn").Array("q", len(OUTCOMES))
+
+    def add(self, outcome: str) -> None:
+        if outcome in OUTCOMES:
+            with self._values.get_lock():
+                self._values[OUTCOMES.index(outcome)] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._values.get_lock():
+            return {k: int(self._values[i]) for i, k in enumerate(OUTCOMES)}
+
+
 class IntakeRunner:
     """Claims queued mail, parses it and has the service apply it; `run_once` for one batch."""
 
@@ -45,6 +68,7 @@ class IntakeRunner:
         retry_seconds: float = 1.0,
         queue_slice: tuple[int, int] = (0, 1),
         wake_on: threading.Event | ProcessEvent | None = None,
+        counts: OutcomeCounts | None = None,
     ) -> None:
         self.intake = intake
         self.ctx = ctx
@@ -56,7 +80,8 @@ class IntakeRunner:
         # (i, n): this runner takes the queued mails whose id is i modulo n, so that n
         # runners parse different mails (the service's claim keeps each mail applied once).
         self.queue_slice = queue_slice
-        self.counts: Counter[str] = Counter()  # mails that left the queue, by outcome
+        # Mails that left the queue, by outcome (shared by `run`'s runners, whichever process).
+        self.counts = counts if counts is not None else OutcomeCounts()
         # ``wake_on``, `run`'s doorbell (a multiprocessing Event), is set when an edge in any
         # of its processes queued mail. Idle, the runner waits on it at most a poll; `stop`
         # sets it too.
@@ -91,7 +116,7 @@ class IntakeRunner:
                 log.debug("queued mail %d: %s", record_id, result.rule)
                 continue
             done += 1
-            self.counts[result.outcome] += 1
+            self.counts.add(result.outcome)
             ref = f" {result.ticket_ref}" if result.ticket_ref else ""
             log.info("mail %d: %s%s (%s)", record_id, result.outcome, ref, result.rule)
         return done

@@ -3,7 +3,8 @@ chat.update of the post, and DMs.
 
 Outcomes: a 429 is retried after its Retry-After; `ok: false` (channel_not_found,
 not_in_channel, invalid_blocks …) is dead-lettered with the error; a network failure is
-retried with the outbox's backoff. Nothing is posted twice: the client retries nothing itself
+retried with the outbox's backoff. After a 429 or a network failure the batch's other rows
+wait with it, unsent. Nothing is posted twice: the client retries nothing itself
 (an outbox row is the one retry), and a ticket's post already recorded is updated rather than
 posted again."""
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from http.client import HTTPException
 from typing import Any
 
 from slack_sdk import WebClient
@@ -37,14 +39,25 @@ class SlackPoster:
         """Nothing is kept between batches: the WebClient opens a connection per call."""
 
     def deliver(self, items: Sequence[OutboxItem]) -> list[DeliveryOutcome]:
+        """One Slack call a row, in order. After a 429 or a network failure the rest of the
+        batch is not sent: each of those rows is retried after the same wait, so a rate limit
+        is not hit again row by row and an outage costs one timeout a batch, not one a row."""
         out = []
+        hold: DeliveryOutcome | None = None  # why the rest of the batch waits
         for item in items:
-            outcome = self._deliver(item)
+            if hold is not None:
+                outcome = DeliveryOutcome(item.id, "retry", hold.error, hold.retry_after)
+            else:
+                outcome, stop = self._deliver(item)
+                hold = outcome if stop else None
             self.counters.add(f'ticketgate_slack_posts_total{{result="{outcome.result}"}}')
             out.append(outcome)
+        if hold is not None and len(items) > 1:
+            log.info("Slack: %d post(s) of this batch wait too (%s)", len(items) - 1, hold.error)
         return out
 
-    def _deliver(self, item: OutboxItem) -> DeliveryOutcome:
+    def _deliver(self, item: OutboxItem) -> tuple[DeliveryOutcome, bool]:
+        """The row's outcome, and whether the rest of the batch must wait (429, unreachable)."""
         p = item.payload
         try:
             waiting = self._send(p)
@@ -53,20 +66,24 @@ class SlackPoster:
             if resp is not None and resp.status_code == 429:
                 after = _retry_after(resp.headers)
                 log.info("outbox %s: Slack rate limit; again in %.0f s", item.id, after)
-                return DeliveryOutcome(item.id, "retry", "429 rate limited", retry_after=after)
+                return DeliveryOutcome(item.id, "retry", "429 rate limited", after), True
             error = str(resp.get("error", "")) if resp is not None else ""
             if resp is not None and resp.status_code >= 500:
-                return DeliveryOutcome(item.id, "retry", f"Slack HTTP {resp.status_code}")
+                return DeliveryOutcome(item.id, "retry", f"Slack HTTP {resp.status_code}"), False
             log.warning("outbox %s: Slack refused %s: %s", item.id, p.get("op"), error)
-            return DeliveryOutcome(item.id, "dead", f"slack: {error or 'ok: false'}")
-        except Exception as e:  # noqa: BLE001 - a network failure: the outbox tries again
+            return DeliveryOutcome(item.id, "dead", f"slack: {error or 'ok: false'}"), False
+        except (OSError, HTTPException) as e:  # the network: the outbox tries again
             log.info("outbox %s: Slack unreachable: %s", item.id, type(e).__name__)
-            return DeliveryOutcome(item.id, "retry", f"{type(e).__name__}: {e}"[:500])
+            return DeliveryOutcome(item.id, "retry", f"{type(e).__name__}: {e}"[:500]), True
+        except Exception as e:  # this row's own trouble: tried again alone
+            log.exception("outbox %s: cannot post", item.id)
+            return DeliveryOutcome(item.id, "retry", f"{type(e).__name__}: {e}"[:500]), False
         if waiting:
-            return DeliveryOutcome(
+            wait = DeliveryOutcome(
                 item.id, "retry", "the ticket's channel post is not out yet", THREAD_WAIT
             )
-        return DeliveryOutcome(item.id, "sent")
+            return wait, False
+        return DeliveryOutcome(item.id, "sent"), False
 
     def _send(self, p: dict[str, Any]) -> bool:
         """One Slack call for the row; True when it must wait for the ticket's post."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import smtplib
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,7 @@ def test_mail_is_acknowledged_without_waiting_for_a_poll(
             print(f"\nmail {i}: acknowledged {time.monotonic() - sent:.2f} s after its 250")
         # One department mail: the requester's acknowledgement and a notice per member.
         assert all(len(mails_about(maildir, i)) >= 2 for i in range(3))
+        # The intake runner is a child process; `run`'s /metrics still counts its work.
+        url = f"http://127.0.0.1:{inst.env['TICKETGATE__HTTP__PORT']}/metrics"
+        metrics = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert 'ticketgate_intake_processed_total{outcome="ticket"} 3' in metrics.splitlines()

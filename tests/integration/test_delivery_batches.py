@@ -313,6 +313,56 @@ def test_channel_senders_share_the_claim_and_record_loop(
         assert {(r.channel, r.state) for r in rows(env)} == {("email", "sent"), ("slack", "sent")}
 
 
+@dataclass
+class StuckSlack:
+    """A ChannelSender for `slack` rows that does not come back until released (a Slack
+    that answers nothing, within the client's timeout)."""
+
+    channel: str = "slack"
+    release: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+
+    def deliver(self, items: Sequence[OutboxItem]) -> list[DeliveryOutcome]:
+        self.entered.set()
+        assert self.release.wait(60)
+        return [DeliveryOutcome(i.id, "sent") for i in items]
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def test_a_stuck_channel_holds_only_its_own_rows(database: Database, tmp_path: Path) -> None:
+    """The running worker has a lane per channel: while the Slack sender hangs on a post,
+    mail raised meanwhile is still delivered to the Maildir; released, the post is sent."""
+    with demo_env(database, tmp_path / "install", MANY) as env:
+        mail_only = make_worker(env.app)
+        slack = StuckSlack()
+        worker = DeliveryWorker(
+            mail_only.outbox, {**mail_only.senders, "slack": slack}, poll_seconds=0.05
+        )
+        post = add_slack_post(env)
+        worker.start()
+        try:
+            assert slack.entered.wait(30)
+            raise_tickets(env, 2)  # an acknowledgement and three notices each
+            poll_until(
+                lambda: (env.dir / "outbox" / "new").is_dir() and len(maildir_files(env)) == 8,
+                timeout=30,
+                what="the mails",
+            )
+            states = {(r.channel, r.state) for r in rows(env)}
+            assert states == {("email", "sent"), ("slack", "sending")}
+            slack.release.set()
+            poll_until(
+                lambda: [r.state for r in rows(env) if r.id == post] == ["sent"],
+                timeout=30,
+                what="the post",
+            )
+        finally:
+            worker.stop()
+        assert not [t for t in threading.enumerate() if t.name.startswith("delivery")]
+
+
 def test_a_failing_event_is_marked_failed_and_the_rest_fan_out(
     database: Database, tmp_path: Path
 ) -> None:
