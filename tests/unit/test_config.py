@@ -573,3 +573,16 @@ def test_demo_org_shape() -> None:
 def test_no_delivery_workers_is_allowed(tmp_path: Path) -> None:
     """`outbound.workers = 0`: a process that takes mail in and leaves delivery to another."""
     assert load(tmp_path, "[outbound]\nworkers = 0\n").outbound.workers == 0
+
+
+def test_the_intake_batch_follows_the_database_unless_given(tmp_path: Path) -> None:
+    """`intake.batch_size` left out: 8 on SQLite, 32 on PostgreSQL (whether the URL comes from
+    the file or the environment); given in the file or the environment, it is kept."""
+    pg = "postgresql+psycopg://tg@db.example/tg"
+    assert load(tmp_path).intake.batch_size == 8
+    assert load(tmp_path, f'[database]\nurl = "{pg}"\n').intake.batch_size == 32
+    assert load(tmp_path, env={"TICKETGATE__DATABASE__URL": pg}).intake.batch_size == 32
+    given = f'[database]\nurl = "{pg}"\n[intake]\nbatch_size = 8\n'
+    assert load(tmp_path, given).intake.batch_size == 8
+    env = {"TICKETGATE__DATABASE__URL": pg, "TICKETGATE__INTAKE__BATCH_SIZE": "5"}
+    assert load(tmp_path, env=env).intake.batch_size == 5
