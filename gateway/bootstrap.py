@@ -26,7 +26,7 @@ from gateway.mail.parse import ParseLimits
 from gateway.mail.smtp_server import EdgeHandler, EdgePolicy, QueueWriter
 from gateway.mail.translate import TranslateContext
 from gateway.runners.imap import MailboxWatcher
-from gateway.runners.intake import IntakeRunner, OutcomeCounts
+from gateway.runners.intake import IntakeRunner
 from gateway.scheduler.ticker import Ticker
 from gateway.service.clock import Clock, SystemClock
 from gateway.service.imap import ImapIntake
@@ -39,6 +39,7 @@ from gateway.service.sla import ScheduleOptions, SlaClocks
 from gateway.service.slack import SlackService
 from gateway.service.slack_notify import SlackFanOut
 from gateway.service.tickets import ServiceOptions, TicketService
+from gateway.shared_counters import SharedCounters
 from gateway.slack.app import AdapterOptions, SlackAdapter
 from gateway.slack.http import SlackHttpServer, SlackSocketMode
 from gateway.slack.identity import SlackIdentity
@@ -221,7 +222,7 @@ def parse_limits(settings: Settings) -> ParseLimits:
 
 
 def make_runner(
-    app: App, queue_slice: tuple[int, int] = (0, 1), counts: OutcomeCounts | None = None
+    app: App, queue_slice: tuple[int, int] = (0, 1), counts: SharedCounters | None = None
 ) -> IntakeRunner:
     """The intake runner over `app`'s inbound queue, or over the slice (i, n) of it that is
     runner i's of n; woken by `app.doorbells.queued` when there are doorbells; counting what
@@ -320,8 +321,11 @@ class SlackRuntime:
         return ex
 
 
-def make_slack(app: App, *, port: int | None = None) -> SlackRuntime:
-    """The Slack adapter over ``app``'s service, its Web API client at `slack.api_url`."""
+def make_slack(
+    app: App, *, port: int | None = None, posts: SharedCounters | None = None
+) -> SlackRuntime:
+    """The Slack adapter over ``app``'s service, its Web API client at `slack.api_url`;
+    its outbox posts counted in ``posts`` (`run`'s, shared with its delivery processes)."""
     s = app.settings.slack
     if not s.bot_token:
         raise ConfigError("slack.bot_token is required (better: TICKETGATE__SLACK__BOT_TOKEN)")
@@ -331,7 +335,7 @@ def make_slack(app: App, *, port: int | None = None) -> SlackRuntime:
         raise ConfigError(
             "slack.signing_secret is required (better: TICKETGATE__SLACK__SIGNING_SECRET)"
         )
-    counters = SlackCounters()
+    counters = SlackCounters(posts)
     service = SlackService(app.service)
     # Answers in the request's time: a rate limit is waited out once (the user waits);
     # posts go through the outbox, whose client retries nothing (each row is one try).

@@ -32,9 +32,11 @@ from gateway.http_status import StatusServer
 from gateway.mail.delivery_worker import DeliveryWorker
 from gateway.mail.smtp_server import SmtpEdgeServer
 from gateway.runners.imap import MailboxWatcher
-from gateway.runners.intake import IntakeRunner, OutcomeCounts
+from gateway.runners.intake import IntakeRunner, outcome_counts
 from gateway.service.outbox import ChannelSender
 from gateway.service.status import StatusService, prometheus_label
+from gateway.shared_counters import SharedCounters
+from gateway.slack.metrics import SlackCounters, post_counters
 
 log = logging.getLogger("ticketgate")
 
@@ -48,19 +50,23 @@ def _runner_process_main(
     queue_slice: tuple[int, int] = (0, 1),
     ready: EventType | None = None,
     doorbells: Doorbells | None = None,
-    counts: OutcomeCounts | None = None,
+    counts: SharedCounters | None = None,
 ) -> None:
     """A runner process: its own App on the same database, the loop of ``role`` (the intake
-    runner, over its ``queue_slice``, counting in ``counts``, or a delivery worker), until
-    SIGTERM; ``ready`` is set once the loop runs; ``doorbells`` are `run`'s
-    (bootstrap.Doorbells)."""
+    runner, over its ``queue_slice``, or a delivery worker), until SIGTERM; ``ready`` is set
+    once the loop runs; ``doorbells`` are `run`'s (bootstrap.Doorbells), ``counts`` its
+    counters for /metrics (the runner's outcomes, or the worker's Slack posts)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = build(settings, doorbells=doorbells)
     runner: IntakeRunner | DeliveryWorker
     if role == "delivery":
-        slack = {"slack": make_slack_poster(app)} if settings.slack.enabled else {}
+        slack = (
+            {"slack": make_slack_poster(app, counters=SlackCounters(counts))}
+            if settings.slack.enabled
+            else {}
+        )
         runner = make_worker(app, slack)
     else:
         runner = make_runner(app, queue_slice, counts)
@@ -95,7 +101,7 @@ class RunnerProcess:
         role: str = "intake",
         queue_slice: tuple[int, int] = (0, 1),
         doorbells: Doorbells | None = None,
-        counts: OutcomeCounts | None = None,
+        counts: SharedCounters | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
@@ -184,12 +190,12 @@ def _start_loop(
     started: list[Any],
     senders: Mapping[str, ChannelSender] | None = None,
     queue_slice: tuple[int, int] = (0, 1),
-    counts: OutcomeCounts | None = None,
+    counts: SharedCounters | None = None,
 ) -> IntakeRunner | DeliveryWorker | None:
     """Start the intake runner (over ``queue_slice``, counting in ``counts``) or a delivery
-    worker (``role``, with the other channels' ``senders``): in a child process of its own
-    (which makes its own senders), or as a thread of this one (returned); either way added
-    to ``started``."""
+    worker (``role``, with the other channels' ``senders``; a child counts its Slack posts in
+    ``counts``): in a child process of its own (which makes its own senders), or as a thread
+    of this one (returned); either way added to ``started``."""
     if in_child:
         child = RunnerProcess(
             settings,
@@ -232,7 +238,7 @@ def run(settings: Settings) -> int:
         # intake.runners = 0: another gateway process processes the queue (SPEC §7). With
         # several, runner i takes the queued mails whose id is i modulo their number. They
         # count what leaves the queue in shared memory, threads or child processes alike.
-        intake_counts = OutcomeCounts()
+        intake_counts = outcome_counts()
         n = settings.intake.runners
         for i in range(n):
             _start_loop(
@@ -272,8 +278,9 @@ def run(settings: Settings) -> int:
             started.append(server)
             log.info("SMTP intake on %s:%s", settings.smtp.host, settings.smtp.port)
         slack: SlackRuntime | None = None
+        posts = post_counters()  # the Slack posts of every delivery worker, thread or child
         if settings.slack.enabled:
-            slack = make_slack(app)
+            slack = make_slack(app, posts=posts)
             slack.start()
             started.append(slack)
             mode = (
@@ -297,7 +304,9 @@ def run(settings: Settings) -> int:
         # several of them on PostgreSQL; threads of this process otherwise.
         for i in range(settings.outbound.workers):
             in_child = delivery_processes(settings)
-            _start_loop(settings, app, "delivery", f"delivery-{i}", in_child, started, senders)
+            _start_loop(
+                settings, app, "delivery", f"delivery-{i}", in_child, started, senders, counts=posts
+            )
         if not settings.outbound.workers:
             log.info("outbound delivery: none in this process (outbound.workers = 0)")
         ticker = None

@@ -10,7 +10,6 @@ Storage errors leave the mails queued: the runner says so once, and tries again.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
 from dataclasses import replace
 from multiprocessing.synchronize import Event as ProcessEvent
@@ -21,6 +20,7 @@ from gateway.mail.translate import TranslateContext, parse_and_translate
 from gateway.service.commands import ParsedMail, QueuedMail
 from gateway.service.intake import MailIntake
 from gateway.service.storage_state import StorageState
+from gateway.shared_counters import SharedCounters
 
 log = logging.getLogger("ticketgate.intake")
 
@@ -31,26 +31,13 @@ BATCH_BYTES = 16 * 1024 * 1024
 
 
 # What becomes of a mail that leaves the queue (IntakeResult.outcome; "deferred" and
-# "queued" stay in it).
+# "queued" stay in it): the runner counts them, by outcome.
 OUTCOMES = ("ticket", "message", "quarantined", "refused")
 
 
-class OutcomeCounts:
-    """Mails that left the queue, by outcome, in shared memory: a runner in a child process of
-    `run` counts where `run`'s /metrics reads, and a child started again after a crash goes on
-    from the same figures (Prometheus counters do not go back)."""
-
-    def __init__(self) -> None:
-        self._values = multiprocessing.get_context("spawn").Array("q", len(OUTCOMES))
-
-    def add(self, outcome: str) -> None:
-        if outcome in OUTCOMES:
-            with self._values.get_lock():
-                self._values[OUTCOMES.index(outcome)] += 1
-
-    def snapshot(self) -> dict[str, int]:
-        with self._values.get_lock():
-            return {k: int(self._values[i]) for i, k in enumerate(OUTCOMES)}
+def outcome_counts() -> SharedCounters:
+    """Counters of the mails that left the queue, by outcome, for every runner of `run`."""
+    return SharedCounters(OUTCOMES)
 
 
 class IntakeRunner:
@@ -68,7 +55,7 @@ class IntakeRunner:
         retry_seconds: float = 1.0,
         queue_slice: tuple[int, int] = (0, 1),
         wake_on: threading.Event | ProcessEvent | None = None,
-        counts: OutcomeCounts | None = None,
+        counts: SharedCounters | None = None,
     ) -> None:
         self.intake = intake
         self.ctx = ctx
@@ -81,7 +68,7 @@ class IntakeRunner:
         # runners parse different mails (the service's claim keeps each mail applied once).
         self.queue_slice = queue_slice
         # Mails that left the queue, by outcome (shared by `run`'s runners, whichever process).
-        self.counts = counts if counts is not None else OutcomeCounts()
+        self.counts = counts if counts is not None else outcome_counts()
         # ``wake_on``, `run`'s doorbell (a multiprocessing Event), is set when an edge in any
         # of its processes queued mail. Idle, the runner waits on it at most a poll; `stop`
         # sets it too.

@@ -21,7 +21,7 @@ from slack_sdk.errors import SlackApiError
 from gateway.service.outbox import DeliveryOutcome, OutboxItem
 from gateway.service.slack import SlackService
 from gateway.slack import blocks
-from gateway.slack.metrics import SlackCounters
+from gateway.slack.metrics import SlackCounters, post_counter
 
 log = logging.getLogger("ticketgate.slack")
 THREAD_WAIT = 5.0  # seconds: a thread message whose ticket post is not out yet waits
@@ -50,7 +50,7 @@ class SlackPoster:
             else:
                 outcome, stop = self._deliver(item)
                 hold = outcome if stop else None
-            self.counters.add(f'ticketgate_slack_posts_total{{result="{outcome.result}"}}')
+            self.counters.add(post_counter(outcome.result))
             out.append(outcome)
         if hold is not None and len(items) > 1:
             log.info("Slack: %d post(s) of this batch wait too (%s)", len(items) - 1, hold.error)

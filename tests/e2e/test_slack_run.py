@@ -11,6 +11,8 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, free_port, poll_until, run_cli
 from tests.fake_slack import BOT_TOKEN, SIGNING_SECRET, SlackClient, fake_slack
 
@@ -23,7 +25,10 @@ class _Now:
         return datetime.now(UTC)
 
 
-def test_run_serves_slack(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "delivery_in_child", [False, True], ids=["delivery-thread", "delivery-child"]
+)
+def test_run_serves_slack(tmp_path: Path, delivery_in_child: bool) -> None:
     with fake_slack() as fake:
         fake.add_user("U0KARL", "karl@acme.example")
         slack_port, http_port = free_port(), free_port()
@@ -41,6 +46,7 @@ def test_run_serves_slack(tmp_path: Path) -> None:
             "TICKETGATE__SLACK__SIGNING_SECRET": SIGNING_SECRET,
             "TICKETGATE__SCHEDULER__ENABLED": "false",
             "TICKETGATE__OUTBOUND__POLL_SECONDS": "0.2",
+            "TICKETGATE__OUTBOUND__PROCESSES": "true" if delivery_in_child else "false",
         }
         init = run_cli(env, "init", "--demo", cwd=tmp_path)
         assert init.returncode == 0, init.stderr
@@ -86,13 +92,23 @@ def test_run_serves_slack(tmp_path: Path) -> None:
                 with urllib.request.urlopen(url, timeout=10) as r:
                     return str(r.read().decode())
 
-            # The delivery worker may be a process of its own: its posts are read from the
-            # outbox, not from its counters.
+            def value(text: str, name: str) -> int:
+                found = [ln.split()[-1] for ln in text.splitlines() if ln.startswith(name + " ")]
+                return int(found[0]) if found else 0
+
+            def posts_counted(text: str) -> bool:
+                """A Slack row sent, and the poster's own count says as many (also when the
+                delivery worker is a child process)."""
+                rows = value(text, 'ticketgate_outbox_channel{channel="slack",state="sent"}')
+                return (
+                    rows >= 1 and value(text, 'ticketgate_slack_posts_total{result="sent"}') == rows
+                )
+
             poll_until(
-                lambda: 'ticketgate_outbox_channel{channel="slack",state="sent"}' in metrics(),
+                lambda: posts_counted(metrics()),
                 timeout=30,
                 interval=0.2,
-                what="a sent Slack row on /metrics",
+                what="sent Slack rows, counted on /metrics",
             )
             text = metrics()
             assert 'ticketgate_slack_requests_total{kind="command"} 2' in text
