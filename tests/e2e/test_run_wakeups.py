@@ -59,7 +59,16 @@ def test_mail_is_acknowledged_without_waiting_for_a_poll(
             print(f"\nmail {i}: acknowledged {time.monotonic() - sent:.2f} s after its 250")
         # One department mail: the requester's acknowledgement and a notice per member.
         assert all(len(mails_about(maildir, i)) >= 2 for i in range(3))
-        # The intake runner is a child process; `run`'s /metrics still counts its work.
+        # The intake runner is a child process; `run`'s /metrics still counts its work. The
+        # status endpoint may open after the first mails are through, and the runner counts a
+        # mail just after its commit, so this waits for both.
         url = f"http://127.0.0.1:{inst.env['TICKETGATE__HTTP__PORT']}/metrics"
-        metrics = urllib.request.urlopen(url, timeout=5).read().decode()
-        assert 'ticketgate_intake_processed_total{outcome="ticket"} 3' in metrics.splitlines()
+
+        def counted() -> bool:
+            try:
+                metrics = urllib.request.urlopen(url, timeout=5).read().decode()
+            except OSError:
+                return False
+            return 'ticketgate_intake_processed_total{outcome="ticket"} 3' in metrics.splitlines()
+
+        poll_until(counted, timeout=DEADLINE, what=f"3 tickets counted on /metrics ({inst.log})")

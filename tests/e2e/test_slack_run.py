@@ -88,9 +88,14 @@ def test_run_serves_slack(tmp_path: Path, delivery_in_child: bool) -> None:
             assert "TKT-1" in post["text"] and "Beamer in room 2" in post["text"]
 
             def metrics() -> str:
+                """/metrics, or "" while the status endpoint is not open yet (`run` opens it
+                last)."""
                 url = f"http://127.0.0.1:{http_port}/metrics"
-                with urllib.request.urlopen(url, timeout=10) as r:
-                    return str(r.read().decode())
+                try:
+                    with urllib.request.urlopen(url, timeout=10) as r:
+                        return str(r.read().decode())
+                except ConnectionRefusedError:
+                    return ""
 
             def value(text: str, name: str) -> int:
                 found = [ln.split()[-1] for ln in text.splitlines() if ln.startswith(name + " ")]
