@@ -44,16 +44,20 @@ class SlackPoster:
         is not hit again row by row and an outage costs one timeout a batch, not one a row."""
         out = []
         hold: DeliveryOutcome | None = None  # why the rest of the batch waits
+        held = 0
         for item in items:
             if hold is not None:
                 outcome = DeliveryOutcome(item.id, "retry", hold.error, hold.retry_after)
+                held += 1
             else:
                 outcome, stop = self._deliver(item)
                 hold = outcome if stop else None
             self.counters.add(post_counter(outcome.result))
             out.append(outcome)
-        if hold is not None and len(items) > 1:
-            log.info("Slack: %d post(s) of this batch wait too (%s)", len(items) - 1, hold.error)
+        if held:
+            log.info(
+                "Slack: %d more post(s) of this batch wait too (%s)", held, hold and hold.error
+            )
         return out
 
     def _deliver(self, item: OutboxItem) -> tuple[DeliveryOutcome, bool]:
