@@ -54,10 +54,8 @@ class SlackPoster:
                 hold = outcome if stop else None
             self.counters.add(post_counter(outcome.result))
             out.append(outcome)
-        if held:
-            log.info(
-                "Slack: %d more post(s) of this batch wait too (%s)", held, hold and hold.error
-            )
+        if held and hold is not None:
+            log.info("Slack: %d more post(s) of this batch wait too (%s)", held, hold.error)
         return out
 
     def _deliver(self, item: OutboxItem) -> tuple[DeliveryOutcome, bool]:
