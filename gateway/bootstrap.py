@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
@@ -228,9 +228,10 @@ def make_runner(
     runner i's of n; woken by `app.doorbells.queued` when there are doorbells; counting what
     leaves the queue in ``counts`` (`run`'s, shared by its runners) or counts of its own."""
     i = app.settings.intake
+    intake = make_intake(app)
     return IntakeRunner(
-        make_intake(app),
-        ctx=translate_context(app),
+        intake,
+        ctx=replace(translate_context(app), is_colleague=intake.is_colleague),
         limits=parse_limits(app.settings),
         batch_size=i.batch_size,
         poll_seconds=i.poll_seconds,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import email
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email import policy
 from typing import Protocol
@@ -21,6 +21,11 @@ from gateway.mail.flufl_detectors import first_failures
 from gateway.mail.parse import InboundMail, ParsedAttachment, header, headers_named
 
 
+def nobody(address: str) -> bool:
+    """The default `RuleContext.is_colleague`: no address is known to be an employee's."""
+    return False
+
+
 @dataclass(frozen=True)
 class RuleContext:
     """What the rules know besides the mail itself."""
@@ -28,6 +33,9 @@ class RuleContext:
     envelope_from: str  # SMTP MAIL FROM (or Return-Path under IMAP); "" for the null path <>
     own_domains: frozenset[str]  # the gateway's mail domain(s): our Message-IDs, our X-Loop
     loop_token: str  # the X-Loop value we put on every mail we send
+    # Whether a From address is one of our active employees (the intake runner asks its
+    # directory); only `FluflBounce` asks, and by default nobody is.
+    is_colleague: Callable[[str], bool] = nobody
 
 
 @dataclass(frozen=True)
@@ -505,13 +513,22 @@ def _hide_what_states_no_failure(msg: email.message.Message) -> None:
 
 class FluflBounce:
     """Mailman's bounce detectors (flufl.bounce) as a detector in their own right: any of
-    them that finds a failed address makes the mail a bounce."""
+    them that finds a failed address makes the mail a bounce.
+
+    Not for a mail from one of our active employees: an MTA's report comes from a daemon, a
+    system account or a foreign server, never from a colleague's own address, while a
+    colleague who pastes a failure report into a mail to the helpdesk wants a ticket. The
+    rules above still judge such a mail (a DSN, an NDR subject, a failure statement with
+    the original below); Mailman runs these detectors only on mail already known to be a
+    bounce, and on ordinary mail they were a tenth of the intake runner's time (issue 11)."""
 
     name = "flufl-bounce"
     description = "flufl.bounce recognises a bounce format"
 
     def check(self, mail: InboundMail, ctx: RuleContext) -> Verdict | None:
         if _person_written(mail):
+            return None
+        if mail.from_addr is not None and ctx.is_colleague(mail.from_addr.email):
             return None
         try:
             msg = email.message_from_bytes(mail.raw[:_FLUFL_SCAN_LIMIT], policy=policy.compat32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.domain.lifecycle import Channel
@@ -12,7 +12,7 @@ from gateway.mail.auth_results import dmarc_verdict
 from gateway.mail.commands import split_commands
 from gateway.mail.feedback_answer import parse_feedback
 from gateway.mail.parse import InboundMail, ParseLimits, parse_mail
-from gateway.mail.rules import RuleContext, classify, suppresses_auto_reply
+from gateway.mail.rules import RuleContext, classify, nobody, suppresses_auto_reply
 from gateway.service.commands import (
     AttachmentData,
     CommandSpec,
@@ -29,6 +29,9 @@ class TranslateContext:
     loop_token: str
     trusted_authserv_ids: tuple[str, ...] = ()
     channel: Channel = Channel.EMAIL
+    # Whether an address is one of our active employees: the intake runner's directory
+    # (`MailIntake.is_colleague`); the edge knows nobody (rules.RuleContext).
+    is_colleague: Callable[[str], bool] = nobody
 
 
 def dedupe_key(sender: str, message_id: str | None, raw_sha256: str) -> str:
@@ -63,7 +66,10 @@ def translate(
     verdict = classify(
         mail,
         RuleContext(
-            envelope_from=envelope_from, own_domains=ctx.own_domains, loop_token=ctx.loop_token
+            envelope_from=envelope_from,
+            own_domains=ctx.own_domains,
+            loop_token=ctx.loop_token,
+            is_colleague=ctx.is_colleague,
         ),
     )
     quarantine = None

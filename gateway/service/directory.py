@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -83,6 +83,13 @@ class DirectoryCache:
             self.clear()
             self.version = version
 
+    def employee(self, addr: str, look_up: Callable[[str], m.Employee | None]) -> m.Employee | None:
+        """The employee at `addr` (lower-cased), or None; `look_up` reads it when not held."""
+        key = ("employee", addr.strip().lower())
+        if key not in self.by_address:
+            self.by_address[key] = look_up(key[1])
+        return self.by_address[key]  # type: ignore[return-value]
+
     def clear(self) -> None:
         self.version = None
         self.top.clear()
@@ -146,11 +153,7 @@ class Directory:
         self._copies.clear()
 
     def employee(self, addr: str) -> m.Employee | None:
-        a = addr.strip().lower()
-        key = ("employee", a)
-        if key not in self._by_address:
-            self._by_address[key] = q.employee_by_address(self.s, a)
-        return self._by_address[key]  # type: ignore[return-value]
+        return self._cache.employee(addr, lambda a: q.employee_by_address(self.s, a))
 
     def employee_by_id(self, emp_id: int) -> m.Employee:
         e = self.get(m.Employee, emp_id)

@@ -35,6 +35,7 @@ from gateway.service.tickets import TicketService, Unit
 from store import inbound_queue as queue
 from store import models as m
 from store.db import read_session
+from store.directory_queries import employee_by_address
 
 log = logging.getLogger("ticketgate.intake")
 
@@ -88,6 +89,22 @@ class MailIntake:
         self._directory = DirectoryCache()
         # The batch at hand, per thread (tests drive one runner from several threads at once).
         self._local = threading.local()
+
+    def is_colleague(self, address: str) -> bool:
+        """Whether `address` is an active employee's (`rules.FluflBounce` asks while the
+        runner parses): from the runner's directory cache, else read once and kept there.
+        When the database cannot be read the answer is no, as it was before anyone asked:
+        the batch's own transaction then meets the same trouble and the mail stays queued."""
+
+        def read(addr: str) -> m.Employee | None:
+            with storage_errors(self.on_storage_error), read_session(self.svc.sessions) as s:
+                return employee_by_address(s, addr)
+
+        try:
+            employee = self._directory.employee(address, read)
+        except StorageUnavailable:
+            return False
+        return employee is not None and employee.active
 
     # ---- the queue ------------------------------------------------------------------------------
     def waiting(

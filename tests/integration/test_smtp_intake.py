@@ -158,6 +158,42 @@ def test_auto_reply_and_bounce_quarantined(gateway: Gateway) -> None:
     assert gateway.deliver() == []
 
 
+# A qmail failure report that only flufl.bounce's detectors recognise (no DSN part, no
+# original attached, no localised NDR subject).
+QMAIL_REPORT = (
+    "Hi. This is the qmail-send program at mx.isp.example.\nI'm afraid I wasn't able to "
+    "deliver your message to the following addresses.\nThis is a permanent error; I've given "
+    "up. Sorry it didn't work out.\n\n<bob@isp.example>:\nSorry, no mailbox here by that name.\n"
+)
+
+
+def test_a_colleague_pasting_a_failure_report_gets_a_ticket(gateway: Gateway) -> None:
+    """The runner asks its directory whether the sender is an employee before flufl.bounce's
+    detectors judge a mail: from a stranger the pasted report is a bounce in quarantine; from
+    an employee it is a ticket, every time."""
+    stranger = mail("gate@isp.example", [IT], "Message status", QMAIL_REPORT)
+    assert gateway.send(stranger, "gate@isp.example", [IT])[0] == 250
+    found = gateway.explain(str(stranger["Message-ID"]))
+    assert found["outcome"] == "quarantined" and "flufl.bounce" in found["rule"], found
+    for n in (1, 2):
+        pasted = mail(REQ, [IT], "Message status", f"Why do I get this? ({n})\n\n{QMAIL_REPORT}")
+        assert gateway.send(pasted, REQ, [IT])[0] == 250
+        found = gateway.explain(str(pasted["Message-ID"]))
+        assert found["outcome"] == "ticket", found
+    assert count(gateway, m.Ticket) == 2
+
+
+def test_colleague_question_with_storage_down_is_no(sqlite_gateway: Gateway) -> None:
+    """With the database unreachable the runner's `is_colleague` answers no instead of raising
+    (a raise while parsing would quarantine the mail as unparseable): flufl then judges the
+    mail as before, and the batch's own transaction meets the same trouble."""
+    intake = sqlite_gateway.runner.intake  # type: ignore[attr-defined]
+    with storage_unreachable(sqlite_gateway.env):
+        assert intake.is_colleague(REQ) is False
+    assert intake.is_colleague(REQ) is True
+    assert intake.is_colleague("gate@isp.example") is False
+
+
 @pytest.fixture
 def trusting_gateway(env, tmp_path):  # type: ignore[no-untyped-def]
     """A second installation on the same database that trusts `mx.acme.example`'s A-R."""

@@ -302,3 +302,60 @@ def test_person_forwarding_a_bounce_as_attachment_is_not_quarantined() -> None:
     msg.set_content("Every mail to the supplier bounces, see the attached report.")
     msg.add_attachment(message_from_bytes(bounce, policy=email_policy.default))
     assert classify(parse_mail(msg.as_bytes()), CTX) is None
+
+
+_QMAIL_REPORT = (
+    "Hi. This is the qmail-send program at mx.isp.example.\nI'm afraid I wasn't able to deliver "
+    "your message to the following addresses.\nThis is a permanent error; I've given up. Sorry it "
+    "didn't work out.\n\n<bob@isp.example>:\nSorry, no mailbox here by that name.\n"
+)
+
+
+def test_a_colleague_pasting_a_failure_report_is_not_judged_by_flufl() -> None:
+    """flufl.bounce's detectors do not judge mail from one of our active employees: the same
+    pasted qmail report is a bounce from a stranger's address and a ticket from a colleague's
+    (`RuleContext.is_colleague`, which the intake runner answers from its directory)."""
+    raw = (
+        "From: Gate <gate@isp.example>\nTo: it@tickets.acme.example\nSubject: Message status\n"
+        "Message-ID: <q1@isp.example>\n\n" + _QMAIL_REPORT
+    ).encode()
+    mail = parse_mail(raw)
+    stranger = classify(mail, CTX)
+    assert stranger is not None and stranger.rule == "flufl-bounce", stranger
+    asked: list[str] = []
+
+    def colleague(address: str) -> bool:
+        asked.append(address)
+        return address == "gate@isp.example"
+
+    ctx = RuleContext(
+        envelope_from="gate@isp.example",
+        own_domains=frozenset({OWN}),
+        loop_token=OWN,
+        is_colleague=colleague,
+    )
+    assert classify(mail, ctx) is None
+    assert asked == ["gate@isp.example"]
+
+
+def test_a_colleague_address_does_not_hide_a_report_the_other_rules_see() -> None:
+    """Only flufl's last-resort scan is skipped for a colleague: a delivery-status report from
+    that address is still a bounce."""
+    raw = (
+        b"From: Jan <jan@acme.example>\nTo: it@tickets.acme.example\nSubject: Report\n"
+        b"Message-ID: <r1@acme.example>\nMIME-Version: 1.0\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+        b"--b\nContent-Type: text/plain\n\nDelivery failed.\n"
+        b"--b\nContent-Type: message/delivery-status\n\n"
+        b"Reporting-MTA: dns; mx.acme.example\n\nFinal-Recipient: rfc822; bob@isp.example\n"
+        b"Action: failed\nStatus: 5.1.1\n--b--\n"
+    )
+    ctx = RuleContext(
+        envelope_from="jan@acme.example",
+        own_domains=frozenset({OWN}),
+        loop_token=OWN,
+        is_colleague=lambda address: True,
+    )
+    verdict = classify(parse_mail(raw), ctx)
+    assert verdict is not None and verdict.kind == "bounce", verdict
+    assert verdict.bounced_recipients == ("bob@isp.example",)
