@@ -345,10 +345,15 @@ def test_a_stuck_channel_holds_only_its_own_rows(database: Database, tmp_path: P
         try:
             assert slack.entered.wait(30)
             raise_tickets(env, 2)  # an acknowledgement and three notices each
+            # A file is durable before its row is marked sent: wait for both.
             poll_until(
-                lambda: (env.dir / "outbox" / "new").is_dir() and len(maildir_files(env)) == 8,
+                lambda: (
+                    (env.dir / "outbox" / "new").is_dir()
+                    and len(maildir_files(env)) == 8
+                    and {r.state for r in rows(env) if r.channel == "email"} == {"sent"}
+                ),
                 timeout=30,
-                what="the mails",
+                what="the mails, sent",
             )
             states = {(r.channel, r.state) for r in rows(env)}
             assert states == {("email", "sent"), ("slack", "sending")}
