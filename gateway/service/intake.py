@@ -95,16 +95,15 @@ class MailIntake:
         runner parses): from the runner's directory cache, else read once and kept there.
         When the database cannot be read the answer is no, as it was before anyone asked:
         the batch's own transaction then meets the same trouble and the mail stays queued."""
-
-        def read(addr: str) -> m.Employee | None:
-            with storage_errors(self.on_storage_error), read_session(self.svc.sessions) as s:
-                return employee_by_address(s, addr)
-
         try:
-            employee = self._directory.employee(address, read)
+            employee = self._directory.employee(address, self._read_employee)
         except StorageUnavailable:
             return False
         return employee is not None and employee.active
+
+    def _read_employee(self, address: str) -> m.Employee | None:
+        with storage_errors(self.on_storage_error), read_session(self.svc.sessions) as s:
+            return employee_by_address(s, address)
 
     # ---- the queue ------------------------------------------------------------------------------
     def waiting(
