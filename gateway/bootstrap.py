@@ -10,24 +10,13 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import ConfigError, Settings
 from gateway.domain.tokens import ReplyTokens
-from gateway.mail.delivery import MaildirTransport, SmtpRelayTransport, Transport
-from gateway.mail.delivery_worker import DeliveryWorker, EmailSender
-from gateway.mail.imap_client import MailboxConfig
-from gateway.mail.outbound import Renderer, templates_dir
-from gateway.mail.parse import ParseLimits
-from gateway.mail.smtp_server import EdgeHandler, EdgePolicy, QueueWriter
-from gateway.mail.translate import TranslateContext
-from gateway.runners.imap import MailboxWatcher
-from gateway.runners.intake import IntakeRunner
-from gateway.scheduler.ticker import Ticker
 from gateway.service.clock import Clock, SystemClock
 from gateway.service.imap import ImapIntake
 from gateway.service.inbound import InboundQueue
@@ -40,13 +29,27 @@ from gateway.service.slack import SlackService
 from gateway.service.slack_notify import SlackFanOut
 from gateway.service.tickets import ServiceOptions, TicketService
 from gateway.shared_counters import SharedCounters
-from gateway.slack.app import AdapterOptions, SlackAdapter
-from gateway.slack.http import SlackHttpServer, SlackSocketMode
-from gateway.slack.identity import SlackIdentity
-from gateway.slack.metrics import SlackCounters
-from gateway.slack.poster import SlackPoster
 from store.db import make_engine, session_factory
 from store.org_queries import first_organization
+
+# The adapters (the SMTP edge and aiosmtpd, IMAP, Slack, APScheduler, the MIME parser, the
+# templates) are imported by the function that builds them, the service here: a CLI command
+# such as `mail explain` builds only the service, and importing every adapter would add about
+# half a second to each command and to each child process of `run` that needs few of them.
+if TYPE_CHECKING:
+    from gateway.mail.delivery import Transport
+    from gateway.mail.delivery_worker import DeliveryWorker
+    from gateway.mail.imap_client import MailboxConfig
+    from gateway.mail.parse import ParseLimits
+    from gateway.mail.smtp_server import EdgeHandler
+    from gateway.mail.translate import TranslateContext
+    from gateway.runners.imap import MailboxWatcher
+    from gateway.runners.intake import IntakeRunner
+    from gateway.scheduler.ticker import Ticker
+    from gateway.slack.app import SlackAdapter
+    from gateway.slack.http import SlackHttpServer, SlackSocketMode
+    from gateway.slack.metrics import SlackCounters
+    from gateway.slack.poster import SlackPoster
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,8 @@ def make_scheduler(app: App) -> Scheduler:
 
 def make_ticker(app: App) -> Ticker:
     """APScheduler calling `make_scheduler(app).tick()` every `scheduler.tick_seconds`."""
+    from gateway.scheduler.ticker import Ticker
+
     return Ticker(make_scheduler(app), tick_seconds=app.settings.scheduler.tick_seconds)
 
 
@@ -187,6 +192,8 @@ def make_inbound(app: App) -> InboundQueue:
 
 
 def make_transport(settings: Settings) -> Transport:
+    from gateway.mail.delivery import MaildirTransport, SmtpRelayTransport
+
     o = settings.outbound
     if o.transport == "maildir":
         return MaildirTransport(Path(o.maildir))
@@ -204,6 +211,8 @@ def make_transport(settings: Settings) -> Transport:
 
 
 def translate_context(app: App) -> TranslateContext:
+    from gateway.mail.translate import TranslateContext
+
     return TranslateContext(
         own_domains=frozenset({app.identity.domain}),
         loop_token=app.identity.loop_token,
@@ -212,6 +221,8 @@ def translate_context(app: App) -> TranslateContext:
 
 
 def parse_limits(settings: Settings) -> ParseLimits:
+    from gateway.mail.parse import ParseLimits
+
     s = settings.smtp
     return ParseLimits(
         max_parts=s.max_parts,
@@ -227,6 +238,8 @@ def make_runner(
     """The intake runner over `app`'s inbound queue, or over the slice (i, n) of it that is
     runner i's of n; woken by `app.doorbells.queued` when there are doorbells; counting what
     leaves the queue in ``counts`` (`run`'s, shared by its runners) or counts of its own."""
+    from gateway.runners.intake import IntakeRunner
+
     i = app.settings.intake
     intake = make_intake(app)
     return IntakeRunner(
@@ -244,6 +257,8 @@ def make_runner(
 def make_edge(app: App, *, on_queued: Callable[[], None] = lambda: None) -> EdgeHandler:
     """The SMTP edge's handler; `on_queued` runs after each commit of queued mail (it wakes
     the intake runner)."""
+    from gateway.mail.smtp_server import EdgeHandler, EdgePolicy, QueueWriter
+
     inbound = make_inbound(app)
     return EdgeHandler(
         inbound,
@@ -269,6 +284,9 @@ def make_worker(app: App, senders: Mapping[str, ChannelSender] | None = None) ->
     """The delivery worker: mail, and the rows of other channels ``senders`` deliver (Slack).
     With `slack.enabled`, events also fan out to Slack rows. Woken by `app.doorbells.outbox`
     when there are doorbells."""
+    from gateway.mail.delivery_worker import DeliveryWorker, EmailSender
+    from gateway.mail.outbound import Renderer, templates_dir
+
     o = app.settings.outbound
     fan_outs: list[ChannelFanOut] = [SlackFanOut()] if app.settings.slack.enabled else []
     outbox = OutboxService(
@@ -327,6 +345,14 @@ def make_slack(
 ) -> SlackRuntime:
     """The Slack adapter over ``app``'s service, its Web API client at `slack.api_url`;
     its outbox posts counted in ``posts`` (`run`'s, shared with its delivery processes)."""
+    from slack_sdk import WebClient
+    from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+    from gateway.slack.app import AdapterOptions, SlackAdapter
+    from gateway.slack.http import SlackHttpServer, SlackSocketMode
+    from gateway.slack.identity import SlackIdentity
+    from gateway.slack.metrics import SlackCounters
+
     s = app.settings.slack
     if not s.bot_token:
         raise ConfigError("slack.bot_token is required (better: TICKETGATE__SLACK__BOT_TOKEN)")
@@ -380,6 +406,11 @@ def make_slack_poster(
     app: App, service: SlackService | None = None, counters: SlackCounters | None = None
 ) -> SlackPoster:
     """The outbox sender of Slack posts (also in a delivery worker's own process)."""
+    from slack_sdk import WebClient
+
+    from gateway.slack.metrics import SlackCounters
+    from gateway.slack.poster import SlackPoster
+
     s = app.settings.slack
     # Posts go through the outbox, whose client retries nothing (each row is one try).
     post_client = WebClient(token=s.bot_token, base_url=s.api_url, timeout=10, retry_handlers=[])
@@ -390,6 +421,8 @@ def make_slack_poster(
 
 def mailbox_configs(settings: Settings) -> list[MailboxConfig]:
     """The `[[imap.mailboxes]]` tables, passwords resolved (gateway/config.py)."""
+    from gateway.mail.imap_client import MailboxConfig
+
     return [
         MailboxConfig(
             name=b.label,
@@ -412,6 +445,8 @@ def make_imap_watcher(
     app: App, box: MailboxConfig, *, on_queued: Callable[[], None] = lambda: None
 ) -> MailboxWatcher:
     """The watcher of one mailbox; `on_queued` runs after each commit (it wakes the runner)."""
+    from gateway.runners.imap import MailboxWatcher
+
     inbound = make_inbound(app)
     i = app.settings.imap
     return MailboxWatcher(

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 from collections.abc import Mapping
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
 from gateway.bootstrap import (
@@ -23,7 +21,6 @@ from gateway.bootstrap import (
     make_imap_watchers,
     make_runner,
     make_slack,
-    make_slack_poster,
     make_ticker,
     make_worker,
 )
@@ -33,58 +30,16 @@ from gateway.mail.delivery_worker import DeliveryWorker
 from gateway.mail.smtp_server import SmtpEdgeServer
 from gateway.runners.imap import MailboxWatcher
 from gateway.runners.intake import IntakeRunner, outcome_counts
+from gateway.runners.process import runner_process_main
 from gateway.service.outbox import ChannelSender
 from gateway.service.status import StatusService, prometheus_label
 from gateway.shared_counters import SharedCounters
-from gateway.slack.metrics import SlackCounters, post_counters
+from gateway.slack.metrics import post_counters
 
 log = logging.getLogger("ticketgate")
 
 # How long `run` waits for its intake runner processes to start before it opens intake.
 RUNNER_READY_SECONDS = 30
-
-
-def _runner_process_main(
-    settings: Settings,
-    role: str = "intake",
-    queue_slice: tuple[int, int] = (0, 1),
-    ready: EventType | None = None,
-    doorbells: Doorbells | None = None,
-    counts: SharedCounters | None = None,
-) -> None:
-    """A runner process: its own App on the same database, the loop of ``role`` (the intake
-    runner, over its ``queue_slice``, or a delivery worker), until SIGTERM; ``ready`` is set
-    once the loop runs; ``doorbells`` are `run`'s (bootstrap.Doorbells), ``counts`` its
-    counters for /metrics (the runner's outcomes, or the worker's Slack posts)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    app = build(settings, doorbells=doorbells)
-    runner: IntakeRunner | DeliveryWorker
-    if role == "delivery":
-        slack = (
-            {"slack": make_slack_poster(app, counters=SlackCounters(counts))}
-            if settings.slack.enabled
-            else {}
-        )
-        runner = make_worker(app, slack)
-    else:
-        runner = make_runner(app, queue_slice, counts)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
-    runner.start()
-    if ready is not None:
-        ready.set()
-    parent = os.getppid()
-    # Killed with its parent's process group, or on its own: a runner whose `run` is gone
-    # (kill -9 of the parent alone) stops too instead of working on beside the next `run`.
-    while not stop.wait(1.0):
-        if os.getppid() != parent:
-            log.warning("the `run` process is gone; this %s process stops", role)
-            break
-    runner.stop()
-    app.close()
 
 
 class RunnerProcess:
@@ -117,7 +72,7 @@ class RunnerProcess:
 
     def _spawn(self) -> None:
         self._proc = self._mp.Process(
-            target=_runner_process_main,
+            target=runner_process_main,
             args=(
                 self.settings,
                 self.role,

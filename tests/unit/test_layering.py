@@ -95,3 +95,48 @@ def test_the_checker_finds_sql_where_there_is_some() -> None:
     """The pattern above is not blind: it finds the statements store/ builds."""
     text = (ROOT / "store" / "inbound_queue.py").read_text(encoding="utf-8")
     assert _SQL.search(text)
+
+
+_ADAPTER_LIBRARIES = ("aiosmtpd", "imapclient", "slack_sdk", "slack_bolt", "apscheduler", "jinja2")
+
+
+def test_a_cli_command_imports_no_adapter() -> None:
+    """`bootstrap.build` (what `mail explain`, `ticket show` and most commands need) brings in
+    the service and the store, not the SMTP edge, IMAP, Slack, APScheduler or the templates:
+    each of those imports where it is built, so a command does not pay for them."""
+    probe = (
+        "import sys, gateway.cli\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *_ADAPTER_LIBRARIES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == ""
+    # and the builders still reach them when they are used
+    probe_run = "import sys, gateway.runner\nprint(sorted({m.split('.')[0] for m in sys.modules}))"
+    run = subprocess.run(
+        [sys.executable, "-c", probe_run], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert "aiosmtpd" in run.stdout and "imapclient" in run.stdout
+
+
+def test_a_child_process_of_run_imports_no_edge() -> None:
+    """A runner or delivery child of `run` (spawned: it imports the `ticketgate` script's
+    `gateway.cli` and `gateway.runners.process` afresh) imports neither the SMTP edge, IMAP,
+    APScheduler, Slack nor the templates until its loop is built."""
+    probe = (
+        "import sys, gateway.cli, gateway.runners.process\n"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *_ADAPTER_LIBRARIES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == ""
