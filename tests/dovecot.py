@@ -49,13 +49,23 @@ class Dovecot:
     """One Dovecot instance; `users` are its logins, all with PASSWORD, mail in Maildirs."""
 
     def __init__(
-        self, root: Path, users: Iterable[str] = ("it", "hr"), *, capabilities: str = ""
+        self,
+        root: Path,
+        users: Iterable[str] = ("it", "hr"),
+        *,
+        capabilities: str = "",
+        tls: bool = False,
     ) -> None:
         self.root = root
         self.users = tuple(users)
         # What CAPABILITY announces, when not Dovecot's own list (a server without IDLE/MOVE).
         self.capabilities = capabilities
+        # With ``tls``: a certificate for 127.0.0.1 signed by a CA of its own (`ca_file`), STARTTLS
+        # on `port` and implicit TLS on `tls_port`.
+        self.tls = tls
         self.port = _free_port()
+        self.tls_port = _free_port() if tls else 0
+        self.ca_file = root / "tls" / "ca.pem"
         self.binary = dovecot_binary()
         self.conf = root / "dovecot.conf"
         self.log = root / "dovecot.log"
@@ -85,6 +95,8 @@ class Dovecot:
             if mode & 0o005 != 0o005 and p.owner() == pwd.getpwuid(os.geteuid()).pw_name:
                 p.chmod(mode | 0o005)
         lines = [f"{u}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{r / 'mail' / u}::" for u in self.users]
+        if self.tls:
+            self._write_certificates()
         (r / "passwd").write_text("\n".join(lines) + "\n", encoding="utf-8")
         (r / "passwd").chmod(0o644)
         for u in self.users:
@@ -99,7 +111,7 @@ listen = 127.0.0.1
 base_dir = {r / "run"}
 state_dir = {r / "state"}
 log_path = {self.log}
-ssl = no
+{self._ssl_settings()}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 # A wrong password is answered at once (the default waits 2 s): tests try one on purpose.
@@ -129,7 +141,8 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.tls_port}
   }}
   process_min_avail = 1
 }}
@@ -147,6 +160,69 @@ protocol imap {{
             encoding="utf-8",
         )
         self.conf.chmod(0o644)
+
+    def _ssl_settings(self) -> str:
+        if not self.tls:
+            return "ssl = no"
+        t = self.root / "tls"
+        return f"ssl = yes\nssl_cert = <{t / 'server.pem'}\nssl_key = <{t / 'server.key'}"
+
+    def _write_certificates(self) -> None:
+        """A CA and a server certificate for 127.0.0.1 it signed, made with openssl."""
+        t = self.root / "tls"
+        t.mkdir(exist_ok=True)
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise DovecotUnavailable("openssl is not installed: no certificate for TLS")
+
+        def run(*args: str) -> None:
+            subprocess.run([openssl, *args], cwd=t, check=True, capture_output=True, timeout=60)
+
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=ticketgate test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        )
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        )
+        (t / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n", encoding="ascii")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        )
 
     # ---- life -----------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
@@ -264,7 +340,7 @@ protocol imap {{
 
 @contextmanager
 def running_dovecot(
-    users: Iterable[str] = ("it", "hr"), *, capabilities: str = ""
+    users: Iterable[str] = ("it", "hr"), *, capabilities: str = "", tls: bool = False
 ) -> Iterator[Dovecot]:
     """A started Dovecot in a temp dir of its own (not pytest's: several pytest runs on one
     machine rotate those), stopped and removed afterwards; the test is skipped, saying why,
@@ -272,7 +348,7 @@ def running_dovecot(
     import pytest
 
     root = Path(tempfile.mkdtemp(prefix="ticketgate-dovecot-"))
-    d = Dovecot(root, users, capabilities=capabilities)
+    d = Dovecot(root, users, capabilities=capabilities, tls=tls)
     try:
         try:
             d.start()
