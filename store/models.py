@@ -434,6 +434,8 @@ class SlackSeen(Base):
     Socket Mode redelivery) finds it and changes nothing. Written in the change's transaction."""
 
     __tablename__ = "slack_seen"
+    # The scheduler's tick forgets ids older than a week (`slack_queries.forget_applied_ids`).
+    __table_args__ = (Index("ix_slack_seen_at", "at"),)
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     at: Mapped[datetime]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,20 @@ def claim_key(conn: Connection, key: str, at: datetime) -> bool:
         .returning(m.SlackSeen.key)
     )
     return conn.execute(stmt).scalar() is not None
+
+
+def forget_applied_ids(
+    conn: Connection, *, before: datetime, limit: int, keep_prefixes: tuple[str, ...] = ()
+) -> int:
+    """Delete up to ``limit`` applied ids recorded before ``before``, except those that start
+    with one of ``keep_prefixes``; how many went."""
+    oldest = (
+        select(m.SlackSeen.key)
+        .where(m.SlackSeen.at < before, *(~m.SlackSeen.key.startswith(p) for p in keep_prefixes))
+        .limit(limit)
+    )
+    res = conn.execute(delete(m.SlackSeen).where(m.SlackSeen.key.in_(oldest)))
+    return int(res.rowcount)
 
 
 def organization_for_team(s: Session, team_id: str) -> m.Organization | None:

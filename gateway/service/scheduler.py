@@ -24,6 +24,7 @@ from gateway.service.storage import storage_errors
 from gateway.service.tickets import TicketService, Unit
 from store import models as m
 from store import schedule_queries as sq
+from store import slack_queries
 
 log = logging.getLogger("ticketgate.scheduler")
 
@@ -41,6 +42,14 @@ QUESTIONS = {
     ),
 }
 REMINDER_PREFIX = "A reminder, in case our first mail got lost: "
+
+# Applied Slack ids (a retried event, command, click or modal finds its id and changes nothing)
+# are kept this long: Slack retries for minutes, not days. Each tick forgets up to
+# SLACK_IDS_PER_TICK of the older ones, so that the table holds about a week. A message's
+# `raise:` id stays: it is what makes a second :ticket: reaction, months later, raise nothing.
+SLACK_IDS_KEPT = timedelta(days=7)
+SLACK_IDS_PER_TICK = 10_000
+SLACK_IDS_KEPT_FOR_EVER = ("raise:",)
 
 
 @dataclass
@@ -78,7 +87,9 @@ class Scheduler:
         self._members: dict[int, list[m.Employee]] = {}
 
     def tick(self, at: datetime | None = None) -> TickReport:
-        """Everything due at ``at`` (default: the clock's now), in batches of due tickets."""
+        """Everything due at ``at`` (default: the clock's now), in batches of due tickets;
+        then the applied Slack ids older than `SLACK_IDS_KEPT` are forgotten (not a
+        message's `raise:` id)."""
         now = at or self.svc.clock.now()
         report = TickReport(now)
         failed: set[int] = set()
@@ -103,6 +114,15 @@ class Scheduler:
                         u.s.expire(t)
             if len(fresh) < self.options.batch and not failed:
                 break
+        with storage_errors(self.on_storage_error), self.svc.unit(now=now) as u:
+            forgotten = slack_queries.forget_applied_ids(
+                u.conn,
+                before=now - SLACK_IDS_KEPT,
+                limit=SLACK_IDS_PER_TICK,
+                keep_prefixes=SLACK_IDS_KEPT_FOR_EVER,
+            )
+        if forgotten:
+            report.counts["slack_ids_forgotten"] = forgotten
         self.ticks += 1
         self.totals += report.counts
         self.totals["failed"] += report.failed

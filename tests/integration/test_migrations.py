@@ -12,7 +12,7 @@ from store.db import make_engine
 from store.migrate import alembic_config, upgrade
 from tests.conftest import Database
 
-REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0009", "0010", "0011", "0012"]
+REVISIONS = ["0001", "0002", "0003", "0004", "0005", "0006", "0009", "0010", "0011", "0012", "0013"]
 
 
 def _tables(engine: Engine) -> set[str]:

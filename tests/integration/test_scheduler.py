@@ -485,3 +485,30 @@ def test_run_ticks_with_apscheduler_and_counts_on_metrics(org: Env) -> None:
     assert counters['ticketgate_scheduler_done_total{kind="escalation"}'] == 3
     assert counters['ticketgate_scheduler_done_total{kind="breach_first_response"}'] == 1
     assert ticket(org, ref).status == "TO_HIGHER_AUTHORITY"
+
+
+def test_the_tick_forgets_applied_slack_ids_after_a_week(org: Env) -> None:
+    """An applied Slack id is remembered for a week, so a retry within it changes nothing;
+    the first tick after that forgets it (counted as `slack_ids_forgotten`), and the table
+    does not grow for ever. A message's `raise:` id is kept: that message raised its ticket."""
+    from gateway.service.errors import AlreadyApplied
+    from gateway.service.scheduler import SLACK_IDS_KEPT
+
+    now = datetime(2026, 3, 20, 12, 0, tzinfo=UTC)
+    svc = org.app.service
+    old = now - SLACK_IDS_KEPT - timedelta(minutes=1)
+    for key, at in (("Ev0OLD", old), ("raise:C0IT:1700000500.0001", old), ("Ev0NEW", now)):
+        with svc.unit(now=at) as u:
+            u.once(key)
+    report = make_scheduler(org.app).tick(now)
+    assert report.counts["slack_ids_forgotten"] == 1
+    with pytest.raises(AlreadyApplied), svc.unit(now=now) as u:
+        u.once("Ev0NEW")  # a retry within the week is still recognised
+    with svc.unit(now=now) as u:
+        u.once("Ev0OLD")  # forgotten: recorded afresh
+    with pytest.raises(AlreadyApplied), svc.unit(now=now) as u:
+        u.once("raise:C0IT:1700000500.0001")  # the message raised its ticket: still known
+    assert make_scheduler(org.app).tick(now).counts["slack_ids_forgotten"] == 0
+    with org.app.sessions() as s:
+        kept = sorted(s.scalars(select(m.SlackSeen.key)))
+    assert kept == ["Ev0NEW", "Ev0OLD", "raise:C0IT:1700000500.0001"]
