@@ -175,53 +175,17 @@ protocol imap {{
         if openssl is None:
             raise DovecotUnavailable("openssl is not installed: no certificate for TLS")
 
-        def run(*args: str) -> None:
-            subprocess.run([openssl, *args], cwd=t, check=True, capture_output=True, timeout=60)
+        def run(command: str, subject: str = "") -> None:
+            """One openssl command (words without spaces), then ``-subj`` when given."""
+            args = [openssl, *command.split(), *(("-subj", subject) if subject else ())]
+            subprocess.run(args, cwd=t, check=True, capture_output=True, timeout=60)
 
-        run(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ticketgate test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        )
-        run(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        )
+        run("req -x509 -newkey rsa:2048 -nodes -days 2 -keyout ca.key -out ca.pem", "/CN=test CA")
+        run("req -newkey rsa:2048 -nodes -keyout server.key -out server.csr", "/CN=127.0.0.1")
         (t / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n", encoding="ascii")
         run(
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.pem",
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+            " -extfile san.ext -out server.pem"
         )
 
     # ---- life -----------------------------------------------------------------------------------
