@@ -4,6 +4,7 @@ edge, runner and delivery worker over them."""
 from __future__ import annotations
 
 import multiprocessing
+import ssl
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from gateway.mail.delivery_worker import DeliveryWorker
     from gateway.mail.imap_client import MailboxConfig
     from gateway.mail.parse import ParseLimits
-    from gateway.mail.smtp_server import EdgeHandler
+    from gateway.mail.smtp_server import EdgeHandler, SmtpEdgeServer
     from gateway.mail.translate import TranslateContext
     from gateway.runners.imap import MailboxWatcher
     from gateway.runners.intake import IntakeRunner
@@ -269,6 +270,47 @@ def make_edge(app: App, *, on_queued: Callable[[], None] = lambda: None) -> Edge
             refuse_dmarc_fail=app.settings.mail.refuse_dmarc_fail,
             max_recipients=app.settings.smtp.max_recipients,
         ),
+    )
+
+
+def smtp_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The SMTP edge's STARTTLS context from `smtp.tls_cert_file` / `tls_key_file`, or None
+    when no certificate is set; a certificate that does not load is a ConfigError."""
+    s = settings.smtp
+    if not s.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(s.tls_cert_file, s.tls_key_file or None)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(
+            f"[smtp] tls_cert_file: cannot load {s.tls_cert_file}"
+            f"{' with ' + s.tls_key_file if s.tls_key_file else ''}: {e}"
+        ) from e
+    return context
+
+
+def make_smtp_server(
+    app: App,
+    *,
+    on_queued: Callable[[], None] = lambda: None,
+    port: int | None = None,
+    handler: EdgeHandler | None = None,
+) -> SmtpEdgeServer:
+    """The SMTP edge's server on `smtp.host`:`smtp.port` (or ``port``) with the settings'
+    limits and STARTTLS; its handler `make_edge`'s, or ``handler`` (a test's)."""
+    from gateway.mail.smtp_server import SmtpEdgeServer
+
+    s = app.settings.smtp
+    return SmtpEdgeServer(
+        handler or make_edge(app, on_queued=on_queued),
+        host=s.host,
+        port=s.port if port is None else port,
+        max_message_bytes=s.max_message_bytes,
+        hostname=s.hostname or app.identity.domain,
+        max_sessions=s.max_sessions,
+        tls_context=smtp_tls_context(app.settings),
+        require_starttls=s.require_starttls,
     )
 
 

@@ -70,6 +70,11 @@ class SmtpSettings:
     hostname: str = ""  # EHLO name; "" = mail.domain
     max_recipients: int = 100  # RCPT TO per transaction; more: 452 4.5.3
     max_sessions: int = 200  # SMTP sessions open at once; more: 421 4.7.0 and closed
+    # STARTTLS: offered when a certificate is set (PEM; the key in tls_key_file or in the
+    # certificate's file); with require_starttls, MAIL before STARTTLS gets 530.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    require_starttls: bool = False
 
 
 @dataclass(frozen=True)
@@ -560,6 +565,12 @@ def _validate(s: Settings) -> None:
         "max_sessions",
     ):
         positive(f"[smtp] {key}", getattr(s.smtp, key))
+    if s.smtp.tls_key_file and not s.smtp.tls_cert_file:
+        raise ConfigError(f"{where}: [smtp] tls_key_file is set but tls_cert_file is not")
+    if s.smtp.require_starttls and not s.smtp.tls_cert_file:
+        raise ConfigError(
+            f"{where}: [smtp] require_starttls needs tls_cert_file (a certificate to offer)"
+        )
     for key in ("batch_size", "poll_seconds", "max_attempts"):
         positive(f"[intake] {key}", getattr(s.intake, key))
     if s.intake.reference_wait_seconds < 0:

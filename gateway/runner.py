@@ -17,17 +17,17 @@ from gateway.bootstrap import (
     build,
     delivery_processes,
     make_doorbells,
-    make_edge,
     make_imap_watchers,
     make_runner,
     make_slack,
+    make_smtp_server,
     make_ticker,
     make_worker,
+    smtp_tls_context,
 )
 from gateway.config import Settings
 from gateway.http_status import StatusServer
 from gateway.mail.delivery_worker import DeliveryWorker
-from gateway.mail.smtp_server import SmtpEdgeServer
 from gateway.runners.imap import MailboxWatcher
 from gateway.runners.intake import IntakeRunner, outcome_counts
 from gateway.runners.process import runner_process_main
@@ -183,6 +183,8 @@ def run(settings: Settings) -> int:
     # events: the next one along starts at once, in this process or in a child.
     doorbells = make_doorbells()
     app = build(settings, need_secret=True, doorbells=doorbells)
+    if settings.smtp.enabled:
+        smtp_tls_context(settings)  # a certificate that does not load stops `run` here
     stop = threading.Event()
     # Before anything starts: a SIGTERM while `run` is still starting (the SMTP port may
     # already be open) stops it cleanly once everything is up, instead of killing it.
@@ -221,17 +223,15 @@ def run(settings: Settings) -> int:
 
         wake_runners = doorbells.queued.set
         if settings.smtp.enabled:
-            server = SmtpEdgeServer(
-                make_edge(app, on_queued=wake_runners),
-                host=settings.smtp.host,
-                port=settings.smtp.port,
-                max_message_bytes=settings.smtp.max_message_bytes,
-                hostname=settings.smtp.hostname or app.identity.domain,
-                max_sessions=settings.smtp.max_sessions,
-            )
+            server = make_smtp_server(app, on_queued=wake_runners)
             server.start()
             started.append(server)
-            log.info("SMTP intake on %s:%s", settings.smtp.host, settings.smtp.port)
+            tls = (
+                ("; STARTTLS required" if settings.smtp.require_starttls else "; STARTTLS offered")
+                if settings.smtp.tls_cert_file
+                else ""
+            )
+            log.info("SMTP intake on %s:%s%s", settings.smtp.host, settings.smtp.port, tls)
         slack: SlackRuntime | None = None
         posts = post_counters()  # the Slack posts of every delivery worker, thread or child
         if settings.slack.enabled:

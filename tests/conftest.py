@@ -325,18 +325,11 @@ class Gateway:
 def serving(env: Env, handler: object = None, runner: object = None) -> Iterator[Gateway]:
     """The SMTP edge of ``env`` on a free port of 127.0.0.1, stopped afterwards; ``handler``
     and ``runner`` replace the ones `ticketgate run` builds (a test injecting faults)."""
-    from gateway.bootstrap import make_edge, make_runner, make_worker
-    from gateway.mail.smtp_server import SmtpEdgeServer
+    from gateway.bootstrap import make_runner, make_smtp_server, make_worker
 
     app = env.app
     port = free_port()
-    server = SmtpEdgeServer(
-        handler or make_edge(app),  # type: ignore[arg-type]
-        host="127.0.0.1",
-        port=port,
-        max_message_bytes=app.settings.smtp.max_message_bytes,
-        hostname=app.identity.domain,
-    )
+    server = make_smtp_server(app, port=port, handler=handler)  # type: ignore[arg-type]
     server.start()
     try:
         yield Gateway(env, port, server, runner or make_runner(app), make_worker(app))

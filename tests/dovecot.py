@@ -24,6 +24,8 @@ from pathlib import Path
 
 from imapclient import IMAPClient
 
+from tests.tls import TlsUnavailable, make_certificates
+
 PASSWORD = "imap-test-password"
 MAIL_USER = "nobody"  # the system user that owns the mail when the tests run as root
 
@@ -168,25 +170,10 @@ protocol imap {{
         return f"ssl = yes\nssl_cert = <{t / 'server.pem'}\nssl_key = <{t / 'server.key'}"
 
     def _write_certificates(self) -> None:
-        """A CA and a server certificate for 127.0.0.1 it signed, made with openssl."""
-        t = self.root / "tls"
-        t.mkdir(exist_ok=True)
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise DovecotUnavailable("openssl is not installed: no certificate for TLS")
-
-        def run(command: str, subject: str = "") -> None:
-            """One openssl command (words without spaces), then ``-subj`` when given."""
-            args = [openssl, *command.split(), *(("-subj", subject) if subject else ())]
-            subprocess.run(args, cwd=t, check=True, capture_output=True, timeout=60)
-
-        run("req -x509 -newkey rsa:2048 -nodes -days 2 -keyout ca.key -out ca.pem", "/CN=test CA")
-        run("req -newkey rsa:2048 -nodes -keyout server.key -out server.csr", "/CN=127.0.0.1")
-        (t / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n", encoding="ascii")
-        run(
-            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
-            " -extfile san.ext -out server.pem"
-        )
+        try:
+            make_certificates(self.root / "tls")
+        except TlsUnavailable as e:
+            raise DovecotUnavailable(str(e)) from e
 
     # ---- life -----------------------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:

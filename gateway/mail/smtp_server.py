@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -314,7 +315,8 @@ class LimitedController(Controller):
 class SmtpEdgeServer:
     """Runs the edge on host:port with SIZE advertised (552 over the limit, from aiosmtpd),
     at most `max_sessions` sessions at once (421 beyond); the greeting names the host and
-    ticketgate, no versions."""
+    ticketgate, no versions. With ``tls_context``, STARTTLS is offered (aiosmtpd's); with
+    ``require_starttls`` too, a client must use it before MAIL (530 otherwise)."""
 
     def __init__(
         self,
@@ -325,6 +327,8 @@ class SmtpEdgeServer:
         max_message_bytes: int,
         hostname: str,
         max_sessions: int = 200,
+        tls_context: ssl.SSLContext | None = None,
+        require_starttls: bool = False,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.handler = handler
@@ -341,6 +345,8 @@ class SmtpEdgeServer:
             decode_data=False,
             enable_SMTPUTF8=True,
             ready_timeout=10.0,
+            tls_context=tls_context,
+            require_starttls=require_starttls,
         )
 
     def start(self) -> None:
