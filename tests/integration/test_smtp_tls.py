@@ -99,3 +99,37 @@ def test_a_certificate_that_does_not_load_stops_run(tmp_path: Path, certs: Certi
     env["TICKETGATE__SMTP__REQUIRE_STARTTLS"] = "true"
     r = run_cli(env, "run", cwd=tmp_path)
     assert r.returncode == 2 and "require_starttls needs tls_cert_file" in r.stderr
+
+
+def test_commands_sent_with_starttls_in_the_clear_are_not_run_inside_tls(
+    tls_gateway: Gateway, certs: Certificates
+) -> None:
+    """STARTTLS command injection (CVE-2011-0411, CVE-2024-34083 in aiosmtpd): a MAIL FROM
+    pipelined after STARTTLS in the same clear-text packet is not taken as said inside the
+    TLS session, so a RCPT there still needs its own MAIL (503)."""
+    import socket
+
+    def answer(f: object) -> bytes:
+        lines = []
+        while True:
+            line = f.readline()  # type: ignore[attr-defined]
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    with socket.create_connection(("127.0.0.1", tls_gateway.port), timeout=30) as raw:
+        f = raw.makefile("rb")
+        assert answer(f).startswith(b"220")
+        raw.sendall(b"EHLO client.example\r\n")
+        assert answer(f).startswith(b"250")
+        raw.sendall(b"STARTTLS\r\nMAIL FROM:<mallory@evil.example>\r\n")
+        assert answer(f).startswith(b"220")
+        context = ssl.create_default_context(cafile=str(certs.ca))
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            g = tls.makefile("rb")
+            tls.sendall(b"EHLO client.example\r\n")
+            assert answer(g).startswith(b"250")
+            tls.sendall(f"RCPT TO:<{IT}>\r\n".encode())
+            assert answer(g).startswith(b"503")
+            tls.sendall(b"QUIT\r\n")
+    assert tls_gateway.tickets() == []
