@@ -116,12 +116,31 @@ def test_a_cli_command_imports_no_adapter() -> None:
         check=True,
     )
     assert out.stdout.strip() == ""
-    # and the builders still reach them when they are used
-    probe_run = "import sys, gateway.runner\nprint(sorted({m.split('.')[0] for m in sys.modules}))"
-    run = subprocess.run(
-        [sys.executable, "-c", probe_run], cwd=ROOT, capture_output=True, text=True, check=True
+
+
+def test_building_the_edge_imports_aiosmtpd(tmp_path: Path) -> None:
+    """The other side of the lazy imports: `make_smtp_server` (what `run` calls) brings in
+    aiosmtpd and the MIME parser's rules when it builds the edge, and not before."""
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from gateway.bootstrap import build, make_smtp_server\n"
+        "from gateway.config import load_settings\n"
+        "env = {'TICKETGATE__DATABASE__URL': 'sqlite:///' + sys.argv[2]}\n"
+        "app = build(load_settings(Path(sys.argv[1]), env))\n"
+        "before = 'aiosmtpd' in sys.modules\n"
+        "make_smtp_server(app, port=0)\n"
+        "print(before, 'aiosmtpd' in sys.modules, 'gateway.mail.rules' in sys.modules)\n"
     )
-    assert "aiosmtpd" in run.stdout and "imapclient" in run.stdout
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "ticketgate.toml"), str(tmp_path / "tg.db")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True", "True"]
 
 
 def test_a_child_process_of_run_imports_no_edge() -> None:
