@@ -30,6 +30,7 @@ from gateway.service.slack import SlackService
 from gateway.service.slack_notify import SlackFanOut
 from gateway.service.tickets import ServiceOptions, TicketService
 from gateway.shared_counters import SharedCounters
+from gateway.slack.metrics import SlackCounters  # counters only: no Slack library
 from store.db import make_engine, session_factory
 from store.org_queries import first_organization
 
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from gateway.scheduler.ticker import Ticker
     from gateway.slack.app import SlackAdapter
     from gateway.slack.http import SlackHttpServer, SlackSocketMode
-    from gateway.slack.metrics import SlackCounters
     from gateway.slack.poster import SlackPoster
 
 
@@ -393,7 +393,6 @@ def make_slack(
     from gateway.slack.app import AdapterOptions, SlackAdapter
     from gateway.slack.http import SlackHttpServer, SlackSocketMode
     from gateway.slack.identity import SlackIdentity
-    from gateway.slack.metrics import SlackCounters
 
     s = app.settings.slack
     if not s.bot_token:
@@ -450,7 +449,6 @@ def make_slack_poster(
     """The outbox sender of Slack posts (also in a delivery worker's own process)."""
     from slack_sdk import WebClient
 
-    from gateway.slack.metrics import SlackCounters
     from gateway.slack.poster import SlackPoster
 
     s = app.settings.slack

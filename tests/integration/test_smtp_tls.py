@@ -24,7 +24,7 @@ REQ = "frank@acme.example"
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     try:
         return make_certificates(tmp_path_factory.mktemp("tls"))
-    except TlsUnavailable as e:
+    except TlsUnavailable as e:  # no openssl here (.ci/run installs it), as Dovecot's tests do
         pytest.skip(str(e))
 
 
